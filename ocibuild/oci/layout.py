@@ -1,0 +1,204 @@
+"""OCI image layout directories (``oci-layout``, ``index.json``, ``blobs/sha256/…``): read and write.
+
+Writing is atomic at the directory level: a new layout is assembled under a temp name beside the destination and
+renamed into place; an existing layout gets its new blobs (each renamed into place once complete) and then a new
+``index.json`` (renamed over the old one), so readers never see an index pointing at a missing blob.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import FormatError, InputError, OutputError
+from . import media
+from .descriptor import Descriptor, Index, Platform, sniff_media_type
+from .digest import CHUNK, VerifyingReader, copy_verified, read_all
+from .image import BlobSource, Image, load_image
+
+OCI_LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+# ---------------------------------------------------------------- reading
+
+
+class LayoutSource:
+    """Blobs of a layout directory, verified as they are read."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, desc: Descriptor) -> Path:
+        return self.root / "blobs" / "sha256" / desc.digest.hex
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        try:
+            f = open(self._path(desc), "rb")
+        except OSError as e:
+            raise FormatError(
+                f"{self.root}: blob {desc.digest.short} is missing ({e.strerror}); the layout is incomplete"
+            ) from None
+        return VerifyingReader(f, desc.digest, desc.size, what=f"blob in {self.root}")
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        return self._path(desc).is_file()
+
+
+def select_manifest(
+    index: Index, blobs: BlobSource, ref_name: str | None, platform: Platform, what: str
+) -> tuple[bytes, str]:
+    """From a layout's ``index.json``: the raw manifest (and its media type) tagged ``ref_name`` for ``platform``.
+
+    Without a ``ref_name`` the layout must hold one image (possibly several platforms of it).
+    """
+    candidates = list(index.manifests)
+    names = sorted({d.annotations.get(media.REF_NAME, "") for d in candidates} - {""})
+    if ref_name is not None:
+        candidates = [d for d in candidates if d.annotations.get(media.REF_NAME) == ref_name]
+        if not candidates:
+            raise InputError(
+                f"{what} has no image tagged {ref_name!r}; it has: {', '.join(names) or 'no tags'}"
+            )
+    elif len(names) > 1:
+        raise InputError(f"{what} holds several images ({', '.join(names)}); name one as {what}:TAG")
+    if not candidates:
+        raise InputError(f"{what} holds no image")
+    return resolve_platform(candidates, blobs, platform, what)
+
+
+def resolve_platform(
+    candidates: list[Descriptor], blobs: BlobSource, platform: Platform, what: str, depth: int = 0
+) -> tuple[bytes, str]:
+    """Pick the manifest for ``platform`` among descriptors, descending into a nested index."""
+    if len(candidates) == 1 and candidates[0].media_type not in media.MANIFESTS:
+        raw, mt = _fetch(blobs, candidates[0], what)
+        if mt in media.MANIFESTS:
+            return raw, mt
+        if depth > 2:
+            raise FormatError(f"{what}: indexes nested too deep")
+        nested = Index.parse(raw, f"index in {what}", mt)
+        return resolve_platform(list(nested.manifests), blobs, platform, what, depth + 1)
+    manifests = [d for d in candidates if d.media_type in media.MANIFESTS]
+    matching = [d for d in manifests if d.platform is None or platform.matches(d.platform)]
+    if not matching:
+        have = ", ".join(str(d.platform) for d in manifests if d.platform) or "none"
+        raise InputError(f"{what} has no image for platform {platform}; it has: {have}. Pass --platform")
+    # An exact variant match beats an entry that merely does not contradict.
+    matching.sort(key=lambda d: d.platform is None or d.platform != platform)
+    return _fetch(blobs, matching[0], what)
+
+
+def _fetch(blobs: BlobSource, desc: Descriptor, what: str) -> tuple[bytes, str]:
+    if desc.size > 4 << 20:
+        raise FormatError(f"{what}: manifest {desc.digest.short} declares {desc.size} bytes; refusing it")
+    with blobs.open_blob(desc) as f:
+        raw = read_all(f)
+    mt = desc.media_type
+    if mt not in media.MANIFESTS and mt not in media.INDEXES:
+        mt = sniff_media_type(raw, what)
+    return raw, mt
+
+
+def read_index_file(raw: bytes, what: str) -> Index:
+    return Index.parse(raw, f"index.json of {what}", media.OCI_INDEX)
+
+
+def open_layout(root: Path, ref_name: str | None, platform: Platform) -> Image:
+    """The image named ``ref_name`` (an ``org.opencontainers.image.ref.name``) in the layout at ``root``."""
+    what = f"oci:{root}"
+    if not (root / "index.json").is_file():
+        raise InputError(f"{root} is not an OCI image layout (no index.json); build or copy one there first")
+    try:
+        index_raw = (root / "index.json").read_bytes()
+    except OSError as e:
+        raise InputError(f"{root}/index.json: {e.strerror}") from None
+    blobs = LayoutSource(root)
+    raw, mt = select_manifest(read_index_file(index_raw, what), blobs, ref_name, platform, what)
+    return load_image(raw, blobs, what, mt)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: Path) -> None:
+    """Write ``(image, ref_name, full_name)`` entries into the layout at ``root`` (created, or added to)."""
+    root = Path(root)
+    is_layout = (root / "oci-layout").is_file()
+    if root.exists() and not is_layout and (not root.is_dir() or any(root.iterdir())):
+        raise OutputError(f"{root} exists and is not an OCI layout; choose a new or empty directory")
+    if not root.parent.is_dir():
+        raise OutputError(f"{root}: directory {root.parent} does not exist; create it first")
+    if is_layout:
+        _add_to_layout(images, root)
+        return
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    except OSError as e:
+        raise OutputError(f"{root}: cannot write there ({e.strerror})") from None
+    try:
+        (tmp / "oci-layout").write_bytes(OCI_LAYOUT_FILE)
+        _add_to_layout(images, tmp, existing=[])
+        os.chmod(tmp, 0o755)
+        if root.exists():
+            root.rmdir()  # an empty directory the user made for us
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None) -> None:
+    if existing is None:
+        existing = list(read_index_file((root / "index.json").read_bytes(), str(root)).manifests)
+    blob_dir = root / "blobs" / "sha256"
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    entries = list(existing)
+    for image, ref_name, full_name in images:
+        for desc in image.descriptors():
+            write_blob_file(image.blobs, desc, blob_dir)
+        _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
+        annotations = {}
+        if ref_name:
+            annotations[media.REF_NAME] = ref_name
+            entries = [d for d in entries if d.annotations.get(media.REF_NAME) != ref_name]
+        if full_name:
+            annotations[media.CONTAINERD_IMAGE_NAME] = full_name
+        entries.append(image.manifest.descriptor(annotations=annotations, platform=image.platform))
+    _write_small(root, "index.json", Index.build(entries).raw)
+
+
+def write_blob_file(blobs: BlobSource, desc: Descriptor, blob_dir: Path) -> None:
+    """Copy one blob into ``blob_dir`` under its hex name, verified, via a temp file; skipped if present."""
+    final = blob_dir / desc.digest.hex
+    if final.is_file():
+        return
+    fd, tmp = tempfile.mkstemp(dir=blob_dir, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb", buffering=CHUNK) as out, blobs.open_blob(desc) as src:
+            copy_verified(src, out, desc.digest, desc.size, f"blob {desc.digest.short}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_small(directory: Path, name: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def layout_tags(root: Path) -> list[str]:
+    raw = (root / "index.json").read_bytes()
+    return [d.annotations.get(media.REF_NAME, "") for d in read_index_file(raw, str(root)).manifests]

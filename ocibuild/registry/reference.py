@@ -1,0 +1,113 @@
+"""Registry image references: parse and normalise them the way Docker does.
+
+``python:3.11`` → ``docker.io/library/python:3.11``; ``host:5000/team/app@sha256:…``; the first path component
+is a registry host only if it has a dot or a colon or is ``localhost`` (Docker's rule). No network here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import BadReferenceError
+from ..oci.digest import is_digest
+
+DOCKER_HUB = "docker.io"
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_HOST = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """What goes after ``/manifests/`` in the API: the digest if pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}"
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+    @property
+    def familiar(self) -> str:
+        """The short form Docker shows (``python:3.11``, ``user/app:1``)."""
+        repo = self.repository
+        if self.registry == DOCKER_HUB:
+            repo = repo.removeprefix("library/")
+            name = repo
+        else:
+            name = f"{self.registry}/{repo}"
+        if self.tag:
+            name += f":{self.tag}"
+        if self.digest:
+            name += f"@{self.digest}"
+        return name
+
+    def with_tag(self, tag: str) -> Reference:
+        return Reference(self.registry, self.repository, tag, None)
+
+
+def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
+    """Parse ``[host[:port]/]path[:tag][@sha256:…]``; raises ``BadReferenceError`` with what is wrong."""
+    original = text
+    if text.startswith("docker://"):
+        text = text[len("docker://") :]
+    if not text or text != text.strip():
+        raise BadReferenceError(f"image reference {original!r} is empty or has spaces; use host/repo:tag")
+    digest = None
+    if "@" in text:
+        text, digest = text.split("@", 1)
+        if not is_digest(digest):
+            raise BadReferenceError(
+                f"image reference {original!r}: {digest!r} is not a sha256:<64 hex> digest"
+            )
+    tag = None
+    slash = text.rfind("/")
+    colon = text.rfind(":")
+    if colon > slash:
+        text, tag = text[:colon], text[colon + 1 :]
+        if not _TAG.match(tag):
+            raise BadReferenceError(
+                f"image reference {original!r}: tag {tag!r} is not valid (letters, digits, _ . -)"
+            )
+    parts = text.split("/")
+    if len(parts) > 1 and (
+        "." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")
+    ):
+        registry, path = parts[0], parts[1:]
+        if not _HOST.match(registry):
+            raise BadReferenceError(
+                f"image reference {original!r}: {registry!r} is not a valid registry host"
+            )
+    else:
+        registry, path = DOCKER_HUB, parts
+    if registry in ("index.docker.io", "registry-1.docker.io"):
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and len(path) == 1:
+        path = ["library", *path]
+    for comp in path:
+        if not _COMPONENT.match(comp):
+            raise BadReferenceError(
+                f"image reference {original!r}: repository part {comp!r} must be lowercase letters, digits and "
+                "separators (. _ -)"
+            )
+    repository = "/".join(path)
+    if len(repository) > 255:
+        raise BadReferenceError(
+            f"image reference {original!r}: repository name is longer than 255 characters"
+        )
+    if tag is None and digest is None:
+        tag = default_tag
+    return Reference(registry, repository, tag, digest)
