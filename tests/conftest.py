@@ -1,0 +1,453 @@
+"""Shared test infrastructure: the real tools of DESIGN.md §5, started for real and stopped afterwards.
+
+Session fixtures (each is started once, on first use):
+  base_image / base_layout / base_ref / base_docker_archive
+                 the Debian Python 3.11 base image (scripts/make-base-image.sh, cached outside the repo)
+  example_model  the example Ridge model trained from fixtures/example, with its host predictions
+  dockerd        a private Docker daemon in a temporary directory (`.run(...)` drives the docker CLI)
+  podman         podman with a private storage root and containers.conf (`.run(...)`)
+Helpers: `run` (a command whose failure shows its output), `free_port`, `wait_http`; engines also have `.load(tar)`
+and `.remove(*containers)`. Import them with `from tests.conftest import free_port, wait_http, ...`.
+
+A fixture skips its tests only when a tool is not installed (scripts/install-deps.sh installs them all); a tool
+that is installed but does not work fails them. Containers must use `--network host` (the daemons run without a
+bridge) and `-e OCIBUILD_PORT=<free_port()>` so that tests never collide on a port.
+Tests under tests/e2e are marked `slow` automatically (and should say so themselves).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+EXAMPLE_DIR = REPO / "fixtures" / "example"
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+BASE_TAG = "py311"
+BASE_DOCKER_NAME = "ocibuild-test/debian-python:3.11"
+FIXTURE_CACHE = Path(os.environ.get("OCIBUILD_FIXTURE_CACHE", Path.home() / ".cache" / "ocibuild-fixtures"))
+
+EXAMPLE_INPUT = {"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}
+
+# The docker CLI: Debian's own (20.10, installed with docker.io, same version as the daemon) rather than whatever
+# newer client may shadow it earlier on PATH; both work against the 20.10 daemon through API version negotiation.
+DOCKER_CLI_PREFERRED = "/usr/bin/docker"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end tests with real engines, registries and base images")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+class CommandFailed(AssertionError):
+    """A command exited non-zero; the message carries its output so the test report shows why."""
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    input: str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` (no shell), capturing text output; with check, raise CommandFailed showing that output."""
+    argv = [os.fspath(a) for a in cmd]
+    full_env = {**os.environ, **env} if env else None
+    proc = subprocess.run(
+        argv, env=full_env, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise CommandFailed(
+            f"command failed (exit {proc.returncode}): {' '.join(argv)}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def require(binary: str) -> str:
+    """The path of `binary`, or skip the test: the tool is simply not installed."""
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (scripts/install-deps.sh installs it)")
+    return path
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} runs as root in these tests")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, *, alive: Callable[[], str | None] | None = None) -> bytes:
+    """Poll `url` until it answers 200 and return the body.
+
+    `alive`, if given, is called between attempts and returns a reason when the server has died (e.g. its
+    container exited), so a crash fails at once instead of after the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return resp.read()
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except (OSError, urllib.error.URLError) as e:
+            last = repr(e)
+        if alive is not None and (reason := alive()):
+            raise AssertionError(f"{url}: server died before answering: {reason}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout} s (last: {last})")
+        time.sleep(0.1)
+
+
+def unmount_under(path: Path) -> None:
+    """Unmount everything mounted at or below `path`, deepest first (leftovers of a daemon that was killed)."""
+    root = os.path.realpath(path)
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")  # octal escapes such as \040
+            if point == root or point.startswith(root + "/"):
+                mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+
+
+def remove_tree(path: Path) -> None:
+    unmount_under(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def short_tempdir(prefix: str) -> Path:
+    """A fresh directory under /tmp: daemons put unix sockets in it, whose paths must stay under 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+# --- the base image ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The cached Debian Python base image, as an OCI layout and as a docker-archive of the same image."""
+
+    dir: Path
+    layout: Path  # OCI image layout directory
+    tag: str  # its tag inside the layout
+    docker_archive: Path  # `docker save` tarball
+    docker_name: str  # the name:tag the docker-archive carries
+
+    @property
+    def ref(self) -> str:
+        return f"oci:{self.layout}:{self.tag}"
+
+    @property
+    def docker_archive_ref(self) -> str:
+        return f"docker-archive:{self.docker_archive}"
+
+
+@pytest.fixture(scope="session")
+def base_image() -> BaseImage:
+    out = FIXTURE_CACHE / "debian-python-3.11-v2"  # v2: with libstdc++6, which manylinux wheels (numpy) need
+    if not (out / "COMPLETE").is_file():
+        require_root("mmdebstrap")
+        for tool in ("mmdebstrap", "umoci", "skopeo"):
+            require(tool)
+        # About 30-60 s once; later sessions find the cache complete.
+        run(["bash", SCRIPTS / "make-base-image.sh", out], timeout=1200)
+    assert (out / "COMPLETE").is_file(), f"{out}: make-base-image.sh finished without COMPLETE"
+    return BaseImage(
+        dir=out,
+        layout=out / "oci",
+        tag=BASE_TAG,
+        docker_archive=out / "docker-archive.tar",
+        docker_name=BASE_DOCKER_NAME,
+    )
+
+
+@pytest.fixture(scope="session")
+def base_layout(base_image: BaseImage) -> Path:
+    """Path of the base image's OCI layout (tag BASE_TAG)."""
+    return base_image.layout
+
+
+@pytest.fixture(scope="session")
+def base_ref(base_image: BaseImage) -> str:
+    """`oci:<layout>:py311`, the base image as an ocibuild/skopeo reference."""
+    return base_image.ref
+
+
+@pytest.fixture(scope="session")
+def base_docker_archive(base_image: BaseImage) -> Path:
+    """Path of the base image as a `docker save` tarball, named BASE_DOCKER_NAME."""
+    return base_image.docker_archive
+
+
+# --- the example model ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExampleModel:
+    """fixtures/example trained on this host: what a user would hand to `ocibuild package`."""
+
+    model: Path  # model.pkl, in a session temporary directory
+    score: Path  # fixtures/example/score.py
+    requirements: Path  # fixtures/example/requirements.txt
+    source_dir: Path  # fixtures/example
+    input: dict = field(default_factory=lambda: EXAMPLE_INPUT)
+    predictions: list[float] = field(default_factory=list)  # score.run() on this host for `input`
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model.parent
+
+    @property
+    def input_json(self) -> str:
+        return json.dumps(self.input)
+
+
+_HOST_SCORE = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import score
+score.init()
+print(json.dumps(score.run(sys.argv[2])))
+"""
+
+
+@pytest.fixture(scope="session")
+def example_model(tmp_path_factory: pytest.TempPathFactory) -> ExampleModel:
+    if importlib.util.find_spec("sklearn") is None or importlib.util.find_spec("joblib") is None:
+        pytest.skip("scikit-learn is not installed (pip install -e '.[example]')")
+    out = tmp_path_factory.mktemp("example-model")
+    run([sys.executable, EXAMPLE_DIR / "train.py", out], timeout=300)
+    model = out / "model.pkl"
+    assert model.is_file(), "train.py wrote no model.pkl"
+    # The host's answer, computed by the unchanged entry script the way the scoring server calls it.
+    scored = run(
+        [sys.executable, "-c", _HOST_SCORE, EXAMPLE_DIR, json.dumps(EXAMPLE_INPUT)],
+        env={"AZUREML_MODEL_DIR": str(out)},
+        timeout=300,
+    )
+    predictions = json.loads(scored.stdout)
+    assert len(predictions) == len(EXAMPLE_INPUT["data"]), predictions
+    return ExampleModel(
+        model=model,
+        score=EXAMPLE_DIR / "score.py",
+        requirements=EXAMPLE_DIR / "requirements.txt",
+        source_dir=EXAMPLE_DIR,
+        predictions=predictions,
+    )
+
+
+# --- container engines ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    """A container engine CLI bound to one private instance: `run("load", "-i", tar)` etc."""
+
+    name: str
+    argv: list[str]  # the CLI and its global flags
+    env: dict[str, str]  # what the CLI needs in its environment to reach this instance
+    dir: Path  # the instance's private directory
+    storage_driver: str
+    startup_seconds: float = 0.0
+
+    def run(
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        timeout: float = 600,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return run([*self.argv, *args], check=check, env=self.env, timeout=timeout, input=input)
+
+    def remove(self, *containers: str) -> None:
+        """Kill and remove containers at once, ignoring ones already gone (podman's `rm -f` would first wait
+        10 s for a SIGTERM that a PID-1 process without a handler ignores)."""
+        if containers:
+            extra = ["--time", "0"] if self.name == "podman" else []
+            self.run("rm", "--force", *extra, *containers, check=False, timeout=120)
+
+    def load(self, archive: str | os.PathLike[str]) -> str:
+        """Load a docker-archive/OCI tarball and return the image name (or ID) the engine reports."""
+        out = self.run("load", "-i", archive).stdout
+        for line in out.splitlines():
+            for prefix in ("Loaded image: ", "Loaded image(s): ", "Loaded image ID: "):
+                if line.startswith(prefix):
+                    return line[len(prefix) :].split(",")[0].strip()
+        raise AssertionError(f"{self.name} load printed no image name: {out!r}")
+
+
+@dataclass
+class Dockerd(Engine):
+    sock: Path = Path()
+    log: Path = Path()
+
+
+def _start_dockerd(d: Path, driver: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = d / f"dockerd-{driver}.log"
+    argv = [
+        "dockerd",
+        "-H", f"unix://{d}/docker.sock",
+        "--data-root", f"{d}/root",
+        "--exec-root", f"{d}/exec",
+        "--pidfile", f"{d}/pid",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--bridge=none",
+        f"--storage-driver={driver}",
+        "--exec-opt", "native.cgroupdriver=cgroupfs",
+    ]  # fmt: skip
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """A private Docker daemon (flags of DESIGN.md §5): overlay2, or vfs where overlay2 cannot work."""
+    require("dockerd")
+    cli = DOCKER_CLI_PREFERRED if os.access(DOCKER_CLI_PREFERRED, os.X_OK) else require("docker")
+    require_root("dockerd")
+    d = short_tempdir("ocibuild-dockerd-")
+    sock = d / "docker.sock"
+    env = {"DOCKER_HOST": f"unix://{sock}", "DOCKER_CONFIG": str(d / "config")}
+    proc = None
+    try:
+        failures = []
+        for driver in ("overlay2", "vfs"):
+            start = time.monotonic()
+            proc, log = _start_dockerd(d, driver)
+            engine = Dockerd(
+                name="docker", argv=[cli], env=env, dir=d, storage_driver=driver, sock=sock, log=log
+            )
+            while proc.poll() is None and time.monotonic() - start < 60:
+                if sock.exists() and engine.run("version", check=False, timeout=30).returncode == 0:
+                    break
+                time.sleep(0.05)
+            if proc.poll() is None:
+                engine.run("version", timeout=30)  # not ready after 60 s: fail with the CLI's own words
+                engine.startup_seconds = time.monotonic() - start
+                break
+            failures.append(
+                f"--- dockerd --storage-driver={driver} exited {proc.returncode}:\n{log.read_text()}"
+            )
+        else:
+            pytest.fail("dockerd does not start:\n" + "\n".join(failures))
+        yield engine
+        engine.remove(*engine.run("ps", "-aq", check=False).stdout.split())
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        remove_tree(d)
+
+
+_CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+# runc, not crun: on a hybrid cgroup host (v1 controllers + an empty v2 hierarchy) crun 1.8 refuses to run
+# ("cgroups in hybrid mode not supported"), and with --no-install-recommends apt picks crun for podman.
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
+
+[network]
+network_config_dir = "{d}/networks"
+"""
+
+
+@pytest.fixture(scope="session")
+def podman() -> Iterator[Engine]:
+    """podman with its own storage root, run root and containers.conf (DESIGN.md §5)."""
+    cli = require("podman")
+    require_root("podman")
+    d = short_tempdir("ocibuild-podman-")
+    try:
+        (d / "containers.conf").write_text(_CONTAINERS_CONF.format(d=d))
+        failures = []
+        for driver in ("overlay", "vfs"):
+            start = time.monotonic()
+            root, runroot = d / f"root-{driver}", d / f"run-{driver}"
+            # Our own storage.conf: the machine's (other roots, a mount_program) must not leak into the tests.
+            storage_conf = d / f"storage-{driver}.conf"
+            storage_conf.write_text(
+                f'[storage]\ndriver = "{driver}"\ngraphroot = "{root}"\nrunroot = "{runroot}"\n'
+            )
+            engine = Engine(
+                name="podman",
+                argv=[cli, "--root", str(root), "--runroot", str(runroot), "--storage-driver", driver],
+                env={
+                    "CONTAINERS_CONF": str(d / "containers.conf"),
+                    "CONTAINERS_STORAGE_CONF": str(storage_conf),
+                },
+                dir=d,
+                storage_driver=driver,
+            )
+            info = engine.run("info", "--format", "{{.Store.GraphDriverName}}", check=False, timeout=120)
+            if info.returncode == 0 and info.stdout.strip() == driver:
+                engine.startup_seconds = time.monotonic() - start
+                break
+            failures.append(f"--- podman --storage-driver={driver}:\n{info.stdout}{info.stderr}")
+        else:
+            pytest.fail("podman does not work:\n" + "\n".join(failures))
+        yield engine
+        engine.remove(*engine.run("ps", "-aq", check=False).stdout.split())
+    finally:
+        remove_tree(d)
+
+
+# A `registry` fixture (docker-registry serve on 127.0.0.1:<free_port()>, plain, basic-auth over TLS, and bearer
+# token variants; DESIGN.md §5) belongs here next to the engines.
