@@ -1,0 +1,63 @@
+"""The scoring server that ships inside every image and runs under ``ocibuild serve``.
+
+This directory is copied into images as the top-level package ``ocibuild_serving``
+(``/opt/ocibuild/server/ocibuild_serving``, started as ``python3 -m ocibuild_serving``), where only the image's own
+Python (3.8+) exists. So it must use only the standard library and only relative imports, and this ``__init__``
+imports nothing: the host CLI can import the package without pulling in the HTTP stack.
+
+Python API (what ``ocibuild serve`` calls; both block and must run on the main thread, which owns the signals)::
+
+    serve(entry_script: str | None = None, host: str | None = None, port: int | None = None, *,
+          model_dir: str | None = None, workers: int | None = None,
+          max_request_bytes: int | None = None) -> int      # the process exit status
+    main(argv: list[str] | None = None) -> int               # --entry-script --model-dir --port --host --workers
+
+An argument left as ``None`` falls back to its environment variable, then to the default:
+
+=============================  ===========================================================================
+``AZUREML_ENTRY_SCRIPT``       the entry script defining ``init()`` and ``run(raw_data)``; relative paths are
+                               taken from the working directory (the app root ``/var/azureml-app`` in images)
+``AZUREML_MODEL_DIR``          exported for the entry script (``model_dir`` / ``--model-dir`` sets it)
+``OCIBUILD_HOST``              listen address, default ``0.0.0.0``
+``OCIBUILD_PORT``              listen port, default ``5001``
+``OCIBUILD_MAX_REQUEST_BYTES`` request body limit, default 100 MiB; larger bodies get 413 unread
+``WORKER_COUNT``               worker processes, default 1; each loads the script and runs ``init()``
+``SCORING_TIMEOUT_MS``         if set, a ``run()`` slower than this answers 500 (the call itself cannot be
+                               stopped and finishes in the background)
+``OCIBUILD_MAX_CONCURRENT_RUNS`` if set, at most this many ``run()`` calls at once per process (1 = one at a
+                               time, as Azure's sync workers do, for scripts that are not thread-safe)
+``OCIBUILD_GRACEFUL_TIMEOUT``  seconds in-flight requests get to finish after SIGTERM/SIGINT, default 30
+``AZUREML_LOG_LEVEL``          server log level, default ``INFO``
+=============================  ===========================================================================
+
+Routes (every error body is JSON ``{"message": ...}``):
+
+- ``GET|HEAD /``: 200 ``Healthy`` once ``init()`` has finished (503 before); any other method 405.
+- ``GET /health/live``: 200 while the process serves, even during ``init()`` (Kubernetes liveness).
+- ``GET /health/ready``: 200 once ``init()`` has finished, 503 before it and while draining (readiness).
+  With ``WORKER_COUNT`` > 1 a worker takes connections only once it is ready, so during start-up connections wait
+  in the listen backlog instead of getting 503 (see ``workers``).
+- ``POST /score``: the UTF-8 JSON body, unchanged, to ``run(raw_data)``; the result as JSON. 400 on a body that is
+  not UTF-8 or not JSON, 413 over the limit, 500 if ``run()`` raises (traceback in the log only).
+- ``GET /score``: ``run()`` with the query parameters as a JSON object string (Azure's behaviour);
+  ``OPTIONS /score``: 200, empty.
+
+Exit status: 0 after a graceful stop, 2 for bad configuration, 3 when the entry script cannot be loaded or its
+``init()`` raises (gunicorn's and Azure's boot-error code), 1 when the port cannot be bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "main", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the server only when ``serve``/``main`` are asked for, so importing the package stays free."""
+    if name in ("serve", "main"):
+        from . import launcher
+
+        return getattr(launcher, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
