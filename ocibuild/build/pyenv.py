@@ -1,0 +1,1044 @@
+"""The base image's Python, and wheels built for it.
+
+Owns two things:
+
+* ``detect_target_python``: which Python, C library and architecture a base image has, found by reading its layer
+  tars (names, symlinks, hardlinks, whiteouts, and the contents of a handful of small files) the way the container
+  runtime would stack them.
+* ``install_dependencies``: the user's requirements installed as wheels for that target (not for the host) into a
+  directory that becomes an image layer.
+
+Never: runs the image or any binary from it, writes anything read from a layer to disk, follows a path outside the
+image's own root (``..`` and absolute names are clamped to it, as a chroot would), holds more than file names and a
+few bounded scan results in memory, or builds a package from source (a wheel compiled for the host would be wrong in
+the image).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from ocibuild.errors import BaseImageError, DependencyError, InputError
+
+__all__ = [
+    "TargetPython",
+    "detect_target_python",
+    "install_dependencies",
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Platforms
+# --------------------------------------------------------------------------------------------------------------
+
+# OCI architecture (and variant) → the machine name used in wheel platform tags.
+_WHEEL_ARCH: dict[tuple[str, str | None], str] = {
+    ("amd64", None): "x86_64",
+    ("arm64", None): "aarch64",
+    ("arm64", "v8"): "aarch64",
+    ("386", None): "i686",
+    ("arm", None): "armv7l",
+    ("arm", "v7"): "armv7l",
+    ("arm", "v6"): "armv6l",
+    ("ppc64le", None): "ppc64le",
+    ("s390x", None): "s390x",
+    ("riscv64", None): "riscv64",
+}
+
+# ELF e_machine → OCI architecture (ppc64 is only ppc64le when little-endian; checked separately).
+_ELF_MACHINE = {3: "386", 40: "arm", 62: "amd64", 183: "arm64", 21: "ppc64le", 22: "s390x", 243: "riscv64"}
+
+# The legacy manylinux names, by the glibc version each stands for (PEP 600), and the machines each exists for.
+_MANYLINUX_LEGACY = {
+    (2, 17): ("manylinux2014", {"x86_64", "i686", "aarch64", "armv7l", "ppc64", "ppc64le", "s390x"}),
+    (2, 12): ("manylinux2010", {"x86_64", "i686"}),
+    (2, 5): ("manylinux1", {"x86_64", "i686"}),
+}
+
+# The manylinux glibc minors uv 0.13's --python-platform can name (``uv help pip install``), for x86_64 and aarch64.
+_UV_MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
+
+
+@dataclass(frozen=True)
+class TargetPython:
+    """The Python of a base image: what wheels must be built for to run there."""
+
+    version: tuple[int, int]
+    patch: int | None
+    executable: str
+    libc: str
+    libc_version: tuple[int, int]
+    architecture: str
+    variant: str | None = None
+
+    @property
+    def wheel_arch(self) -> str:
+        """The machine name used in wheel tags (``x86_64``, ``aarch64``, ...)."""
+        arch = _WHEEL_ARCH.get((self.architecture, self.variant))
+        arch = arch or _WHEEL_ARCH.get((self.architecture, None))
+        if arch is None:
+            raise BaseImageError(
+                f"no Python wheel platform is known for linux/{self.architecture}"
+                f"{'/' + self.variant if self.variant else ''}; use an amd64 or arm64 base image"
+            )
+        return arch
+
+    @property
+    def python_version(self) -> str:
+        """``3.11.2`` when the patch level is known, else ``3.11``: what pip and uv are told."""
+        text = f"{self.version[0]}.{self.version[1]}"
+        return text if self.patch is None else f"{text}.{self.patch}"
+
+    @property
+    def abi(self) -> str:
+        return f"cp{self.version[0]}{self.version[1]}"
+
+    def platform_tags(self) -> list[str]:
+        """pip ``--platform`` values for this image, most specific first (as ``packaging.tags`` orders them)."""
+        arch = self.wheel_arch
+        major, minor = self.libc_version
+        tags: list[str] = []
+        if self.libc == "glibc":
+            lowest = 5 if arch in ("x86_64", "i686") else 17
+            for m in range(minor, lowest - 1, -1):
+                tags.append(f"manylinux_{major}_{m}_{arch}")
+                legacy = _MANYLINUX_LEGACY.get((major, m))
+                if legacy and arch in legacy[1]:
+                    tags.append(f"{legacy[0]}_{arch}")
+        else:
+            tags.extend(f"musllinux_{major}_{m}_{arch}" for m in range(minor, -1, -1))
+        return tags
+
+    def uv_platform(self) -> str | None:
+        """The ``uv pip install --python-platform`` value that matches this image, or None when uv has none.
+
+        uv names a fixed set of platforms. A glibc image gets uv only when uv names its exact glibc version (or the
+        image is newer than everything uv names): the nearest older name would hide wheels built for the versions in
+        between (a glibc 2.27 image mapped to uv's 2.17 would miss every ``manylinux_2_27`` wheel, e.g. numpy >= 2.3).
+        uv's musl targets mean ``musllinux_1_2``, so only musl >= 1.2 qualifies.
+        """
+        arch = self.wheel_arch
+        if arch not in ("x86_64", "aarch64"):
+            return None
+        if self.libc == "musl":
+            return f"{arch}-unknown-linux-musl" if self.libc_version >= (1, 2) else None
+        major, minor = self.libc_version
+        if major != 2:
+            return None
+        if minor in _UV_MANYLINUX_MINORS:
+            return f"{arch}-manylinux_2_{minor}"
+        if minor > _UV_MANYLINUX_MINORS[-1]:
+            return f"{arch}-manylinux_2_{_UV_MANYLINUX_MINORS[-1]}"
+        return None
+
+    def describe(self) -> str:
+        """One short phrase for messages: ``CPython 3.11.2, glibc 2.36, linux/amd64``."""
+        plat = f"linux/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+        return f"CPython {self.python_version}, {self.libc} {self.libc_version[0]}.{self.libc_version[1]}, {plat}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A virtual view of the image's filesystem, from the layer tars
+# --------------------------------------------------------------------------------------------------------------
+
+_SCAN_LIMIT = 64 * 1024 * 1024  # bytes of one file that are ever looked at (a stripped libpython is ~5 MB)
+_CHUNK = 1024 * 1024
+_OVERLAP = 512  # bytes carried between chunks so that a pattern split across two chunks is still seen
+_ELF_HEAD = 64 * 1024  # the ELF header, program headers and PT_INTERP string lie here in every real binary
+_MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP
+_MAX_VERSIONS = 64  # distinct version strings remembered from one file
+
+_GLIBC_BANNER = re.compile(
+    rb"(?:GNU C Library|ld\.so) \([^)\n\x00]{0,120}\) [a-z ]{0,40}version (\d+)\.(\d+)"
+)
+_GLIBC_SYMVER = re.compile(rb"\x00GLIBC_2\.(\d+)(?:\.\d+)?\x00")
+_MUSL_BANNER = re.compile(rb"musl libc \(")
+_MUSL_VERSION = re.compile(rb"\x00(1)\.(\d+)\.\d+[a-z0-9_.+-]{0,24}\x00")
+_APK_MUSL = re.compile(rb"(?:^|\n)P:musl\nV:(\d+)\.(\d+)")
+# "3.M.P" ending a string; the byte before must not be a digit or a dot (checked by hand: a look-behind makes this
+# regex 60 times slower on a 23 MB libpython).
+_PY_VERSION = re.compile(rb"3\.(\d{1,2})\.(\d{1,2})(?:(?:a|b|rc)\d{1,2})?\+?\x00")
+
+_LIBC_NAME = re.compile(
+    r"libc\.so\.6|libc-\d+\.\d+\.so|libc\.so|ld-musl-[^/]+\.so\.1|libc\.musl-[^/]+\.so\.1"
+)
+_LOADER_NAME = re.compile(r"ld-linux[^/]*\.so\.\d|ld64\.so\.\d|ld\.so\.1")
+_PYTHON_NAME = re.compile(r"python3(?:\.\d+)?")
+_LIBPYTHON_NAME = re.compile(r"libpython3\.\d+\.so(?:\.1(?:\.0)?)?")
+_APK_DB = ("lib", "apk", "db", "installed")
+
+
+@dataclass(frozen=True, slots=True)
+class _Elf:
+    machine: str | None
+    interpreter: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a scan of one file found; shared by every hardlink to it."""
+
+    glibc: tuple[int, int] | None = None
+    musl: tuple[int, int] | None = None
+    py_versions: frozenset[tuple[int, int]] = frozenset()  # (minor, patch) of every "3.M.P" string seen
+    elf: _Elf | None = None
+
+
+class _Dir:
+    __slots__ = ("children",)
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    facts: _Facts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    target: str
+
+
+_Node = _Dir | _File | _Link
+_Path = tuple[str, ...]
+
+
+def _normalise(name: str) -> _Path:
+    """A tar member name as components under the root: ``./a//b/../c`` → ``(a, c)``; ``..`` stops at the root."""
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+class _Tree:
+    """The final filesystem of stacked layers, as names and a few scan results."""
+
+    def __init__(self) -> None:
+        self.root = _Dir()
+
+    def resolve(
+        self, path: _Path, *, follow_last: bool = True, create: bool = False
+    ) -> tuple[_Node | None, _Path]:
+        """The node at ``path`` and its real path, following symlinks inside the root; (None, ()) if absent.
+
+        With ``create``, missing directories are made on the way (what unpacking a layer does for a member whose
+        parents the tar does not list).
+        """
+        todo = list(reversed(path))
+        real: list[str] = []
+        dirs: list[_Dir] = [self.root]
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if real:
+                    real.pop()
+                    dirs.pop()
+                continue
+            child = dirs[-1].children.get(name)
+            if child is None:
+                if not create:
+                    return None, ()
+                child = dirs[-1].children[name] = _Dir()
+            if isinstance(child, _Link) and (todo or follow_last):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    return None, ()
+                if child.target.startswith("/"):
+                    del real[:]
+                    del dirs[1:]
+                todo.extend(reversed(child.target.split("/")))
+                continue
+            if isinstance(child, _Dir):
+                real.append(name)
+                dirs.append(child)
+                continue
+            if todo:  # a file used as a directory
+                return None, ()
+            return child, (*real, name)
+        return dirs[-1], tuple(real)
+
+    def put(self, path: _Path, node: _Node) -> None:
+        parent, _ = self.resolve(path[:-1], create=True)
+        if not isinstance(parent, _Dir):
+            return  # a parent is a file or a symlink loop: unpacking would fail here too
+        name = path[-1]
+        if isinstance(node, _Dir) and isinstance(parent.children.get(name), _Dir):
+            return  # directories of upper layers merge with lower ones
+        parent.children[name] = node
+
+    def whiteout(self, path: _Path) -> None:
+        parent, _ = self.resolve(path[:-1])
+        if isinstance(parent, _Dir):
+            parent.children.pop(path[-1], None)
+
+    def make_opaque(self, path: _Path) -> None:
+        node, _ = self.resolve(path)
+        if isinstance(node, _Dir):
+            node.children.clear()
+
+    def listdir(self, path: _Path) -> list[str]:
+        node, _ = self.resolve(path)
+        return sorted(node.children) if isinstance(node, _Dir) else []
+
+    def file(self, path: _Path) -> tuple[_File | None, _Path]:
+        node, real = self.resolve(path)
+        return (node, real) if isinstance(node, _File) else (None, ())
+
+
+def _scan_kind(path: _Path) -> str | None:
+    """Which of the few interesting files this member is, judged by name alone (content is read only for these)."""
+    if not path:
+        return None
+    name = path[-1]
+    if path == _APK_DB:
+        return "apk"
+    if _LIBC_NAME.fullmatch(name) or _LOADER_NAME.fullmatch(name):
+        return "libc"
+    if _PYTHON_NAME.fullmatch(name) and len(path) >= 2 and path[-2] == "bin":
+        return "python"
+    if _LIBPYTHON_NAME.fullmatch(name):
+        return "libpython"
+    return None
+
+
+def _chunks(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(offset, window) pairs over at most _SCAN_LIMIT bytes, each window overlapping the last by _OVERLAP."""
+    tail = b""
+    offset = 0
+    while offset < _SCAN_LIMIT:
+        chunk = stream.read(min(_CHUNK, _SCAN_LIMIT - offset))
+        if not chunk:
+            return
+        yield offset - len(tail), tail + chunk
+        offset += len(chunk)
+        tail = chunk[-_OVERLAP:]
+
+
+def _parse_elf(head: bytes) -> _Elf | None:
+    """Machine and program interpreter (PT_INTERP) of an ELF file from its first bytes; None if not ELF."""
+    if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return None
+    is64 = head[4] == 2
+    end = "<" if head[5] == 1 else ">"
+    # Offsets of (e_phoff, e_phentsize, e_phnum) and, in a program header, of (p_offset, p_filesz).
+    word = "Q" if is64 else "I"
+    phoff_at, phent_at, off_at, size_at = (32, 54, 8, 32) if is64 else (28, 42, 4, 16)
+    interp = None
+    try:
+        (machine,) = struct.unpack_from(end + "H", head, 18)
+        (phoff,) = struct.unpack_from(end + word, head, phoff_at)
+        phentsize, phnum = struct.unpack_from(end + "HH", head, phent_at)
+        for i in range(min(phnum, 256)):
+            at = phoff + i * phentsize
+            if struct.unpack_from(end + "I", head, at)[0] != 3:  # PT_INTERP
+                continue
+            (p_offset,) = struct.unpack_from(end + word, head, at + off_at)
+            (p_filesz,) = struct.unpack_from(end + word, head, at + size_at)
+            raw = head[p_offset : p_offset + min(p_filesz, 4096)]
+            interp = raw.split(b"\0", 1)[0].decode("utf-8", "replace") or None
+            break
+    except struct.error:
+        return None
+    arch = "ppc64" if machine == 21 and end == ">" else _ELF_MACHINE.get(machine)
+    return _Elf(machine=arch, interpreter=interp)
+
+
+def _scan(kind: str, name: str, stream: BinaryIO) -> _Facts:
+    """Read one interesting file's first _SCAN_LIMIT bytes in chunks and keep only what was found."""
+    banner: tuple[int, int] | None = None
+    symver = -1
+    musl_seen = False
+    musl_versions: set[tuple[int, int]] = set()
+    apk_musl: tuple[int, int] | None = None
+    py_versions: set[tuple[int, int]] = set()
+    head = b""
+    for offset, window in _chunks(stream):
+        if offset <= 0:
+            head = window[:_ELF_HEAD]
+        if kind == "libc":
+            if banner is None and (m := _GLIBC_BANNER.search(window)):
+                banner = (int(m[1]), int(m[2]))
+            for m in _GLIBC_SYMVER.finditer(window):
+                symver = max(symver, int(m[1]))
+            musl_seen = musl_seen or _MUSL_BANNER.search(window) is not None
+            for m in _MUSL_VERSION.finditer(window):
+                if len(musl_versions) < _MAX_VERSIONS:
+                    musl_versions.add((int(m[1]), int(m[2])))
+        elif kind == "apk":
+            if apk_musl is None and (m := _APK_MUSL.search(window)):
+                apk_musl = (int(m[1]), int(m[2]))
+        else:
+            for m in _PY_VERSION.finditer(window):
+                if m.start() > 0 and window[m.start() - 1] in b"0123456789.":
+                    continue
+                if len(py_versions) < _MAX_VERSIONS:
+                    py_versions.add((int(m[1]), int(m[2])))
+    if kind == "apk":
+        return _Facts(musl=apk_musl)
+    if kind == "libc":
+        glibc = banner
+        if glibc is None and symver >= 0:
+            glibc = (2, symver)  # the newest symbol version it defines: a lower bound, never too new
+        if glibc is None and (m := re.fullmatch(r"libc-(\d+)\.(\d+)\.so", name)):
+            glibc = (int(m[1]), int(m[2]))
+        musl = None
+        if musl_seen and len(musl_versions) == 1:
+            musl = next(iter(musl_versions))
+        return _Facts(glibc=glibc, musl=musl)
+    return _Facts(py_versions=frozenset(py_versions), elf=_parse_elf(head) if kind == "python" else None)
+
+
+# One member of a layer, as kept between reading the layer and applying it: (kind, path, payload).
+_Entry = tuple[str, _Path, object]
+
+
+def _read_layer(open_layer: Callable[[], BinaryIO], number: int, what: str) -> list[_Entry]:
+    entries: list[_Entry] = []
+    try:
+        stream = open_layer()
+    except OSError as e:
+        raise BaseImageError(f"{what}: cannot read layer {number} ({e})") from e
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                path = _normalise(member.name)
+                if not path:
+                    continue
+                base = path[-1]
+                if base == ".wh..wh..opq":
+                    entries.append(("opaque", path[:-1], None))
+                elif base.startswith(".wh..wh."):
+                    continue  # other aufs metadata
+                elif base.startswith(".wh."):
+                    if len(base) > 4:
+                        entries.append(("whiteout", (*path[:-1], base[4:]), None))
+                elif member.isdir():
+                    entries.append(("dir", path, None))
+                elif member.issym():
+                    entries.append(("symlink", path, member.linkname))
+                elif member.islnk():
+                    entries.append(("hardlink", path, _normalise(member.linkname)))
+                elif member.isreg():
+                    facts = None
+                    kind = _scan_kind(path)
+                    if kind is not None:
+                        content = tar.extractfile(member)
+                        if content is not None:
+                            facts = _scan(kind, base, content)
+                    entries.append(("file", path, facts))
+                else:  # devices, fifos
+                    entries.append(("file", path, None))
+    except tarfile.ReadError as e:
+        if "empty file" in str(e):
+            return entries
+        raise BaseImageError(
+            f"{what}: layer {number} is not a readable tar ({e}); the image is corrupt"
+        ) from e
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise BaseImageError(
+            f"{what}: layer {number} is not a readable tar ({e}); the image is corrupt"
+        ) from e
+    finally:
+        stream.close()
+    return entries
+
+
+def _apply_layer(tree: _Tree, entries: list[_Entry]) -> None:
+    # Whiteouts and opaque markers hide only what lower layers hold, never this layer's own entries, wherever they
+    # stand in the tar: so they go first.
+    for kind, path, _ in entries:
+        if kind == "whiteout":
+            tree.whiteout(path)
+        elif kind == "opaque":
+            tree.make_opaque(path)
+    for kind, path, payload in entries:
+        if kind == "dir":
+            tree.put(path, _Dir())
+        elif kind == "file":
+            tree.put(path, _File(payload))  # type: ignore[arg-type]
+        elif kind == "symlink":
+            tree.put(path, _Link(str(payload)))
+        elif kind == "hardlink":
+            target, _ = tree.resolve(payload, follow_last=False)  # type: ignore[arg-type]
+            if isinstance(target, (_File, _Link)):
+                tree.put(path, target)
+
+
+def _build_tree(layers: Sequence[Callable[[], BinaryIO]], what: str) -> _Tree:
+    tree = _Tree()
+    for number, open_layer in enumerate(layers, start=1):
+        _apply_layer(tree, _read_layer(open_layer, number, what))
+    return tree
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------------------------------
+
+_PREFERRED = (("usr", "local", "bin", "python3"), ("usr", "bin", "python3"))
+
+
+def _as_abs(path: _Path) -> str:
+    return "/" + "/".join(path)
+
+
+def _interpreter_candidates(tree: _Tree) -> list[_Path]:
+    candidates = list(_PREFERRED)
+    for bindir in (("usr", "local", "bin"), ("usr", "bin")):
+        versioned = [n for n in tree.listdir(bindir) if re.fullmatch(r"python3\.\d+", n)]
+        versioned.sort(key=lambda n: int(n.split(".")[1]), reverse=True)
+        candidates.extend((*bindir, n) for n in versioned)
+    return candidates
+
+
+def _stdlib_minors(tree: _Tree, prefix: _Path) -> set[int]:
+    minors = set()
+    for lib in ("lib", "lib64"):
+        for name in tree.listdir((*prefix, lib)):
+            m = re.fullmatch(r"python3\.(\d+)", name)
+            if m and tree.file((*prefix, lib, name, "os.py"))[0] is not None:
+                minors.add(int(m[1]))
+    return minors
+
+
+def _prefixes(*paths: _Path) -> list[_Path]:
+    """The install prefixes (``usr/local`` for ``usr/local/bin/python3``) of interpreter paths, deduplicated."""
+    seen: list[_Path] = []
+    for path in paths:
+        if len(path) >= 2 and path[-2] == "bin" and path[:-2] not in seen:
+            seen.append(path[:-2])
+    return seen
+
+
+def _libpython_versions(tree: _Tree, prefixes: Iterable[_Path], minor: int) -> set[tuple[int, int]]:
+    found: set[tuple[int, int]] = set()
+    for prefix in prefixes:
+        dirs = [(*prefix, "lib"), (*prefix, "lib64")]
+        dirs += [
+            (*prefix, "lib", d) for d in tree.listdir((*prefix, "lib")) if re.fullmatch(r"[^/]+-linux-\w+", d)
+        ]
+        for d in dirs:
+            for name in tree.listdir(d):
+                if name.startswith(f"libpython3.{minor}.so"):
+                    node, _ = tree.file((*d, name))
+                    if node is not None and node.facts is not None:
+                        found |= node.facts.py_versions
+    return found
+
+
+@dataclass
+class _Interpreter:
+    path: _Path
+    minor: int
+    patch: int | None
+    elf: _Elf | None
+
+
+def _find_interpreter(tree: _Tree, what: str) -> _Interpreter:
+    missing_stdlib: str | None = None
+    for candidate in _interpreter_candidates(tree):
+        node, real = tree.file(candidate)
+        if node is None:
+            continue
+        facts = node.facts or _Facts()
+        prefixes = _prefixes(candidate, real)
+        stdlibs: set[int] = set()
+        for prefix in prefixes:
+            stdlibs |= _stdlib_minors(tree, prefix)
+        minor = None
+        for name in (real[-1], candidate[-1]):
+            if m := re.fullmatch(r"python3\.(\d+)", name):
+                minor = int(m[1])
+                break
+        if minor is None:
+            # A bare "python3" file: the standard library says which, or the binary's strings do.
+            by_strings = {v[0] for v in facts.py_versions} & stdlibs
+            minor = next(iter(stdlibs)) if len(stdlibs) == 1 else (max(by_strings) if by_strings else None)
+        if minor is None or minor not in stdlibs:
+            if missing_stdlib is None:
+                prefix = prefixes[0] if prefixes else ("usr",)
+                stdlib = _as_abs((*prefix, "lib", f"python3.{'X' if minor is None else minor}", "os.py"))
+                missing_stdlib = (
+                    f"{what} has {_as_abs(candidate)} but not its standard library ({stdlib}); "
+                    "use a base whose Python is complete, e.g. python:3.11-slim"
+                )
+            continue
+        versions = {v for v in facts.py_versions if v[0] == minor}
+        versions |= _libpython_versions(tree, prefixes, minor)
+        patches = {patch for _, patch in versions}
+        patch = next(iter(patches)) if len(patches) == 1 else None
+        return _Interpreter(path=candidate, minor=minor, patch=patch, elf=facts.elf)
+    if missing_stdlib:
+        raise BaseImageError(missing_stdlib)
+    raise BaseImageError(
+        f"{what} has no Python 3 interpreter (looked for /usr/bin/python3, /usr/local/bin/python3); "
+        "use a base with Python, e.g. python:3.11-slim"
+    )
+
+
+_LIB_DIRS: tuple[_Path, ...] = (("lib",), ("lib64",), ("usr", "lib"), ("usr", "lib64"))
+
+
+def _lib_dirs(tree: _Tree) -> list[_Path]:
+    dirs = list(_LIB_DIRS)
+    for base in (("lib",), ("usr", "lib")):
+        dirs += [(*base, d) for d in tree.listdir(base) if re.fullmatch(r"[^/]+-linux-\w+", d)]
+    return dirs
+
+
+def _glibc_version(tree: _Tree, loader: _Path | None) -> tuple[int, int] | None:
+    dirs: list[_Path] = []
+    if loader is not None:
+        _, real = tree.file(loader)
+        if real:
+            dirs.append(real[:-1])
+    dirs += _lib_dirs(tree)
+    for d in dirs:
+        node, _ = tree.file((*d, "libc.so.6"))
+        if node is not None and node.facts is not None and node.facts.glibc is not None:
+            return node.facts.glibc
+    if loader is not None:
+        node, _ = tree.file(loader)
+        if node is not None and node.facts is not None and node.facts.glibc is not None:
+            return node.facts.glibc
+    return None
+
+
+def _musl_loaders(tree: _Tree) -> list[_Path]:
+    found = []
+    for d in _lib_dirs(tree):
+        found += [(*d, n) for n in tree.listdir(d) if re.fullmatch(r"ld-musl-[^/]+\.so\.1", n)]
+    return found
+
+
+def _musl_version(tree: _Tree, loader: _Path | None) -> tuple[int, int] | None:
+    apk, _ = tree.file(_APK_DB)
+    if apk is not None and apk.facts is not None and apk.facts.musl is not None:
+        return apk.facts.musl
+    for path in ([loader] if loader else []) + _musl_loaders(tree):
+        node, _ = tree.file(path)
+        if node is not None and node.facts is not None and node.facts.musl is not None:
+            return node.facts.musl
+    return None
+
+
+def _libc(tree: _Tree, interp: _Interpreter, what: str) -> tuple[str, tuple[int, int]]:
+    loader = _normalise(interp.elf.interpreter) if interp.elf and interp.elf.interpreter else None
+    kind: str | None = None
+    if loader:
+        if loader[-1].startswith("ld-musl-"):
+            kind = "musl"
+        elif _LOADER_NAME.fullmatch(loader[-1]):
+            kind = "glibc"
+        else:
+            raise BaseImageError(
+                f"{what}: {_as_abs(interp.path)} uses the C library loader {_as_abs(loader)}, which is neither "
+                "glibc nor musl; use a Debian, Ubuntu or Alpine based image"
+            )
+    if kind in (None, "glibc"):
+        version = _glibc_version(tree, loader if kind else None)
+        if version is not None:
+            return "glibc", version
+        if kind == "glibc":
+            raise BaseImageError(
+                f"{what}: {_as_abs(interp.path)} needs glibc but its version could not be read from libc.so.6; "
+                "use a Debian, Ubuntu or Alpine based image"
+            )
+    musl_loaders = _musl_loaders(tree)
+    if kind == "musl" or musl_loaders:
+        version = _musl_version(tree, loader if kind else None)
+        if version is not None:
+            return "musl", version
+        raise BaseImageError(
+            f"{what}: {_as_abs(interp.path)} uses musl but its version could not be read "
+            f"(from lib/apk/db/installed or {_as_abs(loader or musl_loaders[0])}); "
+            "use a Debian, Ubuntu or Alpine based image"
+        )
+    raise BaseImageError(
+        f"{what}: cannot tell which C library {_as_abs(interp.path)} uses (no glibc libc.so.6 or musl "
+        "ld-musl-*.so.1 found); use a Debian, Ubuntu or Alpine based image"
+    )
+
+
+def detect_target_python(
+    layers: Sequence[Callable[[], BinaryIO]],
+    architecture: str,
+    variant: str | None = None,
+    *,
+    what: str = "base image",
+) -> TargetPython:
+    """The Python, C library and platform of an image, from its layers alone (nothing is run or unpacked).
+
+    ``layers`` open each layer's *uncompressed* tar stream, bottom layer first; each is read once, front to back.
+    ``what`` names the image in error messages (e.g. ``base image python:3.11-slim``).
+    """
+    if (architecture, variant) not in _WHEEL_ARCH and (architecture, None) not in _WHEEL_ARCH:
+        plat = f"linux/{architecture}" + (f"/{variant}" if variant else "")
+        raise BaseImageError(
+            f"{what} is for {plat}, for which there are no Python wheels; use an amd64 or arm64 base image"
+        )
+    tree = _build_tree(layers, what)
+    interp = _find_interpreter(tree, what)
+    if interp.elf is not None and interp.elf.machine is not None and interp.elf.machine != architecture:
+        raise BaseImageError(
+            f"{what} says it is for linux/{architecture} but its {_as_abs(interp.path)} is built for "
+            f"{interp.elf.machine}; the image is mislabelled, pick the platform that matches its binaries"
+        )
+    libc, libc_version = _libc(tree, interp, what)
+    return TargetPython(
+        version=(3, interp.minor),
+        patch=interp.patch,
+        executable=_as_abs(interp.path),
+        libc=libc,
+        libc_version=libc_version,
+        architecture=architecture,
+        variant=variant,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Installing wheels for the target
+# --------------------------------------------------------------------------------------------------------------
+
+Installer = Literal["auto", "uv", "pip"]
+
+_TAIL_LINES = 200  # lines of installer output kept in memory for the error message (the rest is in the log)
+
+# Environment variables that would redirect or change an install behind our back.
+_DROPPED_ENV = (
+    "PIP_USER",
+    "PIP_TARGET",
+    "PIP_PREFIX",
+    "PIP_ROOT",
+    "PIP_PYTHON",
+    "PIP_REQUIRE_VIRTUALENV",
+    "PIP_NO_BINARY",
+    "PIP_ONLY_BINARY",
+    "PIP_PLATFORM",
+    "PIP_PYTHON_VERSION",
+    "PIP_IMPLEMENTATION",
+    "PIP_ABI",
+    "UV_COMPILE_BYTECODE",
+    "UV_PYTHON",
+    "UV_SYSTEM_PYTHON",
+    "UV_NO_BINARY",
+    "UV_NO_BUILD",
+    "UV_TARGET",
+    "UV_PREFIX",
+)
+
+
+@dataclass
+class _Run:
+    returncode: int
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_TAIL_LINES))
+
+
+def _find_uv() -> str | None:
+    """The uv binary: the ``uv`` Python package's (the ``ocibuild[uv]`` extra) or one on PATH."""
+    with contextlib.suppress(ImportError, FileNotFoundError):
+        import uv  # type: ignore[import-not-found]
+
+        return uv.find_uv_bin()
+    return shutil.which("uv")
+
+
+def _check_inputs(requirements: Sequence[Path], packages: Sequence[str]) -> tuple[list[Path], list[str]]:
+    files = []
+    for req in requirements:
+        path = Path(req)
+        try:
+            with path.open("rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise InputError(
+                f"requirements file {path} cannot be read ({e.strerror or e}); check the --requirements path"
+            ) from e
+        files.append(path.absolute())
+    specs = []
+    for spec in packages:
+        text = spec.strip()
+        if not text or text.startswith("-"):
+            raise InputError(
+                f"{spec!r} is not a package spec (expected e.g. 'numpy==1.26'); put pip options in a requirements file"
+            )
+        specs.append(text)
+    return files, specs
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env.update(
+        PYTHONDONTWRITEBYTECODE="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        NO_COLOR="1",
+    )
+    return env
+
+
+def _uv_command(
+    uv: str, target: TargetPython, platform: str, dest: Path, files: list[Path], specs: list[str]
+) -> list[str]:
+    cmd = [uv, "pip", "install", "--target", str(dest), "--python", sys.executable]
+    cmd += ["--python-platform", platform, "--python-version", target.python_version]
+    cmd += ["--only-binary", ":all:", "--no-progress", "--color", "never"]
+    for f in files:
+        cmd += ["-r", str(f)]
+    return [*cmd, "--", *specs] if specs else cmd
+
+
+def _pip_command(target: TargetPython, dest: Path, files: list[Path], specs: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "pip", "install", "--target", str(dest)]
+    for tag in target.platform_tags():
+        cmd += ["--platform", tag]
+    cmd += ["--python-version", target.python_version, "--implementation", "cp"]
+    cmd += ["--only-binary=:all:", "--no-compile", "--no-warn-script-location", "--disable-pip-version-check"]
+    cmd += ["--no-input", "--root-user-action=ignore", "--progress-bar", "off"]
+    for f in files:
+        cmd += ["-r", str(f)]
+    return [*cmd, "--", *specs] if specs else cmd
+
+
+def _run(cmd: list[str], log: BinaryIO, progress: Callable[[str], None] | None) -> _Run:
+    log.write(("$ " + " ".join(cmd) + "\n").encode())
+    log.flush()
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()
+        )
+    except OSError as e:
+        raise DependencyError(f"cannot start {cmd[0]} to install the requirements ({e})") from e
+    run = _Run(returncode=0)
+    assert proc.stdout is not None
+    with proc.stdout:
+        for raw in proc.stdout:
+            log.write(raw)
+            line = raw.decode("utf-8", "replace").rstrip()
+            run.tail.append(line)
+            if progress is not None and line.strip():
+                progress(line)
+    run.returncode = proc.wait()
+    log.write(f"[exit {run.returncode}]\n".encode())
+    log.flush()
+    return run
+
+
+_NO_WHEEL = (
+    re.compile(r"Wheels are required for `([^`]+)`"),
+    re.compile(
+        r"Because (?:all versions of )?([A-Za-z0-9][A-Za-z0-9._-]*)\S* (?:has|have) no (?:usable )?wheels"
+    ),
+    re.compile(
+        r"(?:and|because) ([A-Za-z0-9][A-Za-z0-9._-]*)\S* (?:has|have) no wheels with a matching platform"
+    ),
+    re.compile(r"No matching distribution found for ([A-Za-z0-9][A-Za-z0-9._-]*)"),
+)
+_NOT_FOUND = re.compile(r"Because ([A-Za-z0-9][A-Za-z0-9._-]*) was not found in the package registry")
+_UNREADABLE_FILE = (
+    re.compile(r"Could not open requirements file: (.*)$", re.M),
+    re.compile(r"failed to read from file `([^`]+)`"),
+)
+_NETWORK = re.compile(
+    r"(Failed to fetch|error sending request|NewConnectionError|Could not fetch URL|Temporary failure in name "
+    r"resolution|Connection refused|Network is unreachable)",
+    re.I,
+)
+
+
+def _key_line(lines: Sequence[str]) -> str:
+    """The line of installer output that says what went wrong."""
+    for line in reversed(lines):
+        s = line.strip()
+        if s.startswith(("cause:", "╰─▶")):
+            return s.split(":", 1)[1].strip() if s.startswith("cause:") else s[3:].strip()
+    for line in reversed(lines):
+        s = line.strip()
+        if s.startswith(("ERROR:", "error:")):
+            return s.split(":", 1)[1].strip()
+    return next((s.strip() for s in reversed(lines) if s.strip()), "no output")
+
+
+def _raise_for(run: _Run, tool: str, target: TargetPython, log: Path) -> None:
+    lines = list(run.tail)
+    text = "\n".join(lines)
+    plat = f"{target.abi} {target.platform_tags()[0]}"
+    for pattern in _UNREADABLE_FILE:
+        if m := pattern.search(text):
+            raise InputError(
+                f"a requirements file cannot be read: {m[1].strip()}; check the paths it includes"
+            )
+    for pattern in _NO_WHEEL:
+        if m := pattern.search(text):
+            raise DependencyError(
+                f"no wheel of {m[1]!r} fits the base image ({plat}): pin a version of {m[1]} that publishes one, "
+                f"or use a base image whose platform has one (check the name too; {tool} log: {log})"
+            )
+    if m := _NOT_FOUND.search(text):
+        raise DependencyError(
+            f"package {m[1]!r} is not on the package index; check its name ({tool} log: {log})"
+        )
+    if _NETWORK.search(text):
+        raise DependencyError(
+            f"cannot reach the package index to install the requirements: {_key_line(lines)} ({tool} log: {log})"
+        )
+    raise DependencyError(
+        f"installing the requirements for {target.describe()} failed: {_key_line(lines)} ({tool} log: {log})"
+    )
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write a new file over ``path`` (never in place: files may be hardlinks into uv's cache)."""
+    mode = path.stat().st_mode & 0o7777
+    tmp = path.with_name(path.name + ".ocibuild-tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _make_reproducible(dest: Path, target: TargetPython) -> None:
+    """Remove what ties the installed tree to this host.
+
+    * Scripts in ``bin/`` carry the host interpreter's path in their shebang; it is rewritten to the image's
+      interpreter, so ``/opt/ocibuild/site-packages/bin/NAME`` runs inside the image (with the PYTHONPATH the image
+      sets) instead of pointing at a path that does not exist there.
+    * ``direct_url.json`` (PEP 610) records a local path or URL for packages installed from one; it is removed.
+    * RECORD follows both changes (new hashes and sizes; pip's ``../../bin/NAME`` rows become ``bin/NAME``).
+    """
+    shebang = b"#!" + target.executable.encode()
+    rewritten: dict[str, bytes] = {}
+    bindir = dest / "bin"
+    if bindir.is_dir() and not bindir.is_symlink():
+        for script in sorted(bindir.iterdir()):
+            if script.is_symlink() or not script.is_file():
+                continue
+            data = script.read_bytes()
+            first, sep, rest = data.partition(b"\n")
+            if first.startswith(b"#!") and b"python" in first and first != shebang:
+                data = shebang + sep + rest
+                _replace_file(script, data)
+            rewritten[f"bin/{script.name}"] = data
+    for info in sorted(dest.glob("*.dist-info")):
+        removed = set()
+        direct = info / "direct_url.json"
+        if direct.is_file():
+            direct.unlink()
+            removed.add(f"{info.name}/direct_url.json")
+        record = info / "RECORD"
+        if not record.is_file():
+            continue
+        rows = record.read_text(encoding="utf-8").splitlines()
+        out = []
+        for row in rows:
+            name, _, rest = row.partition(",")
+            norm = os.path.normpath(name)
+            while norm.startswith("../"):
+                norm = norm[3:]
+            if norm in removed:
+                continue
+            if norm in rewritten:
+                data = rewritten[norm]
+                row = f"{norm},{_record_hash(data)},{len(data)}"
+            out.append(row)
+        if out != rows:
+            _replace_file(record, ("\n".join(out) + "\n").encode("utf-8"))
+
+
+def install_dependencies(
+    target: TargetPython,
+    dest: Path,
+    *,
+    requirements: Sequence[Path] = (),
+    packages: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+    installer: Installer = "auto",
+) -> None:
+    """Install wheels (never source builds) for ``target`` into ``dest``, an empty or absent directory.
+
+    ``dest`` becomes the image's ``/opt/ocibuild/site-packages``. uv is used when it is installed and can name the
+    target's platform (seven times faster, DESIGN.md §4), pip otherwise; ``installer`` forces one. Installer output
+    goes to a log file in the temp directory, which is kept and named in the error when the install fails.
+    Files in ``dest`` may be hardlinks into uv's cache: replace them, never modify them in place.
+    """
+    files, specs = _check_inputs(requirements, packages)
+    if not files and not specs:
+        return
+    dest = Path(dest).absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise ValueError(f"{dest} must be empty")
+
+    uv = _find_uv() if installer in ("auto", "uv") else None
+    platform = target.uv_platform()
+    if installer == "uv" and (uv is None or platform is None):
+        raise DependencyError(
+            "uv cannot install for this base image "
+            + (
+                "(uv is not installed: pip install uv)"
+                if uv is None
+                else f"({target.describe()} has no uv platform)"
+            )
+        )
+    uses_pip = installer == "pip" or uv is None or platform is None
+    if uses_pip and importlib.util.find_spec("pip") is None:
+        raise DependencyError("neither uv nor pip is available to install the requirements; pip install uv")
+
+    fd, log_name = tempfile.mkstemp(prefix="ocibuild-install-", suffix=".log")
+    log_path = Path(log_name)
+    with os.fdopen(fd, "wb") as log:
+        tool = "pip"
+        run: _Run | None = None
+        if uv is not None and platform is not None and installer != "pip":
+            tool = "uv"
+            if progress is not None:
+                progress(f"installing wheels for {target.describe()} with uv ({platform})")
+            run = _run(_uv_command(uv, target, platform, dest, files, specs), log, progress)
+            rejected = any("invalid value" in line and "python-platform" in line for line in run.tail)
+            if run.returncode != 0 and rejected and installer == "auto":
+                run = None  # an older uv that does not know this platform name: pip can do it
+                shutil.rmtree(dest)
+                dest.mkdir()
+        if run is None:
+            tool = "pip"
+            if progress is not None:
+                progress(f"installing wheels for {target.describe()} with pip ({target.platform_tags()[0]})")
+            run = _run(_pip_command(target, dest, files, specs), log, progress)
+    if run.returncode != 0:
+        try:
+            _raise_for(run, tool, target, log_path)
+        except InputError:
+            log_path.unlink(missing_ok=True)  # the message says it all
+            raise
+    log_path.unlink(missing_ok=True)
+    _make_reproducible(dest, target)

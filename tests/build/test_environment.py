@@ -1,0 +1,191 @@
+"""Tests for ocibuild.build.environment: requirements, pip specs and conda files as Azure ML users write them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ocibuild.build.environment import PythonEnvironment, check_python_version, load_environment
+from ocibuild.build.pyenv import TargetPython
+from ocibuild.errors import BaseImageError, InputError
+
+# The conda file of Azure ML's own scikit-learn examples (azureml-examples), in its usual shape.
+AZURE_CONDA = """\
+name: model-env
+channels:
+  - conda-forge
+dependencies:
+  - python=3.11
+  - pip
+  - pip:
+      - azureml-defaults
+      - scikit-learn==1.3.2
+      - joblib
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def target(minor: int = 11) -> TargetPython:
+    return TargetPython((3, minor), 2, "/usr/bin/python3", "glibc", (2, 36), "amd64")
+
+
+def test_nothing_given_is_empty():
+    env = load_environment()
+    assert env == PythonEnvironment() == PythonEnvironment.empty()
+    assert env.is_empty()
+
+
+def test_requirements_and_pip_specs(tmp_path):
+    req = write(tmp_path / "requirements.txt", "numpy\n")
+    env = load_environment(requirements=[req], pip=["six==1.16", " joblib "])
+    assert env.requirements == (req,)
+    assert env.packages == ("six==1.16", "joblib")
+    assert env.python_version is None
+    assert not env.is_empty()
+
+
+def test_missing_requirements_file(tmp_path):
+    with pytest.raises(InputError, match=r"requirements file .*missing.txt cannot be read \(No such file"):
+        load_environment(requirements=[tmp_path / "missing.txt"])
+
+
+@pytest.mark.parametrize("spec", ["", "  ", "-r x.txt", "--index-url=http://x"])
+def test_pip_option_is_not_a_spec(spec):
+    with pytest.raises(InputError, match="is not a package spec"):
+        load_environment(pip=[spec])
+
+
+def test_azure_conda_file(tmp_path):
+    conda = write(tmp_path / "environment.yml", AZURE_CONDA)
+    env = load_environment(conda_file=conda, pip=["six"])
+    assert env.packages == ("azureml-defaults", "scikit-learn==1.3.2", "joblib", "six")
+    assert env.requirements == ()
+    assert env.python_version == (3, 11)
+    assert env.conda_file == conda
+
+
+@pytest.mark.parametrize(
+    ("pin", "expected"),
+    [
+        ("python=3.11", (3, 11)),
+        ("python==3.11.*", (3, 11)),
+        ("python=3.11.*", (3, 11)),
+        ("python==3.10", (3, 10)),
+        ("python=3.11.4", (3, 11)),
+        ("python=3.11.4=h955ad1f_0", (3, 11)),
+        ("python 3.12", (3, 12)),
+        ("conda-forge::python=3.9", (3, 9)),
+        ("python>=3.10", None),
+        ("python>=3.10,<3.12", None),
+        ("python=3", None),
+        ("python", None),
+        ("python=3.10|3.11", None),
+    ],
+)
+def test_python_pins(tmp_path, pin, expected):
+    conda = write(tmp_path / "environment.yml", f"dependencies:\n  - {pin}\n  - pip>=23\n")
+    env = load_environment(conda_file=conda)
+    assert env.python_version == expected
+    assert env.is_empty()
+
+
+def test_requirements_inside_the_pip_section_are_relative_to_the_conda_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    req = write(tmp_path / "env" / "requirements.txt", "numpy\n")
+    extra = write(tmp_path / "env" / "sub" / "extra.txt", "six\n")
+    conda = write(
+        tmp_path / "env" / "environment.yml",
+        "dependencies:\n  - pip:\n    - -r requirements.txt\n    - --requirement=sub/extra.txt\n    - joblib\n",
+    )
+    env = load_environment(conda_file=Path("env/environment.yml"))
+    assert [p.resolve() for p in env.requirements] == [req, extra]
+    assert env.packages == ("joblib",)
+    assert conda.is_file()
+
+
+def test_missing_requirements_file_inside_the_pip_section(tmp_path):
+    conda = write(tmp_path / "environment.yml", "dependencies:\n  - pip:\n    - -r nothere.txt\n")
+    with pytest.raises(
+        InputError, match=r"nothere.txt cannot be read .* check the '-r' entries of .*environment.yml"
+    ):
+        load_environment(conda_file=conda)
+
+
+def test_pip_options_in_the_pip_section_are_refused(tmp_path):
+    conda = write(tmp_path / "environment.yml", "dependencies:\n  - pip:\n    - --extra-index-url http://x\n")
+    with pytest.raises(InputError, match="pip option '--extra-index-url http://x' is not supported here"):
+        load_environment(conda_file=conda)
+
+
+def test_conda_packages_are_refused_all_at_once(tmp_path):
+    conda = write(
+        tmp_path / "environment.yml",
+        "channels: [conda-forge]\n"
+        "dependencies:\n"
+        "  - python=3.11\n"
+        "  - numpy\n"
+        "  - scikit-learn=1.3\n"
+        "  - conda-forge::xgboost\n"
+        "  - pip\n"
+        "  - pip: [six]\n",
+    )
+    with pytest.raises(InputError) as e:
+        load_environment(conda_file=conda)
+    assert str(e.value) == (
+        f"conda file {conda} lists conda packages ocibuild cannot install: numpy, scikit-learn=1.3, "
+        "conda-forge::xgboost; move them under the 'pip:' section (with their PyPI names)"
+    )
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    conda = write(tmp_path / "environment.yml", "name: x\ndependencies:\n  - python=3.11\n - pip\n")
+    with pytest.raises(InputError) as e:
+        load_environment(conda_file=conda)
+    message = str(e.value)
+    assert message.startswith(f"conda file {conda} line 4 is not valid YAML (")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("- just\n- a list\n", "is not a mapping"),
+        ("dependencies: numpy\n", "'dependencies:' must be a list"),
+        ("dependencies:\n  - pip: six\n", "'pip:' entry must be a list"),
+    ],
+)
+def test_wrong_shapes(tmp_path, text, match):
+    conda = write(tmp_path / "environment.yml", text)
+    with pytest.raises(InputError, match=match):
+        load_environment(conda_file=conda)
+
+
+def test_empty_conda_file(tmp_path):
+    env = load_environment(conda_file=write(tmp_path / "environment.yml", ""))
+    assert env.is_empty() and env.python_version is None
+
+
+def test_missing_conda_file(tmp_path):
+    with pytest.raises(InputError, match=r"conda file .*nope.yml cannot be read \(No such file"):
+        load_environment(conda_file=tmp_path / "nope.yml")
+
+
+def test_python_version_matches_the_base(tmp_path):
+    env = load_environment(conda_file=write(tmp_path / "environment.yml", AZURE_CONDA))
+    check_python_version(env, target(11))
+    check_python_version(load_environment(), target(12))  # no pin, no check
+
+
+def test_python_version_mismatch(tmp_path):
+    env = load_environment(conda_file=write(tmp_path / "environment.yml", "dependencies: [python=3.10]\n"))
+    with pytest.raises(BaseImageError) as e:
+        check_python_version(env, target(11))
+    assert str(e.value) == (
+        "environment.yml asks for Python 3.10 but the base image has 3.11; pick a base with 3.10"
+    )
