@@ -9,10 +9,14 @@ can open any of its blobs as a *verified* stream. Sources (layout, archive, regi
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, Protocol
+
+import zstandard
+from isal import isal_zlib
 
 from ..errors import FormatError
 from . import compress, media
@@ -98,7 +102,7 @@ class Image:
 
     def open_uncompressed(self, layer: Descriptor) -> BinaryIO:
         """A layer's tar stream, decompressed; closing it reads the rest, so the blob's digest is always checked."""
-        return _Drained(self.blobs.open_blob(layer))
+        return _Drained(self.blobs.open_blob(layer), layer)
 
     def descriptors(self) -> list[Descriptor]:
         """Every blob the image needs: config first, then layers (the order writers want)."""
@@ -108,15 +112,24 @@ class Image:
 class _Drained(io.RawIOBase):
     """Decompressed view of a verified blob stream that, on close, reads the blob to its end to verify it."""
 
-    def __init__(self, blob: BinaryIO):
+    def __init__(self, blob: BinaryIO, desc: Descriptor):
         self._blob = blob
+        self._desc = desc
         self._inner = compress.decompressed(blob)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:
-        data = self._inner.read(len(buf))
+        try:
+            data = self._inner.read(len(buf))
+        except (OSError, EOFError, ValueError, zlib.error, isal_zlib.error, zstandard.ZstdError) as e:
+            # Most likely the blob is corrupt: reading it to the end raises the digest mismatch, which says so.
+            while self._blob.read(CHUNK):
+                pass
+            raise FormatError(
+                f"layer {self._desc.digest.short} verifies but cannot be decompressed ({e}); the image is corrupt"
+            ) from None
         buf[: len(data)] = data
         return len(data)
 

@@ -111,7 +111,9 @@ def test_legacy_docker_save_layout_is_read(tmp_path, image):
     c = LayerContents()
     c.add_file(f, "payload")
     built = write_layer(c, store, "none")
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [built.diff_id]}}).encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [built.diff_id]}}
+    ).encode()
     from ocibuild.oci.digest import Digest
 
     cfg_hex = Digest.of(config).hex
@@ -120,7 +122,9 @@ def test_legacy_docker_save_layout_is_read(tmp_path, image):
         tf.add(store.path(built.descriptor.digest), "abc123/layer.tar")
         (tmp_path / "cfg").write_bytes(config)
         tf.add(tmp_path / "cfg", f"{cfg_hex}.json")
-        (tmp_path / "m").write_text(json.dumps([{"Config": f"{cfg_hex}.json", "RepoTags": ["old:1"], "Layers": ["abc123/layer.tar"]}]))
+        (tmp_path / "m").write_text(
+            json.dumps([{"Config": f"{cfg_hex}.json", "RepoTags": ["old:1"], "Layers": ["abc123/layer.tar"]}])
+        )
         tf.add(tmp_path / "m", "manifest.json")
     img = open_docker_archive(archive, "old:1", AMD64)
     assert img.layers[0].digest == built.diff_id and img.layers[0].media_type == media.OCI_LAYER

@@ -30,7 +30,9 @@ def test_familiar_and_str():
     assert parse_reference("localhost:5000/a:1").familiar == "localhost:5000/a:1"
 
 
-@pytest.mark.parametrize("bad", ["", "UPPER/case", "a:b:c", "repo@sha256:short", "host:5000/a:bad tag", " x", "a//b"])
+@pytest.mark.parametrize(
+    "bad", ["", "UPPER/case", "a:b:c", "repo@sha256:short", "host:5000/a:bad tag", " x", "a//b"]
+)
 def test_malformed_references_are_rejected(bad):
     with pytest.raises(BadReferenceError):
         parse_reference(bad)

@@ -1,0 +1,155 @@
+"""The Python API, shaped like Azure ML's ``Model.package`` so migrating users feel at home (DESIGN §1).
+
+    pkg = package(models=["model.pkl"],
+                  inference_config=InferenceConfig(entry_script="score.py",
+                                                   environment=Environment(pip_requirements="requirements.txt")),
+                  base="oci:./base:py311")
+    pkg.export("image.tar", tag="myimage:latest"); pkg.write_layout("./layout"); pkg.save("./context")
+    print(pkg.digest)
+
+Building and publishing are separate: ``package`` builds into the local cache; each method is one publisher.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .build.base import default_base
+from .build.environment import PythonEnvironment, load_environment
+from .build.package import BuildResult, PackageSpec, build
+from .errors import UsageError
+from .oci.archive import Tagged, write_archive
+from .oci.descriptor import Platform
+from .oci.digest import Digest
+from .oci.layout import write_layout
+from .oci.store import BlobStore
+from .progress import Progress
+from .registry.reference import parse_reference
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the image's Python needs: a requirements file, extra pip specs, or a conda environment file."""
+
+    pip_requirements: PathLike | Sequence[PathLike] | None = None
+    pip_packages: Sequence[str] = ()
+    conda_file: PathLike | None = None
+
+    def resolve(self) -> PythonEnvironment:
+        reqs = self.pip_requirements
+        if reqs is None:
+            files: list[Path] = []
+        elif isinstance(reqs, (str, os.PathLike)):
+            files = [Path(reqs)]
+        else:
+            files = [Path(r) for r in reqs]
+        conda = Path(self.conda_file) if self.conda_file is not None else None
+        return load_environment(files, list(self.pip_packages), conda)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    entry_script: PathLike
+    source_directory: PathLike | None = None
+    environment: Environment = field(default_factory=Environment)
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """A name to give the image in an archive or layout: ``repo_tag`` for Docker, ``ref_name``/``full`` for OCI."""
+
+    repo_tag: str
+    ref_name: str
+    full: str
+
+    @classmethod
+    def parse(cls, tag: str) -> ImageName:
+        ref = parse_reference(tag)
+        return cls(repo_tag=ref.familiar, ref_name=ref.tag or "latest", full=str(ref))
+
+
+class Package:
+    """A built image in the local cache, ready to be written out."""
+
+    def __init__(self, result: BuildResult, progress: Progress):
+        self.result = result
+        self._progress = progress
+
+    @property
+    def image(self):
+        return self.result.image
+
+    @property
+    def digest(self) -> Digest:
+        return self.result.image.digest
+
+    def default_tag(self) -> str:
+        return f"{self.result.model_name}:{self.result.image.config['config']['Labels']['org.opencontainers.image.version']}"
+
+    def export(self, path: PathLike, tag: str | None = None) -> Path:
+        """A tarball that ``docker load``, ``podman load`` and ``skopeo`` (docker-archive: and oci-archive:) read."""
+        name = ImageName.parse(tag or self.default_tag())
+        size = sum(d.size for d in self.image.descriptors())
+        counter = self._progress.bytes(f"writing {path}", size)
+        write_archive([Tagged(self.image, name.repo_tag, name.ref_name, name.full)], Path(path))
+        counter.done()
+        return Path(path)
+
+    def write_layout(self, directory: PathLike, tag: str | None = None) -> Path:
+        """An OCI image layout directory (``umoci``, ``skopeo copy oci:DIR:TAG``)."""
+        name = ImageName.parse(tag or self.default_tag())
+        write_layout([(self.image, name.ref_name, name.full)], Path(directory))
+        return Path(directory)
+
+    def save(self, directory: PathLike) -> Path:
+        """A Dockerfile build context that ``docker build`` turns into an image that behaves the same."""
+        from .build.dockerfile import write_context
+
+        write_context(self.result, Path(directory))
+        return Path(directory)
+
+    def load(self, tag: str | None = None) -> str:
+        """Stream the image into the local Docker or podman engine; returns the engine's message."""
+        from .engine import load_into_engine
+
+        name = ImageName.parse(tag or self.default_tag())
+        return load_into_engine([Tagged(self.image, name.repo_tag, name.ref_name, name.full)])
+
+    def push(self, reference: str) -> Digest:
+        raise UsageError(
+            "pushing to a registry is not available in this version; use export() or write_layout()"
+        )
+
+
+def package(
+    models: Sequence[PathLike],
+    inference_config: InferenceConfig,
+    base: str | None = None,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    platform: str = "linux/amd64",
+    compression: str = "gzip",
+    port: int = 5001,
+    cache: PathLike | None = None,
+    progress: Progress | None = None,
+) -> Package:
+    progress = progress or Progress(quiet=True)
+    spec = PackageSpec(
+        models=tuple(Path(m) for m in models),
+        entry_script=Path(inference_config.entry_script),
+        source_dir=Path(inference_config.source_directory) if inference_config.source_directory else None,
+        environment=inference_config.environment.resolve(),
+        base=base or default_base(),
+        name=name,
+        version=str(version),
+        platform=Platform.parse(platform),
+        compression=compression,
+        port=port,
+    )
+    return Package(build(spec, BlobStore(cache), progress), progress)

@@ -1,0 +1,78 @@
+"""Resolve a base reference (``oci:``, ``oci-archive:``, ``docker-archive:``, ``scratch``, a registry) to an Image.
+
+References follow the skopeo/podman transport convention (DESIGN §1). The result is checked against the wanted
+platform. Registry bases are the seam for the registry client; every other transport is local and read in place.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import BadReferenceError, BaseImageError
+from ..oci.archive import open_docker_archive, open_oci_archive
+from ..oci.descriptor import Platform
+from ..oci.image import Image
+from ..oci.layout import open_layout
+from ..registry.reference import parse_reference
+
+SCRATCH = "scratch"
+# skopeo transports that name something other than a registry, which ocibuild does not read.
+_OTHER_TRANSPORTS = {"containers-storage", "dir", "docker-daemon", "ostree", "sif", "tarball"}
+
+
+def default_base() -> str:
+    """``$OCIBUILD_BASE``, else the official slim image of the host's Python (the one that pickled the model)."""
+    return (
+        os.environ.get("OCIBUILD_BASE")
+        or f"docker.io/library/python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
+    )
+
+
+def split_path_and_name(rest: str) -> tuple[Path, str | None]:
+    """``PATH[:NAME]`` where PATH may itself hold no colon unless it exists as given."""
+    if os.path.exists(rest) or ":" not in rest:
+        return Path(rest), None
+    path, name = rest.split(":", 1)
+    return Path(path), name or None
+
+
+def resolve_base(ref: str, platform: Platform) -> Image | None:
+    """The base image for ``ref`` (None for ``scratch``), for ``platform``."""
+    if ref == SCRATCH:
+        return None
+    if ref.startswith("oci:"):
+        path, name = _split_layout(ref[4:])
+        image = open_layout(path, name, platform)
+    elif ref.startswith("oci-archive:"):
+        path, name = split_path_and_name(ref[len("oci-archive:") :])
+        image = open_oci_archive(path, name, platform)
+    elif ref.startswith("docker-archive:"):
+        path, name = split_path_and_name(ref[len("docker-archive:") :])
+        image = open_docker_archive(path, name, platform)
+    elif ref.split(":", 1)[0] in _OTHER_TRANSPORTS:
+        raise BadReferenceError(
+            f"base {ref!r}: transport {ref.split(':', 1)[0]!r} is not supported; use oci:DIR[:TAG], "
+            "oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker://HOST/REPO:TAG or scratch"
+        )
+    else:
+        parse_reference(ref)  # a malformed reference is reported as such, before anything else
+        raise BaseImageError(
+            f"base {ref}: pulling from a registry is not available in this version; "
+            "pass --base oci:DIR[:TAG], oci-archive:FILE or docker-archive:FILE"
+        )
+    if not platform.matches(image.platform):
+        raise BaseImageError(
+            f"base {ref} is for {image.platform}, not {platform}; pass --platform {image.platform} or another base"
+        )
+    return image
+
+
+def _split_layout(rest: str) -> tuple[Path, str | None]:
+    # oci:DIR:TAG — the tag is after the last colon, if what follows has no slash (skopeo's rule).
+    if ":" in rest and not os.path.isdir(rest):
+        path, tag = rest.rsplit(":", 1)
+        if "/" not in tag:
+            return Path(path), tag or None
+    return Path(rest), None

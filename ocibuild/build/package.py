@@ -1,0 +1,278 @@
+"""Package a model: base + dependencies + scoring server + model + app → an Image (DESIGN §2, §3).
+
+Layers go from least to most often changed (base, dependencies, server, model, app), so editing ``score.py``
+changes only the last layer, and a registry or cache already holds everything below it. The paths and variables
+inside the image are Azure ML's, so entry scripts written for Azure run unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+from .. import __version__
+from ..errors import InputError, UsageError
+from ..oci import compress
+from ..oci.descriptor import Descriptor, Platform
+from ..oci.digest import Digest
+from ..oci.image import Image
+from ..oci.layer import BuiltLayer, LayerContents, write_layer
+from ..oci.store import BlobStore
+from ..progress import Progress
+from .base import resolve_base
+from .entry_script import check_entry_script
+from .environment import PythonEnvironment, check_python_version
+from .image import ConfigChanges, NewLayer, assemble
+from .pyenv import TargetPython, detect_target_python, install_dependencies
+
+APP_ROOT = "var/azureml-app"
+SERVER_DIR = "opt/ocibuild/server"
+SITE_PACKAGES = "opt/ocibuild/site-packages"
+SERVER_PACKAGE = "ocibuild_serving"
+DEFAULT_PORT = 5001
+_SERVING_SOURCE = Path(__file__).resolve().parent.parent / "serving"
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    models: tuple[Path, ...]
+    entry_script: Path
+    base: str
+    environment: PythonEnvironment = field(default_factory=PythonEnvironment.empty)
+    source_dir: Path | None = None
+    name: str | None = None
+    version: str = "1"
+    platform: Platform = field(default_factory=Platform)
+    compression: str = "gzip"
+    port: int = DEFAULT_PORT
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: Image
+    base: Image | None
+    base_ref: str
+    layers: tuple[NewLayer, ...]  # the layers this build added, bottom first
+    target: TargetPython
+    model_name: str
+    model_dir: str  # AZUREML_MODEL_DIR inside the image
+    requirements: tuple[Path, ...] = ()
+
+    @property
+    def digest(self) -> Digest:
+        return self.image.digest
+
+
+def model_name_for(path: Path) -> str:
+    """A registry-friendly model name from a file or folder name (``My Model.pkl`` → ``my-model``)."""
+    stem = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
+    return name or "model"
+
+
+def validate(spec: PackageSpec) -> None:
+    """Everything that can be checked before any work: fail fast, before a multi-GB layer is written."""
+    if not spec.models:
+        raise UsageError("no model given; pass at least one MODEL_PATH (a file or a folder)")
+    for m in spec.models:
+        if not m.exists():
+            raise InputError(f"model {m}: no such file or directory")
+    if spec.compression not in compress.CODECS:
+        raise UsageError(f"--compression {spec.compression!r}: use one of {', '.join(compress.CODECS)}")
+    if not 1 <= spec.port <= 65535:
+        raise UsageError(f"--port {spec.port}: must be between 1 and 65535")
+    if spec.source_dir is not None:
+        if not spec.source_dir.is_dir():
+            raise InputError(f"source dir {spec.source_dir}: no such directory")
+        script = spec.entry_script if spec.entry_script.is_absolute() else spec.source_dir / spec.entry_script
+        try:
+            script.resolve().relative_to(spec.source_dir.resolve())
+        except ValueError:
+            raise InputError(
+                f"entry script {spec.entry_script} is not inside source dir {spec.source_dir}"
+            ) from None
+        check_entry_script(script)
+    else:
+        check_entry_script(spec.entry_script)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", spec.version):
+        raise UsageError(f"--model-version {spec.version!r}: use letters, digits, '.', '_' or '-'")
+
+
+def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResult:
+    validate(spec)
+    progress.step(f"base: {spec.base}")
+    base = resolve_base(spec.base, spec.platform)
+    target = _detect_python(base, spec, store, progress)
+    if spec.environment.python_version:
+        check_python_version(spec.environment, target)
+
+    layers: list[NewLayer] = []
+    if not spec.environment.is_empty():
+        layers.append(_dependencies_layer(spec, target, store, progress))
+    layers.append(
+        NewLayer(_server_layer(store, spec.compression), f"ocibuild {__version__}: scoring server", "server")
+    )
+
+    names = _model_names(spec)
+    multi = len(spec.models) > 1
+    model_contents = LayerContents()
+    for path, name in zip(spec.models, names, strict=True):
+        dest = f"{APP_ROOT}/azureml-models/{name}/{spec.version}"
+        model_contents.add_file(path, f"{dest}/{path.name}")
+    counter = progress.bytes("model layer", model_contents.total_size)
+    model_layer = write_layer(model_contents, store, spec.compression, counter)
+    counter.done()
+    listing = ", ".join(p.name for p in spec.models)
+    layers.append(
+        NewLayer(
+            model_layer,
+            f"ocibuild: model {names[0] if not multi else 'set'}:{spec.version} ({listing})",
+            "model",
+        )
+    )
+
+    app = LayerContents()
+    if spec.source_dir is not None:
+        app.add_tree(spec.source_dir, APP_ROOT)
+        script_rel = (
+            (spec.source_dir / spec.entry_script).resolve().relative_to(spec.source_dir.resolve()).as_posix()
+        )
+    else:
+        script_rel = spec.entry_script.name
+        app.add_file(spec.entry_script, f"{APP_ROOT}/{script_rel}")
+    app_layer = write_layer(app, store, spec.compression)
+    layers.append(NewLayer(app_layer, f"ocibuild: app ({script_rel})", "app"))
+
+    model_dir = (
+        f"/{APP_ROOT}/azureml-models" if multi else f"/{APP_ROOT}/azureml-models/{names[0]}/{spec.version}"
+    )
+    name = spec.name or names[0]
+    labels = {
+        "org.opencontainers.image.title": name,
+        "org.opencontainers.image.version": spec.version,
+        "io.ocibuild.model.name": name,
+        "io.ocibuild.model.version": spec.version,
+        "io.ocibuild.entry-script": script_rel,
+    }
+    if base is not None:
+        labels["org.opencontainers.image.base.digest"] = str(base.digest)
+        labels["org.opencontainers.image.base.name"] = spec.base
+    changes = ConfigChanges(
+        entrypoint=[target.executable, "-m", SERVER_PACKAGE],
+        env={
+            "AZUREML_ENTRY_SCRIPT": script_rel,
+            "AZUREML_MODEL_DIR": model_dir,
+            "OCIBUILD_PORT": str(spec.port),
+            "PYTHONUNBUFFERED": "1",
+        },
+        prepend_path={"PYTHONPATH": f"/{SERVER_DIR}:/{SITE_PACKAGES}"},
+        working_dir=f"/{APP_ROOT}",
+        exposed_ports=[f"{spec.port}/tcp"],
+        labels=labels,
+        stop_signal="SIGTERM",
+    )
+    image = assemble(base, layers, changes, store, spec.platform, base_name=spec.base)
+    return BuildResult(
+        image, base, spec.base, tuple(layers), target, name, model_dir, spec.environment.requirements
+    )
+
+
+def _model_names(spec: PackageSpec) -> list[str]:
+    if len(spec.models) == 1:
+        return [spec.name or model_name_for(spec.models[0])]
+    names = [model_name_for(m) for m in spec.models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(
+            f"several models would be named {', '.join(dupes)}; rename the files so their names differ"
+        )
+    return names
+
+
+def _detect_python(
+    base: Image | None, spec: PackageSpec, store: BlobStore, progress: Progress
+) -> TargetPython:
+    what = f"base image {spec.base}"
+    if base is None:
+        detect_target_python(
+            [], spec.platform.architecture, spec.platform.variant, what=what
+        )  # raises: no Python
+    key = "pyenv-" + hashlib.sha256(json.dumps([str(d.digest) for d in base.layers]).encode()).hexdigest()
+    if (cached := store.get_ref(key)) is not None:
+        try:
+            return _target_from_json(cached)
+        except (TypeError, KeyError, ValueError):
+            pass
+    progress.step("reading the base image's layers to find its Python")
+    openers = [partial(base.open_uncompressed, d) for d in base.layers]
+    target = detect_target_python(openers, base.platform.architecture, base.platform.variant, what=what)
+    store.put_ref(key, asdict(target))
+    return target
+
+
+def _dependencies_layer(
+    spec: PackageSpec, target: TargetPython, store: BlobStore, progress: Progress
+) -> NewLayer:
+    env = spec.environment
+    key_doc = {
+        "requirements": [p.read_bytes().decode("utf-8", "replace") for p in env.requirements],
+        "packages": list(env.packages),
+        "target": asdict(target),
+        "compression": spec.compression,
+        "ocibuild": __version__,
+    }
+    key = "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
+    summary = ", ".join([p.name for p in env.requirements] + list(env.packages))
+    created_by = (
+        f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
+    )
+    if (cached := _cached_layer(store, key)) is not None:
+        progress.step(f"dependencies: cached ({summary})")
+        return NewLayer(cached, created_by, "dependencies")
+    progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
+    tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
+    try:
+        site = tmp / "site-packages"
+        site.mkdir()
+        install_dependencies(
+            target, site, requirements=env.requirements, packages=env.packages, progress=progress.step
+        )
+        contents = LayerContents()
+        contents.add_tree(site, SITE_PACKAGES)
+        counter = progress.bytes("dependencies layer", contents.total_size)
+        layer = write_layer(contents, store, spec.compression, counter)
+        counter.done()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    store.put_ref(key, {"descriptor": layer.descriptor.to_json(), "diff_id": str(layer.diff_id)})
+    return NewLayer(layer, created_by, "dependencies")
+
+
+def _cached_layer(store: BlobStore, key: str) -> BuiltLayer | None:
+    doc = store.get_ref(key)
+    if not doc:
+        return None
+    try:
+        desc = Descriptor.from_json(doc["descriptor"], "cached layer")
+        layer = BuiltLayer(desc, Digest(doc["diff_id"]))
+    except (KeyError, TypeError, ValueError, InputError):
+        return None
+    return layer if store.has(desc.digest) else None
+
+
+def _server_layer(store: BlobStore, codec: str) -> BuiltLayer:
+    contents = LayerContents()
+    for src in sorted(_SERVING_SOURCE.glob("*.py")):
+        contents.add_file(src, f"{SERVER_DIR}/{SERVER_PACKAGE}/{src.name}")
+    return write_layer(contents, store, codec)
+
+
+def _target_from_json(doc: dict) -> TargetPython:
+    doc = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()}
+    return TargetPython(**doc)

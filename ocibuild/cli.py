@@ -1,0 +1,182 @@
+"""The ``ocibuild`` command: argument parsing and output only; all logic lives in the modules it calls.
+
+stdout carries results (the image digest, last); progress and errors go to stderr. A user error is one line,
+``ocibuild: error: …``, and a non-zero exit; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import OcibuildError, UsageError
+from .progress import Progress
+
+
+def _package_parser(sub) -> None:
+    p = sub.add_parser("package", help="package a model into a runnable scoring image")
+    p.add_argument("models", nargs="+", metavar="MODEL_PATH", type=Path, help="model file(s) or folder(s)")
+    p.add_argument(
+        "--entry-script", required=True, type=Path, help="score.py defining init() and run(raw_data)"
+    )
+    p.add_argument(
+        "--source-dir", type=Path, help="folder copied as the app root; the entry script is inside it"
+    )
+    p.add_argument(
+        "--requirements", action="append", default=[], type=Path, help="requirements.txt (repeatable)"
+    )
+    p.add_argument(
+        "--pip", action="append", default=[], metavar="SPEC", help="extra pip requirement (repeatable)"
+    )
+    p.add_argument(
+        "--conda-file", type=Path, help="conda environment.yml (its python version and pip: section)"
+    )
+    p.add_argument(
+        "--base",
+        help="base image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, REF, scratch "
+        "(default: $OCIBUILD_BASE or python:<host version>-slim)",
+    )
+    p.add_argument("--name", help="model name (default: the model file's name)")
+    p.add_argument("--model-version", default="1", help="model version (default: 1)")
+    p.add_argument(
+        "--tag", help="image name for --output/--oci-layout/--load, e.g. myimage:1 (default NAME:VERSION)"
+    )
+    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default: linux/amd64)")
+    p.add_argument(
+        "--compression",
+        default="gzip",
+        choices=["gzip", "zstd", "none"],
+        help="new layers' compression (default gzip; zstd is not readable by Docker before 23)",
+    )
+    p.add_argument(
+        "--port", type=int, default=5001, help="port the scoring server listens on (default: 5001)"
+    )
+    p.add_argument(
+        "--cache", type=Path, help="blob cache directory (default: $OCIBUILD_CACHE or ~/.cache/ocibuild)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    out = p.add_argument_group("output (exactly one)")
+    out.add_argument(
+        "--output", type=Path, metavar="FILE", help="tarball for docker load / podman load / skopeo"
+    )
+    out.add_argument("--oci-layout", type=Path, metavar="DIR", help="OCI image layout directory")
+    out.add_argument("--push", metavar="REF", help="push to a registry")
+    out.add_argument("--load", action="store_true", help="load into the local Docker or podman engine")
+    out.add_argument("--dockerfile", type=Path, metavar="DIR", help="write a Dockerfile build context")
+
+
+def _outputs(args) -> list[str]:
+    chosen = []
+    for opt in ("output", "oci_layout", "push", "dockerfile"):
+        if getattr(args, opt) is not None:
+            chosen.append("--" + opt.replace("_", "-"))
+    if args.load:
+        chosen.append("--load")
+    return chosen
+
+
+def cmd_package(args) -> int:
+    from .api import Environment, InferenceConfig, package
+
+    outputs = _outputs(args)
+    if len(outputs) != 1:
+        raise UsageError(
+            f"give exactly one output option, not {' and '.join(outputs) if outputs else 'none'}: "
+            "--output FILE, --oci-layout DIR, --push REF, --load or --dockerfile DIR"
+        )
+    for opt in ("output", "oci_layout", "dockerfile"):
+        dest = getattr(args, opt)
+        if dest is not None and not dest.absolute().parent.is_dir():
+            raise UsageError(
+                f"--{opt.replace('_', '-')} {dest}: directory {dest.absolute().parent} does not exist; create it first"
+            )
+    progress = Progress(quiet=args.quiet)
+    env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
+    pkg = package(
+        args.models,
+        InferenceConfig(args.entry_script, args.source_dir, env),
+        args.base,
+        name=args.name,
+        version=args.model_version,
+        platform=args.platform,
+        compression=args.compression,
+        port=args.port,
+        cache=args.cache,
+        progress=progress,
+    )
+    if args.compression == "zstd":
+        progress.warn(
+            "zstd layers cannot be read by Docker before 23.0 (load or pull); podman and containerd can"
+        )
+    if args.output is not None:
+        pkg.export(args.output, args.tag)
+        progress.step(f"wrote {args.output}; load it with: docker load -i {args.output}")
+    elif args.oci_layout is not None:
+        pkg.write_layout(args.oci_layout, args.tag)
+        progress.step(f"wrote OCI layout {args.oci_layout}")
+    elif args.dockerfile is not None:
+        pkg.save(args.dockerfile)
+        progress.step(f"wrote build context {args.dockerfile}; build it with: docker build {args.dockerfile}")
+    elif args.load:
+        progress.step(pkg.load(args.tag))
+    else:
+        pkg.push(args.push)
+    print(pkg.digest)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_reference
+
+    print(inspect_reference(args.reference, args.platform, raw=args.raw))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve_local import serve_locally
+
+    return serve_locally(args.entry_script, args.model, args.port, args.source_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ocibuild", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"ocibuild {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _package_parser(sub)
+    i = sub.add_parser("inspect", help="show an image's manifest, config, layers and history")
+    i.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a registry REF")
+    i.add_argument("--platform", default="linux/amd64")
+    i.add_argument("--raw", action="store_true", help="print the manifest and config JSON as they are")
+    s = sub.add_parser("serve", help="run the scoring server locally on the host, no image")
+    s.add_argument("--entry-script", required=True, type=Path)
+    s.add_argument(
+        "--model", action="append", default=[], type=Path, help="model file or folder (repeatable)"
+    )
+    s.add_argument("--source-dir", type=Path)
+    s.add_argument("--port", type=int, default=5001)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"package": cmd_package, "inspect": cmd_inspect, "serve": cmd_serve}
+    try:
+        return handlers[args.command](args)
+    except OcibuildError as e:
+        print(f"ocibuild: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ocibuild: interrupted; nothing was written at the destination", file=sys.stderr)
+        return 130
+    except OSError as e:
+        # Environmental failures (disk full, permission denied) are the user's to fix: one line, no traceback.
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"ocibuild: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

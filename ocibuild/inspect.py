@@ -1,0 +1,54 @@
+"""``ocibuild inspect REF``: what an image is made of (manifest, config, layers with sizes and history)."""
+
+from __future__ import annotations
+
+import json
+
+from .build.base import resolve_base
+from .errors import UsageError
+from .oci.descriptor import Platform
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def inspect_reference(ref: str, platform: str = "linux/amd64", raw: bool = False) -> str:
+    image = resolve_base(ref, Platform.parse(platform))
+    if image is None:
+        raise UsageError("scratch is the empty image: there is nothing to inspect")
+    if raw:
+        return json.dumps(
+            {"digest": str(image.digest), "manifest": json.loads(image.manifest.raw), "config": image.config},
+            indent=2,
+        )
+    c = image.config
+    run = c.get("config") or {}
+    history = [h for h in (c.get("history") or []) if not h.get("empty_layer")]
+    lines = [
+        f"Reference:    {ref}",
+        f"Digest:       {image.digest}",
+        f"MediaType:    {image.manifest.media_type}",
+        f"Platform:     {image.platform}",
+        f"Created:      {c.get('created', '')}",
+        f"Entrypoint:   {json.dumps(run.get('Entrypoint'))}",
+        f"Cmd:          {json.dumps(run.get('Cmd'))}",
+        f"WorkingDir:   {run.get('WorkingDir', '')}",
+        f"ExposedPorts: {', '.join(sorted(run.get('ExposedPorts') or {}))}",
+        "Env:",
+        *[f"  {e}" for e in run.get("Env") or []],
+        "Labels:",
+        *[f"  {k}={v}" for k, v in sorted((run.get("Labels") or {}).items())],
+        f"Layers ({len(image.layers)}, {_size(sum(d.size for d in image.layers))}):",
+    ]
+    for i, (d, diff_id) in enumerate(zip(image.layers, image.diff_ids, strict=True)):
+        created_by = history[i].get("created_by", "") if len(history) == len(image.layers) else ""
+        lines.append(
+            f"  {i:>2}  {d.digest}  {_size(d.size):>9}  {d.media_type.rsplit('.', 1)[-1]:<9} {created_by[:80]}"
+        )
+        lines.append(f"      diff_id {diff_id}")
+    return "\n".join(lines)
