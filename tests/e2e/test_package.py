@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -241,3 +242,32 @@ def test_build_as_unprivileged_user(base_image, example_model):
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_load_into_podman_api_service(cache, base_ref, example_model, podman):
+    """--load speaks the engine API, so podman's Docker-compatible service takes the same stream."""
+    sock = podman.dir / "podman-api.sock"
+    service = subprocess.Popen(
+        [*podman.argv, "system", "service", "--time=0", f"unix://{sock}"],
+        env={**os.environ, **podman.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            assert service.poll() is None, service.stderr.read()
+            time.sleep(0.05)
+        env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+        env["CONTAINER_HOST"] = f"unix://{sock}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "ocibuild", "package", example_model.model, "--entry-script", example_model.score,
+             "--requirements", example_model.requirements, "--base", base_ref, "--tag", "ocibuild-test/podman-loaded:4",
+             "--load", "--cache", cache],
+            env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        got = score_container(podman, "ocibuild-test/podman-loaded:4", example_model)
+        assert_same_predictions(got, example_model.predictions)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
