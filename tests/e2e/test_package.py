@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -271,3 +272,34 @@ def test_load_into_podman_api_service(cache, base_ref, example_model, podman):
     finally:
         service.terminate()
         service.wait(timeout=30)
+
+
+def test_source_dir_ships_sibling_modules(tmp_path, cache, base_ref, example_model, dockerd):
+    """--source-dir copies the whole app folder; the entry script imports its own package from there."""
+    src = tmp_path / "app"
+    (src / "lib").mkdir(parents=True)
+    (src / "lib" / "__init__.py").write_text("")
+    (src / "lib" / "features.py").write_text(
+        "def prepare(rows):\n    return [[float(x) for x in r] for r in rows]\n"
+    )
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "junk.pyc").write_bytes(b"not shipped")
+    score = example_model.score.read_text().replace(
+        'data = np.array(json.loads(raw_data)["data"])',
+        'data = np.array(prepare(json.loads(raw_data)["data"]))',
+    )
+    assert "prepare(" in score
+    (src / "score.py").write_text("from lib.features import prepare\n" + score)
+    out = tmp_path / "image.tar"
+    ocibuild(
+        "package", example_model.model, "--source-dir", src, "--entry-script", "score.py", "--requirements",
+        example_model.requirements, "--base", base_ref, "--tag", "ocibuild-test/srcdir:1", "--output", out, "--cache", cache,
+    )  # fmt: skip
+    with tarfile.open(out) as tf:
+        manifest = json.loads(tf.extractfile("manifest.json").read())[0]
+        with tarfile.open(fileobj=tf.extractfile(manifest["Layers"][-1])) as app:
+            names = set(app.getnames())
+    assert {"var/azureml-app/score.py", "var/azureml-app/lib/features.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+    name = dockerd.load(out)
+    assert_same_predictions(score_container(dockerd, name, example_model), example_model.predictions)
