@@ -15,22 +15,31 @@ Python API (what ``ocibuild serve`` calls; both block and must run on the main t
 An argument left as ``None`` falls back to its environment variable, then to the default:
 
 =============================  ===========================================================================
-``AZUREML_ENTRY_SCRIPT``       the entry script defining ``init()`` and ``run(raw_data)``; relative paths are
+``AZUREML_ENTRY_SCRIPT``       the entry script defining ``init()`` and ``run(...)``; relative paths are
                                taken from the working directory (the app root ``/var/azureml-app`` in images)
 ``AZUREML_MODEL_DIR``          exported for the entry script (``model_dir`` / ``--model-dir`` sets it)
 ``OCIBUILD_HOST``              listen address, default ``0.0.0.0``
 ``OCIBUILD_PORT``              listen port, default ``5001``
 ``OCIBUILD_MAX_REQUEST_BYTES`` request body limit, default 100 MiB; larger bodies get 413 unread
 ``WORKER_COUNT``               worker processes, default 1; each loads the script and runs ``init()``
-``SCORING_TIMEOUT_MS``         if set, a ``run()`` slower than this answers 500 (the call itself cannot be
-                               stopped and finishes in the background)
+``SCORING_TIMEOUT_MS``         if set, a ``run()`` slower than this answers 504 (Azure answers 500; the call
+                               itself cannot be stopped and finishes in the background)
 ``OCIBUILD_MAX_CONCURRENT_RUNS`` if set, at most this many ``run()`` calls at once per process (1 = one at a
                                time, as Azure's sync workers do, for scripts that are not thread-safe)
 ``OCIBUILD_GRACEFUL_TIMEOUT``  seconds in-flight requests get to finish after SIGTERM/SIGINT, default 30
+``OCIBUILD_MODEL_NAME``        the model's name in the KServe V2 routes, default ``model``
+``OCIBUILD_MODEL_VERSION``     its version there (``/v2/models/{name}/versions/{version}/...``), default none
+``AML_CORS_ORIGINS``           comma-separated origins (or ``*``) allowed by CORS, as in Azure; default none
+``SERVICE_NAME``, ``SERVICE_VERSION``, ``SERVICE_PATH_PREFIX``  title, version and path prefix in /swagger.json
 ``AZUREML_LOG_LEVEL``          server log level, default ``INFO``
 =============================  ===========================================================================
 
-Routes (every error body is JSON ``{"message": ...}``):
+``run()`` is called in Azure's three styles (see ``entry``): ``run(raw_data)`` with the body as a str;
+``run(**params)`` from the JSON object's keys when it carries ``inference_schema``'s ``@input_schema``;
+``run(request)`` when marked ``@rawhttp`` (a Flask-like request, see ``rawhttp``; it may return an
+``AMLResponse``). ``request_headers`` is passed when ``run`` declares it.
+
+Routes (Azure's errors are JSON ``{"message": ...}``, the V2 routes' ``{"error": ...}``):
 
 - ``GET|HEAD /``: 200 ``Healthy`` once ``init()`` has finished (503 before); any other method 405.
 - ``GET /health/live``: 200 while the process serves, even during ``init()`` (Kubernetes liveness).
@@ -38,9 +47,24 @@ Routes (every error body is JSON ``{"message": ...}``):
   With ``WORKER_COUNT`` > 1 a worker takes connections only once it is ready, so during start-up connections wait
   in the listen backlog instead of getting 503 (see ``workers``).
 - ``POST /score``: the UTF-8 JSON body, unchanged, to ``run(raw_data)``; the result as JSON. 400 on a body that is
-  not UTF-8 or not JSON, 413 over the limit, 500 if ``run()`` raises (traceback in the log only).
+  not UTF-8 or not JSON (or, for ``@input_schema`` scripts, not an object with the required parameters), 413 over
+  the limit, 500 if ``run()`` raises (traceback in the log only), 504 past ``SCORING_TIMEOUT_MS``.
 - ``GET /score``: ``run()`` with the query parameters as a JSON object string (Azure's behaviour);
-  ``OPTIONS /score``: 200, empty.
+  ``OPTIONS /score``: 200, empty (with CORS headers for allowed origins); ``@rawhttp`` scripts get GET, POST and
+  non-preflight OPTIONS requests themselves.
+- ``GET /swagger.json[?version=2|3|3.1]``: OpenAPI 2 (default) or 3 from the script's ``inference_schema``
+  decorators, its ``input_sample``/``output_sample``, or a ``swagger*.json`` the user wrote (see ``swagger``);
+  an unknown version is a 404 naming the supported ones.
+- ``GET /metrics``: Prometheus text: requests by route template and status, a latency histogram, in-flight
+  requests, ready workers; summed over all worker processes (see ``metrics``).
+- KServe V2 / Open Inference Protocol (see ``v2`` for how tensors map onto ``run()``): ``GET /v2`` (server
+  metadata), ``GET /v2/health/live`` and ``/v2/health/ready`` (200, or 400 when not ready, empty bodies, as the
+  protocol says), ``GET /v2/models/{name}[/versions/{v}]`` (metadata; inputs/outputs from the schema or samples
+  when the script declares them), ``.../ready``, ``POST .../infer`` (JSON or binary tensor data; 400 for malformed
+  requests, 404 for another model name, 503 before ``init()`` has finished).
+
+Every request gets one access-log line, logfmt after the word ``access``:
+``access method=POST path=/score route=/score status=200 ms=1.234 request_id=...``.
 
 Exit status: 0 after a graceful stop, 2 for bad configuration, 3 when the entry script cannot be loaded or its
 ``init()`` raises (gunicorn's and Azure's boot-error code), 1 when the port cannot be bound.

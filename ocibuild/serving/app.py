@@ -1,10 +1,13 @@
 """Routes and their answers, independent of sockets: a ``Request`` in, a ``Response`` out.
 
-What the answers are follows Azure ML's inference server (azureml-inference-server-http), which entry-script users
-rely on: ``run()``'s result is sent as ``json.dumps(result)`` (so a returned str becomes a JSON string and ``None``
-becomes ``{}``), ``GET /score`` passes the query parameters as a JSON object string, errors are
-``{"message": ...}``, and the ``x-request-id`` / ``x-ms-*`` headers are echoed. Where ocibuild's contract differs
-it says so: a body that is not JSON is answered 400 here instead of reaching ``run()``.
+What the answers are follows Azure ML's inference server (azureml-inference-server-http 1.5.1), which entry-script
+users rely on: ``run()``'s result is sent as ``json.dumps(result)`` (so a returned str becomes a JSON string and
+``None`` becomes ``{}``), ``GET /score`` passes the query parameters as a JSON object string, errors are
+``{"message": ...}``, the ``x-request-id`` / ``x-ms-*`` headers are echoed, and CORS follows ``AML_CORS_ORIGINS``
+as flask-cors does there. Where ocibuild's contract differs it says so: a body that is not JSON is answered 400
+here instead of reaching ``run()`` (except for ``@rawhttp`` scripts, which get every body), and a ``run()`` slower
+than ``SCORING_TIMEOUT_MS`` is a 504 (Azure: 500). The KServe V2 routes under ``/v2`` answer errors as
+``{"error": ...}`` (the protocol's shape) and map inference requests onto the same ``run()`` (see ``v2``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from . import __version__
-from .entry import EntryScript
+from . import __version__, v2
+from .entry import OBJECT, RAW, EntryScript, InputError
 from .log import logger
+from .metrics import Metrics
+from .rawhttp import RawRequest, is_response, response_parts
+from .swagger import Swagger, SwaggerError
 
 HEADER_LIMIT = 100  # longest accepted x-request-id (and x-ms-*), as in Azure
 RUN_FAILED_MESSAGE = "An unexpected error occurred in scoring script. Check the logs for more info."
@@ -30,6 +36,11 @@ INTERNAL_ERROR_MESSAGE = "An unexpected internal error occurred. Check the logs 
 STARTING_MESSAGE = "The scoring service is starting: init() has not finished."
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_FIXED_ROUTES = frozenset(
+    ("/", "/health/live", "/health/ready", "/score", "/swagger.json", "/metrics", "/v2", "/v2/health/live",
+     "/v2/health/ready")
+)  # fmt: skip
 
 
 class BodyError(Exception):
@@ -49,6 +60,7 @@ class Request:
     headers: Mapping[str, str]  # case-insensitive lookup (http.client.HTTPMessage)
     # Reads the body; raises BodyError, and answers "100 Continue" first when the client expects it.
     read_body: Callable[[], bytes]
+    client: str = ""  # the peer's address
 
 
 @dataclass
@@ -70,6 +82,25 @@ def json_response(status: int, payload: Any, **kwargs: Any) -> Response:
 
 def error_response(status: int, message: str, **kwargs: Any) -> Response:
     return json_response(status, {"message": message}, **kwargs)
+
+
+def v2_error(status: int, message: str, **kwargs: Any) -> Response:
+    return json_response(status, {"error": message}, **kwargs)
+
+
+def route_of(path: str) -> str:
+    """The route template a path belongs to (``/v2/models/{name}/infer``), or ``other``: metrics and log label."""
+    if path in _FIXED_ROUTES:
+        return path
+    if path.startswith("/v2/models/"):
+        rest = path[len("/v2/models/") :].split("/")[1:]
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            rest = rest[2:]
+        if not rest:
+            return "/v2/models/{name}"
+        if rest in (["ready"], ["infer"]):
+            return f"/v2/models/{{name}}/{rest[0]}"
+    return "other"
 
 
 def encode_result(result: Any) -> bytes:
@@ -95,6 +126,10 @@ class App:
         *,
         scoring_timeout_ms: int | None = None,
         max_concurrent_runs: int | None = None,
+        cors_origins: tuple[str, ...] = (),
+        model_name: str = "model",
+        model_version: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
         self.entry = entry
         self.ready = threading.Event()
@@ -102,6 +137,23 @@ class App:
         self.scoring_timeout_ms = scoring_timeout_ms
         self._run_slots = threading.BoundedSemaphore(max_concurrent_runs) if max_concurrent_runs else None
         self.server_version = os.environ.get("HTTP_X_MS_SERVER_VERSION") or f"ocibuild-serving/{__version__}"
+        self.cors_origins = cors_origins
+        self.model_name = model_name
+        self.model_version = model_version
+        self.metrics = metrics or Metrics()
+        self.swagger: Swagger | None = None
+
+    def prepare(self) -> None:
+        """What needs the loaded script and its finished ``init()``: the OpenAPI documents (never fatal)."""
+        assert self.entry is not None
+        from . import swagger
+
+        dirs = [os.getcwd(), os.path.dirname(self.entry.path)]
+        try:
+            self.swagger = swagger.build(self.entry.run_function, self.entry.module, dirs, os.environ)
+            logger.info("Swagger documents for versions: %s", ", ".join(self.swagger.supported) or "none")
+        except Exception:
+            logger.warning("Cannot build /swagger.json:\n%s", traceback.format_exc().rstrip())
 
     def handle(self, req: Request) -> Response:
         ids, resp = self._request_ids(req.headers)
@@ -119,6 +171,8 @@ class App:
         resp.headers.extend(ids)
         if resp.header("x-ms-run-function-failed") is None:
             resp.headers.append(("x-ms-run-function-failed", "False"))
+        if self.cors_origins:
+            resp.headers.extend(self._cors_headers(req))
         return resp
 
     def _request_ids(self, headers: Mapping[str, str]) -> tuple[list[tuple[str, str]], Response | None]:
@@ -144,14 +198,51 @@ class App:
             ids.append(("TraceId", trace_id))
         return ids, None
 
+    def _cors_headers(self, req: Request) -> list[tuple[str, str]]:
+        """flask-cors's answer as Azure configures it (``AML_CORS_ORIGINS``; methods GET and POST)."""
+        origin = req.headers.get("Origin")
+        if not origin:
+            return []
+        if "*" in self.cors_origins:
+            out = [("Access-Control-Allow-Origin", "*")]
+        elif origin in self.cors_origins:
+            out = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        else:
+            return []
+        if _is_preflight(req):
+            requested = req.headers.get("Access-Control-Request-Headers")
+            if requested:
+                out.append(
+                    ("Access-Control-Allow-Headers", ", ".join(h.strip() for h in requested.split(",")))
+                )
+            out.append(("Access-Control-Allow-Methods", "GET, POST"))
+        return out
+
     def _route(self, req: Request) -> Response:
-        if req.path == "/score":
+        path = req.path
+        if path == "/score":
             return self._score(req)
-        if req.path in ("/", "/health/live", "/health/ready"):
+        if path in ("/", "/health/live", "/health/ready"):
+            if req.method not in ("GET", "HEAD"):
+                return self._preflight(req) or _not_allowed("GET, HEAD")
+            return self._health(path)
+        if path == "/swagger.json":
+            if req.method not in ("GET", "HEAD"):
+                return self._preflight(req) or _not_allowed("GET, HEAD")
+            return self._swagger(req)
+        if path == "/metrics":
             if req.method not in ("GET", "HEAD"):
                 return _not_allowed("GET, HEAD")
-            return self._health(req.path)
-        return error_response(404, f"No route for {req.path}; see /score and /")
+            return Response(200, self.metrics.render().encode("utf-8"), PROMETHEUS)
+        if path == "/v2" or path.startswith("/v2/"):
+            return self._preflight(req) or self._v2(req)
+        return error_response(404, f"No route for {path}; see /score, /swagger.json, /metrics and /v2")
+
+    def _preflight(self, req: Request) -> Response | None:
+        """A CORS preflight is answered 200 on every route when CORS is on (its headers come in ``handle``)."""
+        if self.cors_origins and _is_preflight(req):
+            return Response(200, b"", "text/html; charset=utf-8")
+        return None
 
     def _health(self, path: str) -> Response:
         """Liveness answers whenever the process serves; ``/`` and readiness only once ``init()`` is done."""
@@ -162,47 +253,105 @@ class App:
                 return error_response(503, "The scoring service is shutting down.")
         return Response(200, b"Healthy", TEXT)
 
+    def _swagger(self, req: Request) -> Response:
+        if not self.ready.is_set():
+            return error_response(503, STARTING_MESSAGE, headers=[("Retry-After", "1")])
+        if self.swagger is None:
+            return error_response(404, "No swagger document: building it failed (see the log).")
+        version = parse_qs(req.query, keep_blank_values=True).get("version", [None])[0]
+        try:
+            return json_response(200, self.swagger.get(version))
+        except SwaggerError as exc:
+            return error_response(404, str(exc))
+
+    # -- /score ---------------------------------------------------------------------------------------------------
+
     def _score(self, req: Request) -> Response:
-        if req.method == "OPTIONS":
+        entry = self.entry
+        raw = entry is not None and entry.style == RAW
+        if req.method == "OPTIONS" and (not raw or _is_preflight(req)):
             return Response(200, headers=[("Allow", "GET, POST, OPTIONS")])
-        if req.method not in ("GET", "POST"):
+        if req.method not in ("GET", "POST", "OPTIONS"):
             return _not_allowed("GET, POST, OPTIONS")
         if not self.ready.is_set():
             return error_response(503, STARTING_MESSAGE, headers=[("Retry-After", "1")])
+        assert entry is not None
+        if raw:
+            try:
+                body = req.read_body()
+            except BodyError as exc:
+                return error_response(exc.status, exc.message, close=True)
+            pairs = list(req.headers.items())
+            return self._score_answer(
+                self._invoke(
+                    RawRequest(req.method, req.path, req.query, pairs, body, req.client), req.headers
+                )
+            )
         if req.method == "GET":
-            return self._invoke(json.dumps(_query_params(req.query)), req.headers)
-        try:
-            body = req.read_body()
-        except BodyError as exc:
-            return error_response(exc.status, exc.message, close=True)
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return error_response(400, f"Input cannot be decoded as UTF-8: {exc}")
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            return error_response(400, f"Input is not valid JSON: {exc}")
-        return self._invoke(text, req.headers)
+            data: Any = _query_params(req.query)
+            text = json.dumps(data)
+        else:
+            try:
+                body = req.read_body()
+            except BodyError as exc:
+                return error_response(exc.status, exc.message, close=True)
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return error_response(400, f"Input cannot be decoded as UTF-8: {exc}")
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                return error_response(400, f"Input is not valid JSON: {exc}")
+        if entry.style == OBJECT:
+            try:
+                return self._score_answer(self._invoke(entry.arguments(data), req.headers))
+            except InputError as exc:
+                return error_response(400, str(exc))
+        return self._score_answer(self._invoke(text, req.headers))
 
-    def _invoke(self, raw_data: str, headers: Mapping[str, str]) -> Response:
-        """Call ``run()``: its result as JSON, or a 500 whose details go to the log only."""
-        try:
-            result, elapsed_ms = self._call_run(raw_data, headers)
-        except _RunTimeout:
-            message = f"Scoring timeout after {self.scoring_timeout_ms} ms"
-            return error_response(500, message, headers=_failed_header())
-        except BaseException:
-            logger.error("run() raised an exception:\n%s", traceback.format_exc().rstrip())
-            return error_response(500, RUN_FAILED_MESSAGE, headers=_failed_header())
+    def _score_answer(self, outcome: Response | tuple[Any, float]) -> Response:
+        """``run()``'s outcome as the /score answer: JSON, or the response object ``run()`` returned."""
+        if isinstance(outcome, Response):
+            return outcome
+        result, elapsed_ms = outcome
+        timing = ("x-ms-run-fn-exec-ms", f"{elapsed_ms:.3f}")
+        if is_response(result):
+            try:
+                status, body, headers = response_parts(result)
+            except Exception as exc:
+                logger.error("run() returned a response that cannot be read: %s", exc)
+                return error_response(500, INTERNAL_ERROR_MESSAGE)
+            content_type = next((v for k, v in headers if k.lower() == "content-type"), None)
+            rest = [
+                (k, v)
+                for k, v in headers
+                if k.lower() not in ("content-type", "content-length", "x-ms-run-function-failed")
+            ]
+            failed = status >= 500 or any(
+                k.lower() == "x-ms-run-function-failed" and v.lower() == "true" for k, v in headers
+            )
+            rest.append(("x-ms-run-function-failed", str(failed)))
+            return Response(status, body, content_type, [*rest, timing])
         try:
             body = encode_result(result)
         except (TypeError, ValueError) as exc:
             logger.error("run() returned a %s that cannot be sent as JSON: %s", type(result).__name__, exc)
             return error_response(500, INTERNAL_ERROR_MESSAGE)
-        return Response(200, body, JSON, headers=[("x-ms-run-fn-exec-ms", f"{elapsed_ms:.3f}")])
+        return Response(200, body, JSON, headers=[timing])
 
-    def _call_run(self, raw_data: str, headers: Mapping[str, str]) -> tuple[Any, float]:
+    def _invoke(self, data: Any, headers: Mapping[str, str]) -> Response | tuple[Any, float]:
+        """Call ``run()``: its result and duration, or the 500/504 answer whose details go to the log only."""
+        try:
+            return self._call_run(data, headers)
+        except _RunTimeout:
+            message = f"Scoring timeout after {self.scoring_timeout_ms} ms"
+            return error_response(504, message, headers=_failed_header())
+        except BaseException:
+            logger.error("run() raised an exception:\n%s", traceback.format_exc().rstrip())
+            return error_response(500, RUN_FAILED_MESSAGE, headers=_failed_header())
+
+    def _call_run(self, data: Any, headers: Mapping[str, str]) -> tuple[Any, float]:
         """``run()``'s result and its duration in ms, within the concurrency limit and the timeout if set."""
         assert self.entry is not None
         entry = self.entry
@@ -211,7 +360,7 @@ class App:
         def call() -> tuple[Any, float]:
             try:
                 start = time.perf_counter()
-                result = entry.run(raw_data, headers)
+                result = entry.run(data, headers)
                 return result, (time.perf_counter() - start) * 1000
             finally:
                 if slots is not None:
@@ -222,6 +371,128 @@ class App:
         if self.scoring_timeout_ms is None:
             return call()
         return _run_with_timeout(call, self.scoring_timeout_ms)
+
+    # -- KServe V2 ------------------------------------------------------------------------------------------------
+
+    def _v2(self, req: Request) -> Response:
+        parts = req.path.split("/")[2:]
+        if parts in ([], [""]):
+            if req.method not in ("GET", "HEAD"):
+                return _v2_not_allowed("GET, HEAD")
+            meta = {"name": "ocibuild-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
+            return json_response(200, meta)
+        if parts in (["health", "live"], ["health", "ready"]):
+            if req.method not in ("GET", "HEAD"):
+                return _v2_not_allowed("GET, HEAD")
+            ok = parts[1] == "live" or self._model_ready()
+            return Response(200 if ok else 400)  # the protocol: 200 is true, 4xx is false, bodies empty
+        if len(parts) < 2 or parts[0] != "models":
+            return v2_error(404, f"No route for {req.path}")
+        name, rest = parts[1], parts[2:]
+        version = None
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2:
+                return v2_error(404, f"No route for {req.path}")
+            version, rest = rest[1], rest[2:]
+        if name != self.model_name or (version is not None and version != self.model_version):
+            served = self.model_name + (f" version {self.model_version}" if self.model_version else "")
+            asked = name + (f" version {version}" if version is not None else "")
+            return v2_error(404, f"Model {asked} not found; this server serves {served}")
+        if not rest:
+            if req.method not in ("GET", "HEAD"):
+                return _v2_not_allowed("GET, HEAD")
+            return json_response(200, self._model_metadata())
+        if rest == ["ready"]:
+            if req.method not in ("GET", "HEAD"):
+                return _v2_not_allowed("GET, HEAD")
+            return Response(200 if self._model_ready() else 400)
+        if rest == ["infer"]:
+            if req.method != "POST":
+                return _v2_not_allowed("POST")
+            return self._v2_infer(req)
+        return v2_error(404, f"No route for {req.path}")
+
+    def _model_ready(self) -> bool:
+        return self.ready.is_set() and not self.draining.is_set()
+
+    def _model_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.model_name}
+        if self.model_version:
+            meta["versions"] = [self.model_version]
+        meta["platform"] = "azureml_entry_script"
+        sw = self.swagger
+        meta["inputs"] = v2.metadata_tensors(sw.input_example if sw else None)
+        meta["outputs"] = v2.metadata_tensors(sw.output_example if sw else None)
+        return meta
+
+    def _v2_infer(self, req: Request) -> Response:
+        if not self.ready.is_set():
+            return v2_error(503, STARTING_MESSAGE, headers=[("Retry-After", "1")])
+        assert self.entry is not None
+        try:
+            body = req.read_body()
+        except BodyError as exc:
+            return v2_error(exc.status, exc.message, close=True)
+        try:
+            request = v2.decode_request(body, req.headers)
+            payload = request.run_input()
+            if self.entry.style == OBJECT:
+                data: Any = self.entry.arguments(payload)
+            elif self.entry.style == RAW:
+                text = json.dumps(payload).encode("utf-8")
+                headers = [
+                    (k, v)
+                    for k, v in req.headers.items()
+                    if k.lower() not in ("content-type", "content-length")
+                ]
+                headers += [("Content-Type", JSON), ("Content-Length", str(len(text)))]
+                data = RawRequest("POST", req.path, "", headers, text, req.client)
+            else:
+                data = json.dumps(payload)
+        except (v2.V2Error, InputError) as exc:
+            return v2_error(400, str(exc))
+        outcome = self._invoke(data, req.headers)
+        if isinstance(outcome, Response):
+            return _as_v2_error(outcome)
+        result, elapsed_ms = outcome
+        try:
+            if is_response(result):
+                status, raw_body, _ = response_parts(result)
+                if status >= 400:
+                    return v2_error(status, raw_body.decode("utf-8", "replace"), headers=_failed_header())
+                result = json.loads(raw_body.decode("utf-8"))
+            else:
+                result = json.loads(encode_result(result))
+        except (TypeError, ValueError) as exc:
+            logger.error("run() returned a %s that cannot be sent as JSON: %s", type(result).__name__, exc)
+            return v2_error(500, INTERNAL_ERROR_MESSAGE)
+        try:
+            outputs = v2.encode_outputs(result, request)
+        except v2.V2Error as exc:
+            return v2_error(400, str(exc))
+        out, json_length = v2.response_body(self.model_name, self.model_version or None, request, outputs)
+        headers = [("x-ms-run-fn-exec-ms", f"{elapsed_ms:.3f}")]
+        if json_length is None:
+            return Response(200, out, JSON, headers)
+        headers.append((v2.HEADER_LENGTH, str(json_length)))
+        return Response(200, out, "application/octet-stream", headers)
+
+
+def _as_v2_error(resp: Response) -> Response:
+    """A ``{"message"}`` answer rewritten in the V2 error shape."""
+    try:
+        message = json.loads(resp.body)["message"]
+    except (ValueError, KeyError, TypeError):
+        message = resp.body.decode("utf-8", "replace")
+    return v2_error(resp.status, message, headers=resp.headers, close=resp.close)
+
+
+def _v2_not_allowed(allow: str) -> Response:
+    return v2_error(405, "Method not allowed", headers=[("Allow", allow)])
+
+
+def _is_preflight(req: Request) -> bool:
+    return req.method == "OPTIONS" and bool(req.headers.get("Access-Control-Request-Method"))
 
 
 class _RunTimeout(Exception):

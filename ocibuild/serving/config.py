@@ -39,6 +39,9 @@ class Settings:
     graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
     log_level: str = "INFO"
+    cors_origins: tuple[str, ...] = ()
+    model_name: str = "model"
+    model_version: str = ""
 
 
 def settings_from(
@@ -75,7 +78,20 @@ def settings_from(
         max_concurrent_runs=_int_env(env, "OCIBUILD_MAX_CONCURRENT_RUNS", None, 1),
         graceful_timeout_s=_float_env(env, "OCIBUILD_GRACEFUL_TIMEOUT", DEFAULT_GRACEFUL_TIMEOUT_S),
         log_level=(env.get("AZUREML_LOG_LEVEL") or "INFO").upper(),
+        cors_origins=tuple(o.strip() for o in env.get("AML_CORS_ORIGINS", "").split(",") if o.strip()),
+        model_name=_name_env(env, "OCIBUILD_MODEL_NAME", "model"),
+        model_version=_name_env(env, "OCIBUILD_MODEL_VERSION", ""),
     )
+
+
+def _name_env(env: Mapping[str, str], name: str, default: str) -> str:
+    """A model name or version: it becomes a URL path segment, so no '/' and no spaces."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if "/" in value or any(c.isspace() for c in value):
+        raise ConfigError(f"{name}={value!r} must not contain '/' or spaces")
+    return value
 
 
 def _check_port(port: int) -> int:

@@ -1,8 +1,16 @@
 """Loading the user's entry script and calling its ``init()`` and ``run()``.
 
 The script is loaded the way Azure ML loads it (a module named ``entry_module`` from a file path) so unchanged Azure
-scripts work: its own directory goes first on ``sys.path`` so it can import its sibling modules, and ``run`` gets
-the raw request string, plus ``request_headers`` when it declares that parameter (as Azure passes them).
+scripts work: its own directory goes first on ``sys.path`` so it can import its sibling modules, and ``run`` is
+called in one of Azure's three styles (``style``):
+
+- ``string``: ``run(raw_data)`` with the request body as a str (the usual style);
+- ``object``: ``run(**params)`` when ``run`` carries ``inference_schema``'s ``@input_schema``: each parameter is
+  taken by name from the JSON object body (a parameter's default when absent; 400 when it has none), and the
+  decorators convert the values to the declared types;
+- ``raw``: ``run(request)`` when ``run`` is marked ``@rawhttp`` (see ``rawhttp``).
+
+In every style ``run`` also gets ``request_headers`` (a dict) when it declares that parameter, as Azure passes it.
 """
 
 from __future__ import annotations
@@ -15,11 +23,18 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from .rawhttp import install_shims, wants_raw_request
+
 MODULE_NAME = "entry_module"
+STRING, OBJECT, RAW = "string", "object", "raw"
 
 
 class EntryScriptError(Exception):
     """The entry script cannot be used: missing, failing on import, or lacking ``init``/``run``."""
+
+
+class InputError(ValueError):
+    """The request cannot be turned into ``run()``'s arguments (a client error, answered 400)."""
 
 
 class EntryScript:
@@ -41,14 +56,40 @@ class EntryScript:
         self._init: Callable[[], Any] = init
         self._run: Callable[..., Any] = run
         self._wants_headers = _accepts_parameter(run, "request_headers")
+        self.params = [p for p in _parameters(run) if p.name != "request_headers"]
+        raw = wants_raw_request(run)
+        decorated = _schema_decorated(run)
+        if raw and decorated:
+            raise EntryScriptError(
+                f"entry script {path}: run() cannot be decorated with both @rawhttp and @input_schema"
+            )
+        self.style = RAW if raw else OBJECT if decorated else STRING
+
+    @property
+    def run_function(self) -> Callable[..., Any]:
+        return self._run
 
     def init(self) -> None:
         self._init()
 
-    def run(self, raw_data: str, headers: Mapping[str, str]) -> Any:
-        if self._wants_headers:
-            return self._run(raw_data, request_headers=dict(headers))
-        return self._run(raw_data)
+    def arguments(self, body: Any) -> dict[str, Any]:
+        """``run()``'s keyword arguments taken from a JSON object (the ``object`` style); raises ``InputError``."""
+        if not isinstance(body, dict):
+            raise InputError("The body should be a JSON object whose keys are run()'s parameters.")
+        args = {}
+        for param in self.params:
+            if param.name in body:
+                args[param.name] = body[param.name]
+            elif param.default is inspect.Parameter.empty:
+                raise InputError(f"A value is not provided for the {param.name!r} parameter.")
+        return args
+
+    def run(self, data: Any, headers: Mapping[str, str]) -> Any:
+        """Call ``run()``: ``data`` is the body str, the request object, or (``object`` style) the arguments."""
+        extra = {"request_headers": dict(headers)} if self._wants_headers else {}
+        if self.style == OBJECT:
+            return self._run(**data, **extra)
+        return self._run(data, **extra)
 
 
 def load_entry_script(path: str) -> EntryScript:
@@ -59,6 +100,7 @@ def load_entry_script(path: str) -> EntryScript:
     script_dir = os.path.dirname(full)
     if script_dir not in sys.path:
         sys.path.insert(0, script_dir)
+    install_shims()  # Azure's @rawhttp / AMLResponse imports work without Azure's packages
     spec = importlib.util.spec_from_file_location(MODULE_NAME, full)
     if spec is None or spec.loader is None:
         raise EntryScriptError(f"entry script {full} cannot be loaded as a Python module")
@@ -71,6 +113,24 @@ def load_entry_script(path: str) -> EntryScript:
         sys.modules.pop(MODULE_NAME, None)
         raise EntryScriptError(f"importing entry script {full} raised {type(exc).__name__}: {exc}") from exc
     return EntryScript(full, module)
+
+
+def _parameters(func: Callable[..., Any]) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return []
+
+
+def _schema_decorated(run: Callable[..., Any]) -> bool:
+    """Whether ``run`` carries inference_schema decorators, asked of the copy the script imported (if any)."""
+    util = sys.modules.get("inference_schema.schema_util")
+    if util is None:
+        return False
+    try:
+        return bool(util.is_schema_decorated(run))
+    except Exception:
+        return False
 
 
 def _accepts_parameter(func: Callable[..., Any], name: str) -> bool:

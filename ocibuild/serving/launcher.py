@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .config import LISTEN_BACKLOG, ConfigError, Settings, settings_from
 from .log import logger, setup_logging
+from .metrics import Metrics
 from .process import serve_process
 from .server import listen
 from .workers import supervise
@@ -64,15 +65,20 @@ def serve(
             "Listening on http://%s:%d with %d worker%s", settings.host, bound_port, settings.workers, plural
         )
         if settings.workers == 1:
-            return serve_process(settings, sock, accept_before_ready=True)
+            return serve_process(settings, sock, accept_before_ready=True, metrics=Metrics(1))
         return _serve_workers(settings, sock)
     finally:
         sock.close()
 
 
 def _serve_workers(settings: Settings, sock: socket.socket) -> int:
-    def worker_main(notify_ready: Callable[[], None]) -> int:
-        return serve_process(settings, sock, accept_before_ready=False, on_ready=notify_ready)
+    metrics = Metrics(settings.workers)  # shared memory, made before the fork: /metrics sums all workers
+
+    def worker_main(index: int, notify_ready: Callable[[], None]) -> int:
+        metrics.use_slot(index)
+        return serve_process(
+            settings, sock, accept_before_ready=False, on_ready=notify_ready, metrics=metrics
+        )
 
     return supervise(
         settings.workers, worker_main, graceful_timeout_s=settings.graceful_timeout_s, on_stop=sock.close

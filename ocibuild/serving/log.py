@@ -6,6 +6,7 @@ logging an entry script (or the host CLI) sets up on the root logger.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -26,6 +27,24 @@ def setup_logging(level: str = "INFO") -> None:
     logger.propagate = False
 
 
-def log_request(method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
-    """The access-log line: method, path, status, latency and request id."""
-    logger.info("%s %s %d %.3fms %s", method, path, status, latency_ms, request_id or "-")
+def log_request(method: str, path: str, route: str, status: int, latency_ms: float, request_id: str) -> None:
+    """The access-log line, logfmt ``key=value`` pairs after the word ``access``: method, path, route template,
+    status, latency in ms and request id, e.g. ``access method=POST path=/score route=/score status=200
+    ms=1.234 request_id=5f0c...``. Values with spaces, quotes or ``=`` are JSON-quoted."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    logger.info(
+        "access method=%s path=%s route=%s status=%d ms=%.3f request_id=%s",
+        _value(method),
+        _value(path),
+        route,
+        status,
+        latency_ms,
+        _value(request_id or "-"),
+    )
+
+
+def _value(text: str) -> str:
+    if not text or any(c in text for c in ' "=\\') or not text.isprintable():
+        return json.dumps(text)
+    return text

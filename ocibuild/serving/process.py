@@ -22,6 +22,7 @@ from .app import App
 from .config import Settings
 from .entry import EntryScriptError, load_entry_script
 from .log import logger
+from .metrics import Metrics
 from .server import ScoringServer
 
 EXIT_OK = 0
@@ -35,6 +36,7 @@ def serve_process(
     *,
     accept_before_ready: bool,
     on_ready: Callable[[], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> int:
     """Serve on ``sock`` until a stop signal; return the exit status.
 
@@ -43,7 +45,12 @@ def serve_process(
     once it is ready, so a restarted worker never answers 503 while its siblings could have served.
     """
     app = App(
-        scoring_timeout_ms=settings.scoring_timeout_ms, max_concurrent_runs=settings.max_concurrent_runs
+        scoring_timeout_ms=settings.scoring_timeout_ms,
+        max_concurrent_runs=settings.max_concurrent_runs,
+        cors_origins=settings.cors_origins,
+        model_name=settings.model_name,
+        model_version=settings.model_version,
+        metrics=metrics,
     )
     server = ScoringServer(sock, app, settings.max_request_bytes, settings.keepalive_timeout_s)
     stop = threading.Event()
@@ -113,14 +120,18 @@ def _load_and_init(app: App, settings: Settings) -> int:
             traceback.format_exc().rstrip(),
         )
         return EXIT_BOOT_ERROR
+    elapsed = time.perf_counter() - start
+    app.prepare()
     app.ready.set()
-    logger.info("init() finished in %.3fs; ready to score", time.perf_counter() - start)
+    app.metrics.set_ready(True)
+    logger.info("init() finished in %.3fs; ready to score (run() style: %s)", elapsed, entry.style)
     return EXIT_OK
 
 
 def _drain(app: App, server: ScoringServer, timeout_s: float) -> None:
     """Stop accepting, then wait (bounded) for the requests already being answered."""
     app.draining.set()
+    app.metrics.set_ready(False)
     server.shutdown()  # the accept loop ends
     server.server_close()  # and the listening socket with it: new connections are refused
     if not server.in_flight.wait_idle(timeout_s):

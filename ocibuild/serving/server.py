@@ -9,6 +9,7 @@ what a body means.
 
 from __future__ import annotations
 
+import collections
 import http.server
 import socket
 import socketserver
@@ -18,13 +19,15 @@ import time
 from typing import Any
 
 from . import __version__
-from .app import App, BodyError, Request, Response, error_response
+from .app import App, BodyError, Request, Response, error_response, route_of
 from .log import log_request, logger
 
 _CHUNK = 1 << 16
 # After refusing a body we leave unread, keep reading (and discarding) this long before closing, so the client
 # sees our answer instead of a connection reset (Apache's "lingering close").
 _LINGER_S = 2.0
+# How long the next request waits for the one being answered before they run side by side (see FifoGate).
+GATE_OVERFLOW_S = 0.02
 
 
 def listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -69,6 +72,67 @@ class InFlight:
         return self._count
 
 
+class FifoGate:
+    """Lets requests be answered one at a time in arrival order, unless the one being answered takes long.
+
+    With a thread per connection and many busy keep-alive connections, every thread competes for the GIL and
+    the interpreter does not hand it over in any fair order: at 64 connections a few requests waited 10-20x the
+    median (DESIGN.md §6, and bench/serving). Answering one request at a time in FIFO order, as a gunicorn sync
+    worker does through its listen queue, gives every request the same wait. But ``run()`` may block on I/O (or
+    sleep), and then serialising would waste the process: so when the request at the head of the queue has
+    waited ``overflow_s`` without the gate being handed to it, it goes in anyway, and so on for the next one.
+    Fast requests are served strictly in order; slow ones overlap after ``overflow_s`` each.
+    """
+
+    class _Waiter:
+        __slots__ = ("granted", "wake")
+
+        def __init__(self) -> None:
+            self.granted = False
+            self.wake = threading.Event()
+
+    def __init__(self, overflow_s: float) -> None:
+        self.overflow_s = overflow_s
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._queue: collections.deque[FifoGate._Waiter] = collections.deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._busy and not self._queue:
+                self._busy = 1
+                return
+            me = self._Waiter()
+            self._queue.append(me)
+        while True:
+            with self._lock:
+                if me.granted:
+                    return
+                head = self._queue[0] is me
+            woke = me.wake.wait(self.overflow_s if head else None)
+            with self._lock:
+                if me.granted:
+                    return
+                if head and not woke and self._queue[0] is me:  # nobody handed over in time: go in alongside
+                    self._queue.popleft()
+                    self._busy += 1
+                    if self._queue:
+                        self._queue[0].wake.set()  # the next one starts its own wait as head
+                    return
+                me.wake.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self._queue:
+                nxt = self._queue.popleft()
+                nxt.granted = True
+                nxt.wake.set()
+                if self._queue:
+                    self._queue[0].wake.set()
+            else:
+                self._busy -= 1
+
+
 class ScoringServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """The threaded server on an already listening socket (``listen()``)."""
 
@@ -85,6 +149,7 @@ class ScoringServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.max_request_bytes = max_request_bytes
         self.keepalive_timeout_s = keepalive_timeout_s
         self.in_flight = InFlight()
+        self.gate = FifoGate(GATE_OVERFLOW_S)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -123,15 +188,28 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         start = time.perf_counter()
-        with self.server.in_flight:
-            self._body_read = False
-            path, _, query = self.path.partition("?")
-            req = Request(self.command, path, query, self.headers, self._read_body)
-            resp = self.server.app.handle(req)
-            if not self._body_read and self._has_body():
-                resp.close = True  # the unread body would be taken for the next request
-            self._send(resp)
-        log_request(self.command, path, resp.status, (time.perf_counter() - start) * 1000, _request_id(resp))
+        metrics = self.server.app.metrics
+        path, _, query = self.path.partition("?")
+        status = 500  # if answering fails half-way (the connection broke), that is what gets counted
+        resp: Response | None = None
+        metrics.started()
+        try:
+            with self.server.in_flight:
+                self._body_read = False
+                req = Request(
+                    self.command, path, query, self.headers, self._read_body, self.client_address[0]
+                )
+                with self.server.gate:
+                    resp = self.server.app.handle(req)
+                    status = resp.status
+                    if not self._body_read and self._has_body():
+                        resp.close = True  # the unread body would be taken for the next request
+                    self._send(resp)
+        finally:
+            seconds = time.perf_counter() - start
+            route = route_of(path)
+            metrics.finished(route, status, seconds)
+            log_request(self.command, path, route, status, seconds * 1000, _request_id(resp) if resp else "")
         if self.close_connection and not self._body_read and self._has_body():
             self._linger()
         self._expects_continue = False
@@ -162,7 +240,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
             self.wfile.write(resp.body)
-        log_request(getattr(self, "command", None) or "-", _path_of(self), code, 0.0, "")
+        path = _path_of(self)
+        log_request(getattr(self, "command", None) or "-", path, route_of(path), code, 0.0, "")
 
     def log_message(self, format: str, *args: Any) -> None:
         # http.server's own messages (timeouts, errors); successful requests are logged by _dispatch.

@@ -39,12 +39,14 @@ class _Worker:
 
 def supervise(
     count: int,
-    worker_main: Callable[[Callable[[], None]], int],
+    worker_main: Callable[[int, Callable[[], None]], int],
     *,
     graceful_timeout_s: float,
     on_stop: Callable[[], None],
 ) -> int:
-    """Fork ``count`` workers running ``worker_main(notify_ready)``; return the service's exit status.
+    """Fork ``count`` workers running ``worker_main(index, notify_ready)``; return the service's exit status.
+
+    ``index`` is the worker's number (0 to ``count`` - 1); a replacement gets the index of the worker it replaces.
 
     ``on_stop`` runs when stopping begins (the parent closes its copy of the listening socket there).
     """
@@ -98,7 +100,9 @@ def supervise(
             signal.signal(sig, handler)
 
 
-def _spawn(index: int, worker_main: Callable[[Callable[[], None]], int], workers: dict[int, _Worker]) -> None:
+def _spawn(
+    index: int, worker_main: Callable[[int, Callable[[], None]], int], workers: dict[int, _Worker]
+) -> None:
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -117,7 +121,7 @@ def _spawn(index: int, worker_main: Callable[[Callable[[], None]], int], workers
                 os.write(write_fd, b"r")
                 os.close(write_fd)
 
-            code = worker_main(notify_ready)
+            code = worker_main(index, notify_ready)
         except BaseException:
             logger.exception("Worker failed")
         finally:

@@ -147,3 +147,26 @@ def start_server(
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def inference_schema_path() -> Path:
+    """A folder holding the ``inference-schema`` package (and its dependencies) for servers' PYTHONPATH, as a
+    user's requirements put it into an image; installed from PyPI once and cached outside the repo."""
+    cache = Path(os.environ.get("OCIBUILD_FIXTURE_CACHE", Path.home() / ".cache" / "ocibuild-fixtures"))
+    version = subprocess.run(
+        [SERVER_PYTHON, "-c", "import sys; print('%d%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    target = cache / f"inference-schema-py{version}"  # for the Python the server runs on, with its wheels
+    if not (target / "COMPLETE").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        proc = subprocess.run(
+            [SERVER_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+             "--target", str(target), "inference-schema"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.skip(f"cannot install inference-schema from PyPI: {proc.stderr.strip()[-500:]}")
+        (target / "COMPLETE").touch()
+    return target

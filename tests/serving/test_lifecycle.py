@@ -157,7 +157,7 @@ def test_scoring_timeout(start_server) -> None:
     server = start_server(SLOW_RUN, env={"SCORING_TIMEOUT_MS": "100"})
     start = time.monotonic()
     r = server.post("/score", data="{}")
-    assert r.status_code == 500 and r.json() == {"message": "Scoring timeout after 100 ms"}
+    assert r.status_code == 504 and r.json() == {"message": "Scoring timeout after 100 ms"}
     assert r.headers["x-ms-run-function-failed"] == "True"
     assert time.monotonic() - start < 2
     (server.app_root / "go").touch()

@@ -138,3 +138,8 @@ def test_malformed_request_line_gets_json_error(server) -> None:
     sock.close()
     assert data.startswith(b"HTTP/1.1 400 ")
     assert data.endswith(b"}") and b'"message": "Bad request version' in data
+
+
+def test_oversized_v2_infer_is_413_in_v2_shape(server) -> None:
+    r = server.post("/v2/models/model/infer", data=b"x" * (LIMIT + 1))
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]

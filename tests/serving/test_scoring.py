@@ -158,7 +158,7 @@ def test_run_raising_is_500_and_server_keeps_serving(server) -> None:
     wait_for(lambda: "failing-req" in server.log())  # the access line is written after the answer
     log = server.log()
     assert "ValueError: boom from run" in log and "Traceback" in log
-    assert "POST /score 500" in log
+    assert "access method=POST path=/score route=/score status=500 " in log
     assert server.post("/score", data="{}").status_code == 200
 
 
@@ -185,7 +185,9 @@ def test_one_log_line_per_request(server) -> None:
     wait_for(lambda: "log-line-id" in server.log())
     lines = [line for line in server.log().splitlines() if "log-line-id" in line]
     assert len(lines) == 1
-    assert " POST /score 200 " in lines[0] and "ms " in lines[0]
+    fields = dict(pair.split("=", 1) for pair in lines[0].split(" access ", 1)[1].split())
+    assert fields["method"] == "POST" and fields["path"] == "/score" and fields["route"] == "/score"
+    assert fields["status"] == "200" and float(fields["ms"]) >= 0 and fields["request_id"] == "log-line-id"
 
 
 def test_keep_alive_and_connection_close(server) -> None:
