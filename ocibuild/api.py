@@ -5,6 +5,7 @@
                                                    environment=Environment(pip_requirements="requirements.txt")),
                   base="oci:./base:py311")
     pkg.export("image.tar", tag="myimage:latest"); pkg.write_layout("./layout"); pkg.save("./context")
+    pkg.push("registry.example.com/team/myimage:1")
     print(pkg.digest)
 
 Building and publishing are separate: ``package`` builds into the local cache; each method is one publisher.
@@ -20,7 +21,6 @@ from pathlib import Path
 from .build.base import default_base
 from .build.environment import PythonEnvironment, load_environment
 from .build.package import BuildResult, PackageSpec, build
-from .errors import UsageError
 from .oci.archive import Tagged, write_archive
 from .oci.descriptor import Platform
 from .oci.digest import Digest
@@ -28,6 +28,7 @@ from .oci.layout import write_layout
 from .oci.store import BlobStore
 from .progress import Progress
 from .registry.reference import parse_reference
+from .registry.transport import RegistryOptions
 
 PathLike = str | os.PathLike
 
@@ -76,9 +77,10 @@ class ImageName:
 class Package:
     """A built image in the local cache, ready to be written out."""
 
-    def __init__(self, result: BuildResult, progress: Progress):
+    def __init__(self, result: BuildResult, progress: Progress, registry: RegistryOptions | None = None):
         self.result = result
         self._progress = progress
+        self._registry = registry
 
     @property
     def image(self):
@@ -120,10 +122,26 @@ class Package:
         name = ImageName.parse(tag or self.default_tag())
         return load_into_engine([Tagged(self.image, name.repo_tag, name.ref_name, name.full)])
 
-    def push(self, reference: str) -> Digest:
-        raise UsageError(
-            "pushing to a registry is not available in this version; use export() or write_layout()"
-        )
+    def push(
+        self,
+        reference: str,
+        tags: Sequence[str] = (),
+        *,
+        creds: str | None = None,
+        registry: RegistryOptions | None = None,
+    ) -> Digest:
+        """Push to a registry as ``reference`` (and extra ``tags`` of the same repository); returns the digest.
+
+        ``creds`` (``USER:PASSWORD``, else ``$OCIBUILD_REGISTRY_USER``/``$OCIBUILD_REGISTRY_PASSWORD``) are used
+        for that registry only; otherwise ``ocibuild login``/``docker login`` credentials apply.
+        """
+        from .registry.push import push_image
+
+        ref = parse_reference(reference)
+        for tag in tags:
+            parse_reference(f"{ref.registry}/{ref.repository}:{tag}")  # a bad tag fails before any upload
+        options = (registry or self._registry or RegistryOptions()).for_target(ref.registry, creds)
+        return push_image(self.image, ref, options, self._progress, tags)
 
 
 def package(
@@ -138,7 +156,10 @@ def package(
     port: int = 5001,
     cache: PathLike | None = None,
     progress: Progress | None = None,
+    registry: RegistryOptions | None = None,
 ) -> Package:
+    """Build the image into the local cache. ``registry``: credentials and TLS for a registry base (and the
+    default for ``push``)."""
     progress = progress or Progress(quiet=True)
     spec = PackageSpec(
         models=tuple(Path(m) for m in models),
@@ -151,5 +172,6 @@ def package(
         platform=Platform.parse(platform),
         compression=compression,
         port=port,
+        registry=registry,
     )
-    return Package(build(spec, BlobStore(cache), progress), progress)
+    return Package(build(spec, BlobStore(cache), progress), progress, registry)

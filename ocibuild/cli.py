@@ -7,6 +7,7 @@ stdout carries results (the image digest, last); progress and errors go to stder
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -62,9 +63,84 @@ def _package_parser(sub) -> None:
         "--output", type=Path, metavar="FILE", help="tarball for docker load / podman load / skopeo"
     )
     out.add_argument("--oci-layout", type=Path, metavar="DIR", help="OCI image layout directory")
-    out.add_argument("--push", metavar="REF", help="push to a registry")
+    out.add_argument("--push", metavar="REF", help="push to a registry, e.g. registry.example.com/team/app:1")
     out.add_argument("--load", action="store_true", help="load into the local Docker or podman engine")
     out.add_argument("--dockerfile", type=Path, metavar="DIR", help="write a Dockerfile build context")
+    reg = p.add_argument_group("registries (--push and a registry --base)")
+    reg.add_argument(
+        "--creds",
+        metavar="USER:PASSWORD",
+        help="for the --push registry (without --push: the --base one); default $OCIBUILD_REGISTRY_USER and "
+        "$OCIBUILD_REGISTRY_PASSWORD, then what ocibuild/docker/podman login stored",
+    )
+    reg.add_argument(
+        "--base-creds", metavar="USER:PASSWORD", help="for the --base registry when it is not the --push one"
+    )
+    reg.add_argument(
+        "--additional-tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="also tag the pushed image (repeatable)",
+    )
+    _registry_arguments(reg)
+
+
+def _registry_arguments(group) -> None:
+    """TLS and auth-file options, named as skopeo and podman name them."""
+    group.add_argument(
+        "--authfile",
+        type=Path,
+        metavar="FILE",
+        help="credentials file (default $REGISTRY_AUTH_FILE, podman's, docker's)",
+    )
+    group.add_argument("--ca-cert", type=Path, metavar="FILE", help="trust this CA (PEM) too")
+    group.add_argument(
+        "--cert-dir",
+        type=Path,
+        metavar="DIR",
+        help="trust the *.crt CAs in DIR (and use a *.cert/*.key client pair)",
+    )
+    group.add_argument(
+        "--insecure", action="store_true", help="allow plain HTTP and do not verify TLS certificates"
+    )
+
+
+def _registry_options(args):
+    from .registry.transport import RegistryOptions
+
+    options = RegistryOptions(
+        auth_file=args.authfile, insecure=args.insecure, ca_cert=args.ca_cert, cert_dir=args.cert_dir
+    )
+    options.check()
+    return options
+
+
+def _package_registry_options(args):
+    """Credentials bound to the registry each was given for: --creds to --push's, --base-creds to --base's."""
+    from .build.base import default_base, registry_reference
+    from .registry.credentials import parse_creds
+    from .registry.reference import parse_reference
+
+    options = _registry_options(args)
+    push = parse_reference(args.push) if args.push is not None else None
+    base = registry_reference(args.base or default_base())
+    if push is not None:
+        options = options.for_target(push.registry, args.creds)
+        for tag in args.additional_tag:
+            parse_reference(f"{push.registry}/{push.repository}:{tag}")
+    elif args.additional_tag:
+        raise UsageError("--additional-tag needs --push")
+    if base is not None:
+        if args.base_creds:
+            options = options.with_credentials(base.registry, parse_creds(args.base_creds, "--base-creds"))
+        elif push is None:
+            options = options.for_target(base.registry, args.creds)
+    elif args.base_creds:
+        raise UsageError("--base-creds is for a registry --base; this --base is not one")
+    if args.creds and push is None and base is None:
+        raise UsageError("--creds is for --push or a registry --base; this command has neither")
+    return options
 
 
 def _outputs(args) -> list[str]:
@@ -92,6 +168,7 @@ def cmd_package(args) -> int:
             raise UsageError(
                 f"--{opt.replace('_', '-')} {dest}: directory {dest.absolute().parent} does not exist; create it first"
             )
+    registry = _package_registry_options(args)
     progress = Progress(quiet=args.quiet)
     env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
     pkg = package(
@@ -105,6 +182,7 @@ def cmd_package(args) -> int:
         port=args.port,
         cache=args.cache,
         progress=progress,
+        registry=registry,
     )
     if args.compression == "zstd":
         progress.warn(
@@ -122,15 +200,41 @@ def cmd_package(args) -> int:
     elif args.load:
         progress.step(pkg.load(args.tag))
     else:
-        pkg.push(args.push)
+        pkg.push(args.push, args.additional_tag, registry=registry)
     print(pkg.digest)
     return 0
 
 
 def cmd_inspect(args) -> int:
+    from .build.base import registry_reference
     from .inspect import inspect_reference
 
-    print(inspect_reference(args.reference, args.platform, raw=args.raw))
+    registry = _registry_options(args)
+    if (ref := registry_reference(args.reference)) is not None:
+        registry = registry.for_target(ref.registry, args.creds)
+    elif args.creds:
+        raise UsageError("--creds is for a registry reference; this one is local")
+    print(inspect_reference(args.reference, args.platform, raw=args.raw, registry=registry))
+    return 0
+
+
+def cmd_login(args) -> int:
+    import getpass
+
+    from .registry.credentials import Credentials
+    from .registry.login import login, registry_host
+
+    host = registry_host(args.registry)
+    if args.password_stdin and not args.username:
+        raise UsageError("--password-stdin needs --username")
+    user = args.username or input("Username: ").strip()
+    secret = sys.stdin.read().rstrip("\r\n") if args.password_stdin else getpass.getpass("Password: ")
+    if not user or not secret:
+        raise UsageError("a user name and a password are both needed")
+    where = login(
+        host, Credentials(user, secret, source="ocibuild login"), _registry_options(args), args.authfile
+    )
+    print(f"Login Succeeded (credentials for {host} stored in {where})")
     return 0
 
 
@@ -149,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a registry REF")
     i.add_argument("--platform", default="linux/amd64")
     i.add_argument("--raw", action="store_true", help="print the manifest and config JSON as they are")
+    i.add_argument("--creds", metavar="USER:PASSWORD", help="for a registry REF (default: as for package)")
+    _registry_arguments(i)
+    lg = sub.add_parser("login", help="check and store registry credentials where docker login would")
+    lg.add_argument("registry", help="registry host, e.g. registry.example.com or localhost:5000")
+    lg.add_argument("-u", "--username")
+    lg.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    _registry_arguments(lg)
     s = sub.add_parser("serve", help="run the scoring server locally on the host, no image")
     s.add_argument("--entry-script", required=True, type=Path)
     s.add_argument(
@@ -159,18 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI cancellation and ``docker stop`` send), unwound like Ctrl-C so temp files are removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"package": cmd_package, "inspect": cmd_inspect, "serve": cmd_serve}
+    handlers = {"package": cmd_package, "inspect": cmd_inspect, "serve": cmd_serve, "login": cmd_login}
+    if args.command != "serve":  # the scoring server installs its own graceful-stop handler
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return handlers[args.command](args)
     except OcibuildError as e:
         print(f"ocibuild: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("ocibuild: interrupted; nothing was written at the destination", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
     except OSError as e:
         # Environmental failures (disk full, permission denied) are the user's to fix: one line, no traceback.
         where = f" ({e.filename})" if e.filename else ""

@@ -7,6 +7,7 @@ import json
 from .build.base import resolve_base
 from .errors import UsageError
 from .oci.descriptor import Platform
+from .registry.transport import RegistryOptions
 
 
 def _size(n: int) -> str:
@@ -17,8 +18,10 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def inspect_reference(ref: str, platform: str = "linux/amd64", raw: bool = False) -> str:
-    image = resolve_base(ref, Platform.parse(platform))
+def inspect_reference(
+    ref: str, platform: str = "linux/amd64", raw: bool = False, registry: RegistryOptions | None = None
+) -> str:
+    image = resolve_base(ref, Platform.parse(platform), registry=registry)
     if image is None:
         raise UsageError("scratch is the empty image: there is nothing to inspect")
     if raw:
@@ -46,7 +49,7 @@ def inspect_reference(ref: str, platform: str = "linux/amd64", raw: bool = False
         f"Layers ({len(image.layers)}, {_size(sum(d.size for d in image.layers))}):",
     ]
     for i, (d, diff_id) in enumerate(zip(image.layers, image.diff_ids, strict=True)):
-        created_by = history[i].get("created_by", "") if len(history) == len(image.layers) else ""
+        created_by = str(history[i].get("created_by") or "") if len(history) == len(image.layers) else ""
         lines.append(
             f"  {i:>2}  {d.digest}  {_size(d.size):>9}  {d.media_type.rsplit('.', 1)[-1]:<9} {created_by[:80]}"
         )

@@ -451,3 +451,185 @@ def podman() -> Iterator[Engine]:
 
 # A `registry` fixture (docker-registry serve on 127.0.0.1:<free_port()>, plain, basic-auth over TLS, and bearer
 # token variants; DESIGN.md §5) belongs here next to the engines.
+
+
+# --- registries ---------------------------------------------------------------------------------------------------
+
+REGISTRY_USER = "ocitest"
+REGISTRY_PASSWORD = "s3cret-Pa55"
+REGISTRY_REFRESH_TOKEN = "refresh-0c1b"  # an OAuth2 refresh token the "token" registry's token server accepts
+BASE_REPO = "base/python:3.11"  # where `Registry.push_base` puts the Debian base image
+
+
+@dataclass
+class Registry:
+    """A real `docker-registry serve` on 127.0.0.1, as clients reach it.
+
+    kind: "plain" (HTTP, no auth), "basic" (htpasswd Basic auth over TLS with the tests' own CA) or "token"
+    (HTTP, bearer tokens from `tokens`, the tests' token server). "plain" and "token" sit behind `proxy`, a
+    recording proxy (`host` is the proxy's address), so tests can assert what the registry was sent.
+    """
+
+    kind: str
+    host: str
+    dir: Path
+    log: Path
+    user: str | None = None
+    password: str | None = None
+    tls: object = None  # tests.registry.servers.TLSFiles for "basic"
+    proxy: object = None  # tests.registry.servers.RecordingProxy
+    tokens: object = None  # tests.registry.servers.TokenServer
+    _bases: set[str] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def creds(self) -> str | None:
+        return f"{self.user}:{self.password}" if self.user else None
+
+    def ocibuild_args(self) -> list[str]:
+        """Flags that let ocibuild reach this registry (credentials and CA)."""
+        out = ["--creds", self.creds] if self.user else []
+        return out + (["--ca-cert", str(self.tls.ca_cert)] if self.tls else [])
+
+    def skopeo_args(self, prefix: str = "") -> list[str]:
+        """skopeo flags for this registry; prefix "dest-" or "src-" for `skopeo copy`."""
+        out = [f"--{prefix}cert-dir", str(self.tls.cert_dir)] if self.tls else [f"--{prefix}tls-verify=false"]
+        return out + ([f"--{prefix}creds", self.creds] if self.user else [])
+
+    def ref(self, repo_tag: str) -> str:
+        return f"{self.host}/{repo_tag}"
+
+    def push_base(self, base_image: BaseImage, repo_tag: str = BASE_REPO) -> str:
+        """Copy the Debian base image into the registry with skopeo (once per session); returns its reference."""
+        if repo_tag not in self._bases:
+            run(
+                ["skopeo", "copy", "--quiet", *self.skopeo_args("dest-"), base_image.ref,
+                 f"docker://{self.ref(repo_tag)}"],
+                timeout=300,
+            )  # fmt: skip
+            self._bases.add(repo_tag)
+        return self.ref(repo_tag)
+
+    def skopeo_inspect(self, repo_tag: str) -> dict:
+        return json.loads(
+            run(["skopeo", "inspect", *self.skopeo_args(), f"docker://{self.ref(repo_tag)}"]).stdout
+        )
+
+
+def _registry_config(d: Path, port: int, kind: str, tls, tokens) -> dict:
+    config: dict = {
+        "version": "0.1",
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(d / "data")},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "ocibuild-test-secret"},
+    }
+    if kind == "basic":
+        hashed = run(["htpasswd", "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD]).stdout.strip()
+        (d / "htpasswd").write_text(hashed + "\n")
+        config["auth"] = {"htpasswd": {"realm": "ocibuild-test", "path": str(d / "htpasswd")}}
+        config["http"]["tls"] = {"certificate": str(tls.server_cert), "key": str(tls.server_key)}
+    elif kind == "token":
+        config["auth"] = {
+            "token": {
+                "realm": tokens.realm,
+                "service": tokens.service,
+                "issuer": tokens.issuer,
+                "rootcertbundle": str(tokens.root_cert_bundle),
+            }
+        }
+    return config
+
+
+class Registries:
+    """Starts each kind of registry on first use and stops them all at the end of the session."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, Registry] = {}
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stops: list[Callable[[], None]] = []
+        self._dirs: list[Path] = []
+
+    def get(self, kind: str) -> Registry:
+        if kind not in self._started:
+            self._started[kind] = self._start(kind)
+        return self._started[kind]
+
+    def _start(self, kind: str) -> Registry:
+        import requests
+
+        from tests.registry.servers import RecordingProxy, TokenServer, make_tls
+
+        assert kind in ("plain", "basic", "token"), kind
+        require("docker-registry")
+        if kind == "basic":
+            require("htpasswd")
+        d = short_tempdir(f"ocibuild-registry-{kind}-")
+        self._dirs.append(d)
+        tls = make_tls(d / "tls") if kind == "basic" else None
+        tokens = None
+        if kind == "token":
+            tokens = TokenServer(
+                d / "token",
+                {REGISTRY_USER: REGISTRY_PASSWORD},
+                refresh_tokens={REGISTRY_REFRESH_TOKEN: REGISTRY_USER},
+            ).start()
+            self._stops.append(tokens.stop)
+        port = free_port()
+        config = d / "config.yml"
+        config.write_text(json.dumps(_registry_config(d, port, kind, tls, tokens), indent=1))  # YAML ⊃ JSON
+        log = d / "registry.log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen(
+                ["docker-registry", "serve", str(config)],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._procs.append(proc)
+        scheme = "https" if tls else "http"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = requests.get(
+                    f"{scheme}://127.0.0.1:{port}/v2/", timeout=2, verify=str(tls.ca_cert) if tls else True
+                )
+                if r.status_code in (200, 401):
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"docker-registry ({kind}) did not start:\n{log.read_text()}")
+            time.sleep(0.02)
+        host = f"127.0.0.1:{port}"
+        proxy = None
+        if kind in ("plain", "token"):
+            proxy = RecordingProxy(port)
+            self._stops.append(proxy.stop)
+            host = f"127.0.0.1:{proxy.port}"
+        user, password = (REGISTRY_USER, REGISTRY_PASSWORD) if kind != "plain" else (None, None)
+        return Registry(kind, host, d, log, user, password, tls, proxy, tokens)
+
+    def close(self) -> None:
+        for proc in self._procs:
+            stop_process(proc)
+        for stop in self._stops:
+            stop()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registries]:
+    """`registry.get("plain" | "basic" | "token")`: real docker-registry instances, started on first use."""
+    registries = Registries()
+    try:
+        yield registries
+    finally:
+        registries.close()

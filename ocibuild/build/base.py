@@ -1,7 +1,7 @@
 """Resolve a base reference (``oci:``, ``oci-archive:``, ``docker-archive:``, ``scratch``, a registry) to an Image.
 
 References follow the skopeo/podman transport convention (DESIGN §1). The result is checked against the wanted
-platform. Registry bases are the seam for the registry client; every other transport is local and read in place.
+platform. Registry bases go through ``ocibuild.registry.pull``; every other transport is local and read in place.
 """
 
 from __future__ import annotations
@@ -9,13 +9,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BadReferenceError, BaseImageError
 from ..oci.archive import open_docker_archive, open_oci_archive
 from ..oci.descriptor import Platform
 from ..oci.image import Image
 from ..oci.layout import open_layout
-from ..registry.reference import parse_reference
+from ..oci.store import BlobStore
+from ..registry.reference import Reference, parse_reference
+
+if TYPE_CHECKING:
+    from ..progress import Progress
+    from ..registry.transport import RegistryOptions
 
 SCRATCH = "scratch"
 # skopeo transports that name something other than a registry, which ocibuild does not read.
@@ -38,8 +44,18 @@ def split_path_and_name(rest: str) -> tuple[Path, str | None]:
     return Path(path), name or None
 
 
-def resolve_base(ref: str, platform: Platform) -> Image | None:
-    """The base image for ``ref`` (None for ``scratch``), for ``platform``."""
+def resolve_base(
+    ref: str,
+    platform: Platform,
+    store: BlobStore | None = None,
+    registry: RegistryOptions | None = None,
+    progress: Progress | None = None,
+) -> Image | None:
+    """The base image for ``ref`` (None for ``scratch``), for ``platform``.
+
+    A registry base is pulled through ``store`` (default: the user's cache), layers on first use, with
+    ``registry``'s credentials and TLS settings.
+    """
     if ref == SCRATCH:
         return None
     if ref.startswith("oci:"):
@@ -57,16 +73,24 @@ def resolve_base(ref: str, platform: Platform) -> Image | None:
             "oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker://HOST/REPO:TAG or scratch"
         )
     else:
-        parse_reference(ref)  # a malformed reference is reported as such, before anything else
-        raise BaseImageError(
-            f"base {ref}: pulling from a registry is not available in this version; "
-            "pass --base oci:DIR[:TAG], oci-archive:FILE or docker-archive:FILE"
-        )
+        from ..registry.pull import open_registry_image
+
+        image = open_registry_image(parse_reference(ref), platform, registry, store or BlobStore(), progress)
     if not platform.matches(image.platform):
         raise BaseImageError(
             f"base {ref} is for {image.platform}, not {platform}; pass --platform {image.platform} or another base"
         )
     return image
+
+
+def registry_reference(ref: str) -> Reference | None:
+    """The registry reference a ``--base`` names, or None for local transports and scratch (for binding
+    credentials to the base's registry)."""
+    if ref == SCRATCH or ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
+        return None
+    if ref.split(":", 1)[0] in _OTHER_TRANSPORTS:
+        return None
+    return parse_reference(ref)
 
 
 def _split_layout(rest: str) -> tuple[Path, str | None]:

@@ -13,8 +13,8 @@ from ..errors import BadReferenceError
 from ..oci.digest import is_digest
 
 DOCKER_HUB = "docker.io"
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _HOST = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
 )
@@ -78,7 +78,7 @@ def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
     colon = text.rfind(":")
     if colon > slash:
         text, tag = text[:colon], text[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise BadReferenceError(
                 f"image reference {original!r}: tag {tag!r} is not valid (letters, digits, _ . -)"
             )
@@ -87,7 +87,7 @@ def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
         "." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")
     ):
         registry, path = parts[0], parts[1:]
-        if not _HOST.match(registry):
+        if not _HOST.fullmatch(registry):
             raise BadReferenceError(
                 f"image reference {original!r}: {registry!r} is not a valid registry host"
             )
@@ -98,7 +98,7 @@ def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
     if registry == DOCKER_HUB and len(path) == 1:
         path = ["library", *path]
     for comp in path:
-        if not _COMPONENT.match(comp):
+        if not _COMPONENT.fullmatch(comp):
             raise BadReferenceError(
                 f"image reference {original!r}: repository part {comp!r} must be lowercase letters, digits and "
                 "separators (. _ -)"

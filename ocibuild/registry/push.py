@@ -1,0 +1,138 @@
+"""Push an ``Image`` to a registry: every blob made present (skip, mount or stream), then the manifest's bytes.
+
+Per blob, in a small thread pool: HEAD, and skip it if the registry has it; else mount it when it came from
+another repository of the same registry (its source says so through ``blob_origin``); else upload it streamed
+from ``image.blobs`` (memory stays flat whatever the layer size). A blob upload that fails transiently is started
+over, a bounded number of times. Only when every blob is confirmed does the manifest go up, as the exact bytes of
+``image.digest``, under the reference's tag (and any extra tags).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+from ..errors import UsageError
+from ..oci.descriptor import Descriptor
+from ..oci.digest import Digest
+from ..oci.image import Image
+from ..progress import Progress
+from .client import RegistryClient
+from .errors import TransientError
+from .pull import blob_origin
+from .reference import Reference
+from .transport import RegistryOptions, Transport, retry_delay
+
+WORKERS = 4
+BLOB_ATTEMPTS = 3
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class _Tally:
+    """Bytes done across parallel blobs, for one live progress line; per-blob lines are printed as they end."""
+
+    def __init__(self, progress: Progress, label: str, total: int):
+        self.progress = progress
+        self.counter = progress.bytes(label, total)
+        self.lock = threading.Lock()
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            self.counter(self.done)
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            if self.progress.live:
+                self.progress.stream.write("\r\x1b[K")
+            self.progress.step(text)
+
+
+def push_image(
+    image: Image,
+    ref: Reference,
+    options: RegistryOptions | None = None,
+    progress: Progress | None = None,
+    tags: Sequence[str] = (),
+    workers: int = WORKERS,
+) -> Digest:
+    """Push ``image`` as ``ref`` (and ``tags`` in the same repository); returns the manifest digest."""
+    options = options or RegistryOptions()
+    progress = progress or Progress(quiet=True)
+    if ref.digest and ref.digest != image.digest:
+        raise UsageError(f"{ref}: the image's digest is {image.digest}; push it by tag or by that digest")
+    client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
+    try:
+        blobs = list({d.digest: d for d in image.descriptors()}.values())
+        total = sum(d.size for d in blobs)
+        progress.step(f"pushing {len(blobs)} blobs ({_size(total)}) to {ref.registry}/{ref.repository}")
+        tally = _Tally(progress, f"pushing to {ref.registry}/{ref.repository}", total)
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(workers, len(blobs))), thread_name_prefix="push"
+        ) as pool:
+            futures = [pool.submit(_push_blob, client, image, d, tally) for d in blobs]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+        media_type = image.manifest.media_type
+        digest = client.put_manifest(ref.tag or ref.digest or "latest", image.manifest.raw, media_type)
+        for tag in tags:
+            client.put_manifest(tag, image.manifest.raw, media_type)
+        names = ", ".join([ref.tag or str(digest), *tags])
+        tally.line(f"pushed {ref.registry}/{ref.repository} ({names}) {digest}")
+        return digest
+    finally:
+        client.transport.close()
+
+
+def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _Tally) -> str:
+    label = f"  {desc.digest.short}  {_size(desc.size):>9}"
+    if client.has_blob(desc.digest):
+        tally.add(desc.size)
+        tally.line(f"{label}  exists")
+        return "exists"
+    location = None
+    origin = blob_origin(image.blobs, desc)
+    if origin and origin.registry == client.transport.host and origin.repository != client.repository:
+        location = client.mount_blob(desc.digest, origin.repository)
+        if location is None:
+            tally.add(desc.size)
+            tally.line(f"{label}  mounted from {origin.repository}")
+            return "mounted"
+    policy = client.transport.options.retry
+    for attempt in range(1, BLOB_ATTEMPTS + 1):
+        sent = [0]
+
+        def on_bytes(n: int, sent=sent) -> None:
+            tally.add(n - sent[0])
+            sent[0] = n
+
+        start = time.monotonic()
+        try:
+            how = client.upload_blob(desc, lambda: image.blobs.open_blob(desc), on_bytes, location=location)
+        except TransientError:
+            tally.add(-sent[0])
+            if attempt == BLOB_ATTEMPTS:
+                raise
+            time.sleep(retry_delay(attempt, None, policy))
+            location = None
+            continue
+        secs = max(time.monotonic() - start, 1e-6)
+        extra = " in chunks" if how == "chunked" else ""
+        rate = f" in {secs:.1f} s ({_size(desc.size / secs)}/s)" if desc.size >= 1 << 20 else ""
+        tally.line(f"{label}  uploaded{extra}{rate}")
+        return "uploaded"
+    raise AssertionError("unreachable")

@@ -1,0 +1,394 @@
+"""The tests' own servers around the real ``docker-registry``: a TLS CA, a bearer-token server, a recording proxy.
+
+None of them imitates the registry: the token server is the auth service distribution delegates to (it signs
+RS256 JWTs that the real registry verifies against ``rootcertbundle``), and the proxy forwards every request to
+the real registry unchanged while counting what passes (methods, paths, body bytes), optionally behaving like an
+ingress with a body-size limit or a transient 503 — the conditions real deployments put in front of registries.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import http.client
+import ipaddress
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+# --- TLS ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca_cert: Path  # the CA clients must trust
+    cert_dir: Path  # skopeo/ocibuild --cert-dir: a folder holding ca.crt
+    server_cert: Path
+    server_key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def make_tls(directory: Path) -> TLSFiles:
+    """A throwaway CA and a server certificate for DNS:localhost and IP:127.0.0.1 signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = _key()
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("ocibuild test CA"))
+        .issuer_name(_name("ocibuild test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = _key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    files = TLSFiles(
+        ca_cert=directory / "ca.pem",
+        cert_dir=directory / "certs.d",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+    )
+    files.ca_cert.write_bytes(ca.public_bytes(pem))
+    files.cert_dir.mkdir()
+    (files.cert_dir / "ca.crt").write_bytes(ca.public_bytes(pem))
+    files.server_cert.write_bytes(cert.public_bytes(pem))
+    files.server_key.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    )
+    return files
+
+
+# --- a bearer-token server ----------------------------------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def libtrust_key_id(public_key: rsa.RSAPublicKey) -> str:
+    """The ``kid`` distribution looks a token's key up by: base32 of the first 240 bits of the sha256 of the DER
+    public key, in 12 colon-separated groups of 4 (docker/libtrust ``keyIDFromCryptoKey``)."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    s = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode().rstrip("=")
+    return ":".join(s[i : i + 4] for i in range(0, len(s), 4))
+
+
+@dataclass
+class TokenRequest:
+    account: str | None  # the user that authenticated, None when anonymous or refused
+    scopes: list[str]
+    granted: bool
+
+
+@dataclass
+class TokenServer:
+    """``GET /token?service=&scope=…`` with Basic credentials → an RS256 JWT granting the scopes asked for; also
+    ``POST /token`` with an OAuth2 refresh token from ``refresh_tokens``.
+
+    Wrong credentials get 401; anonymous callers get a token granting nothing. ``requests`` records every call.
+    """
+
+    directory: Path
+    users: dict[str, str]
+    service: str = "ocibuild-test-registry"
+    issuer: str = "ocibuild-test-token-issuer"
+    lifetime: int = 300
+    refresh_tokens: dict[str, str] = field(default_factory=dict)  # OAuth2 refresh token → account
+    requests: list[TokenRequest] = field(default_factory=list)
+
+    def start(self) -> TokenServer:
+        self._key = _key()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(self.issuer))
+            .issuer_name(_name(self.issuer))
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .sign(self._key, hashes.SHA256())
+        )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root_cert_bundle = self.directory / "token-signer.crt"
+        self.root_cert_bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self._kid = libtrust_key_id(self._key.public_key())
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server._handle(self)
+
+            do_POST = do_GET
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.realm = f"http://127.0.0.1:{self._httpd.server_address[1]}/token"
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def scopes_asked(self) -> list[str]:
+        with self._lock:
+            return [s for r in self.requests for s in r.scopes]
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        query = parse_qs(urlsplit(h.path).query)
+        scopes = query.get("scope", [])
+        account = None
+        auth = h.headers.get("Authorization", "")
+        if h.command == "POST":  # OAuth2 refresh-token grant (Docker's "identitytoken")
+            form = parse_qs(h.rfile.read(int(h.headers.get("Content-Length") or 0)).decode())
+            scopes = " ".join(form.get("scope", [])).split()
+            account = self.refresh_tokens.get(form.get("refresh_token", [""])[0])
+            if form.get("grant_type") != ["refresh_token"] or account is None:
+                with self._lock:
+                    self.requests.append(TokenRequest(None, scopes, False))
+                _reply(h, 401, {"error": "invalid_grant"})
+                return
+        elif auth.startswith("Basic "):
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            if self.users.get(user) != password:
+                with self._lock:
+                    self.requests.append(TokenRequest(None, scopes, False))
+                _reply(h, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
+                return
+            account = user
+        access = []
+        if account is not None:
+            for scope in scopes:
+                for one in scope.split(" "):
+                    kind, _, rest = one.partition(":")
+                    name, _, actions = rest.rpartition(":")
+                    if kind == "repository" and name:
+                        access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        with self._lock:
+            self.requests.append(TokenRequest(account, scopes, True))
+        token = self._sign(account or "", access)
+        _reply(h, 200, {"token": token, "access_token": token, "expires_in": self.lifetime})
+
+    def _sign(self, subject: str, access: list[dict]) -> str:
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "kid": self._kid}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + self.lifetime,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = self._key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64url(signature)}"
+
+
+def _reply(h: BaseHTTPRequestHandler, status: int, doc: dict) -> None:
+    body = json.dumps(doc).encode()
+    h.send_response(status)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+# --- a recording proxy ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    method: str
+    path: str  # with its query
+    body_bytes: int  # request body bytes received from the client
+    status: int
+
+
+@dataclass
+class Fault:
+    """Answer the next ``times`` requests matching ``method`` and ``path_contains`` with ``status`` instead."""
+
+    method: str
+    path_contains: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    times: int = 1
+
+
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+class RecordingProxy:
+    """Forwards HTTP to ``upstream`` (keeping ``Host``, so the registry's Locations point back here) and records.
+
+    ``max_body``: refuse request bodies larger than this with 413, as nginx's ``client_max_body_size`` does.
+    """
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.records: list[Record] = []
+        self.faults: list[Fault] = []
+        self.max_body: int | None = None
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.records.clear()
+            self.faults.clear()
+            self.max_body = None
+
+    def snapshot(self) -> list[Record]:
+        with self._lock:
+            return list(self.records)
+
+    def blob_bytes_uploaded(self, records: list[Record] | None = None) -> int:
+        """Body bytes of every PATCH/PUT/POST to a blob upload URL: what a push sent of its blobs."""
+        return sum(
+            r.body_bytes
+            for r in (self.snapshot() if records is None else records)
+            if r.method in ("PATCH", "PUT", "POST") and "/blobs/uploads/" in r.path
+        )
+
+    def _read_body(self, h: BaseHTTPRequestHandler) -> bytes:
+        if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(h.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(h.rfile.read(size))
+                h.rfile.readline()
+        return h.rfile.read(int(h.headers.get("Content-Length") or 0))
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.times > 0 and f.method == method and f.path_contains in path:
+                    f.times -= 1
+                    return f
+        return None
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = self._read_body(h)
+        method = h.command
+        fault = self._fault(method, h.path)
+        if fault is not None or (self.max_body is not None and len(body) > self.max_body):
+            status = fault.status if fault else 413
+            self._record(Record(method, h.path, len(body), status))  # before answering: tests read it after
+            h.send_response(status)
+            for k, v in (fault.headers if fault else {}).items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=300)
+        try:
+            # Header by header: a client may send several Accept lines, and a dict would keep only the last.
+            conn.putrequest(method, h.path, skip_host=True, skip_accept_encoding=True)
+            for k, v in h.headers.items():
+                if k.lower() not in _HOP and k.lower() != "content-length":
+                    conn.putheader(k, v)
+            if body or method in ("PUT", "PATCH", "POST"):
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body or None)
+            resp = conn.getresponse()
+            data = resp.read()
+            self._record(Record(method, h.path, len(body), resp.status))
+            h.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in _HOP and k.lower() != "content-length":
+                    h.send_header(k, v)
+            length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
+            h.send_header("Content-Length", length or "0")
+            h.end_headers()
+            if method != "HEAD":
+                h.wfile.write(data)
+        finally:
+            conn.close()
+
+    def _record(self, record: Record) -> None:
+        with self._lock:
+            self.records.append(record)
+
+
+def iter_records(records: list[Record], method: str, path_contains: str = "") -> Iterator[Record]:
+    return (r for r in records if r.method == method and path_contains in r.path)
