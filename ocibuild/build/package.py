@@ -22,9 +22,10 @@ from ..oci import compress
 from ..oci.descriptor import Descriptor, Platform
 from ..oci.digest import Digest
 from ..oci.image import Image
-from ..oci.layer import BuiltLayer, LayerContents, write_layer
+from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
 from ..oci.store import BlobStore
 from ..progress import Progress
+from ..registry.transport import RegistryOptions
 from .base import resolve_base
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version
@@ -51,6 +52,9 @@ class PackageSpec:
     platform: Platform = field(default_factory=Platform)
     compression: str = "gzip"
     port: int = DEFAULT_PORT
+    # False (--no-cache): every layer is built from its inputs again; the results still go to the cache.
+    use_cache: bool = True
+    registry: RegistryOptions | None = None  # credentials and TLS for a registry base
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def validate(spec: PackageSpec) -> None:
 def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResult:
     validate(spec)
     progress.step(f"base: {spec.base}")
-    base = resolve_base(spec.base, spec.platform)
+    base = resolve_base(spec.base, spec.platform, store, spec.registry, progress)
     target = _detect_python(base, spec, store, progress)
     if spec.environment.python_version:
         check_python_version(spec.environment, target)
@@ -125,9 +129,7 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
     for path, name in zip(spec.models, names, strict=True):
         dest = f"{APP_ROOT}/azureml-models/{name}/{spec.version}"
         model_contents.add_file(path, f"{dest}/{path.name}")
-    counter = progress.bytes("model layer", model_contents.total_size)
-    model_layer = write_layer(model_contents, store, spec.compression, counter)
-    counter.done()
+    model_layer = _files_layer(model_contents, spec, store, progress, "model layer", derive=True)
     listing = ", ".join(p.name for p in spec.models)
     layers.append(
         NewLayer(
@@ -232,7 +234,7 @@ def _dependencies_layer(
     created_by = (
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
-    if (cached := _cached_layer(store, key)) is not None:
+    if spec.use_cache and (cached := _cached_layer(store, key)) is not None:
         progress.step(f"dependencies: cached ({summary})")
         return NewLayer(cached, created_by, "dependencies")
     progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
@@ -263,7 +265,29 @@ def _cached_layer(store: BlobStore, key: str) -> BuiltLayer | None:
         layer = BuiltLayer(desc, Digest(doc["diff_id"]))
     except (KeyError, TypeError, ValueError, InputError):
         return None
-    return layer if store.has(desc.digest) else None
+    return layer if store.can_produce(desc.digest) else None
+
+
+def _files_layer(
+    contents: LayerContents,
+    spec: PackageSpec,
+    store: BlobStore,
+    progress: Progress,
+    label: str,
+    derive: bool = False,
+) -> BuiltLayer:
+    """A layer of host files, from the cache when the same files (same path, size, mtime, inode, device) made it
+    before with the same settings: then not one byte of them is read. ``derive``: the files outlive the build,
+    so a big layer is kept as a derived blob (``oci.store``) rather than copied into the cache."""
+    key = cache_key(contents, spec.compression)
+    if spec.use_cache and (cached := _cached_layer(store, key)) is not None:
+        progress.step(f"{label}: cached ({cached.descriptor.digest.short})")
+        return cached
+    counter = progress.bytes(label, contents.total_size)
+    layer = write_layer(contents, store, spec.compression, counter, derive=derive)
+    counter.done()
+    store.put_ref(key, {"descriptor": layer.descriptor.to_json(), "diff_id": str(layer.diff_id)})
+    return layer
 
 
 def _server_layer(store: BlobStore, codec: str) -> BuiltLayer:

@@ -28,7 +28,8 @@ from .descriptor import Descriptor, Index, Manifest, Platform, canonical_json, p
 from .digest import CHUNK, Digest, VerifyingReader, is_digest
 from .image import Image, load_image
 from .layer import source_date_epoch
-from .layout import OCI_LAYOUT_FILE, read_index_file, select_manifest
+from .layout import OCI_LAYOUT_FILE, copy_blob, read_index_file, select_manifest
+from .store import write_all
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,16 @@ def _tar_header(name: str, size: int, mtime: int, directory: bool = False) -> by
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def archive_chunks(images: Sequence[Tagged]) -> Iterator[bytes]:
-    """The tarball as a stream of chunks (for a file or an engine's load API); blobs verified as they pass."""
+@dataclass(frozen=True)
+class _BlobPart:
+    """A blob's bytes in the stream, opened only when it is written."""
+
+    image: Image
+    desc: Descriptor
+
+
+def _archive_parts(images: Sequence[Tagged]) -> Iterator[bytes | _BlobPart]:
+    """The tarball as headers and small documents (bytes) and blobs (``_BlobPart``, padding included after)."""
     mtime = source_date_epoch()
     yield _tar_header("blobs/", 0, mtime, directory=True)
     yield _tar_header("blobs/sha256/", 0, mtime, directory=True)
@@ -66,9 +75,7 @@ def archive_chunks(images: Sequence[Tagged]) -> Iterator[bytes]:
                 continue
             seen.add(desc.digest)
             yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
-            with t.image.blobs.open_blob(desc) as src:
-                while data := src.read(CHUNK):
-                    yield data
+            yield _BlobPart(t.image, desc)
             if pad := -desc.size % 512:
                 yield bytes(pad)
         m = t.image.manifest
@@ -97,6 +104,17 @@ def archive_chunks(images: Sequence[Tagged]) -> Iterator[bytes]:
     yield bytes(1024)
 
 
+def archive_chunks(images: Sequence[Tagged]) -> Iterator[bytes]:
+    """The tarball as a stream of chunks (for a file or an engine's load API); blobs verified as they pass."""
+    for part in _archive_parts(images):
+        if isinstance(part, bytes):
+            yield part
+            continue
+        with part.image.blobs.open_blob(part.desc) as src:
+            while data := src.read(CHUNK):
+                yield data
+
+
 def _small(name: str, data: bytes, mtime: int) -> Iterator[bytes]:
     yield _tar_header(name, len(data), mtime)
     yield data
@@ -105,7 +123,11 @@ def _small(name: str, data: bytes, mtime: int) -> Iterator[bytes]:
 
 
 def write_archive(images: Sequence[Tagged], path: Path) -> None:
-    """Write the tarball to ``path`` atomically (temp file in the same directory, then rename)."""
+    """Write the tarball to ``path`` atomically (temp file in the same directory, then rename).
+
+    Blobs take the fastest safe path (``layout.copy_blob``): a cached blob is copied by the kernel, a derived
+    one is produced and written without a copy through Python, a foreign one is verified as it is copied.
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise OutputError(f"{path}: directory {path.parent} does not exist; create it first")
@@ -116,10 +138,20 @@ def write_archive(images: Sequence[Tagged], path: Path) -> None:
     except OSError as e:
         raise OutputError(f"{path}: cannot write there ({e.strerror})") from None
     try:
-        with os.fdopen(fd, "wb", buffering=CHUNK) as f:
-            for chunk in archive_chunks(images):
-                f.write(chunk)
-        os.chmod(tmp, 0o644)
+        try:
+            pending: list[bytes] = []
+            for part in _archive_parts(images):
+                if isinstance(part, bytes):
+                    pending.append(part)
+                    continue
+                write_all(fd, pending)
+                pending = []
+                with part.image.blobs.open_blob(part.desc) as src:
+                    copy_blob(src, fd, part.desc, f"blob {part.desc.digest.short}")
+            write_all(fd, pending)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

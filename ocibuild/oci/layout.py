@@ -7,6 +7,8 @@ renamed into place; an existing layout gets its new blobs (each renamed into pla
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -14,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import FormatError, InputError, OutputError
+from ..errors import DigestMismatchError, FormatError, InputError, OutputError
 from . import media
 from .descriptor import Descriptor, Index, Platform, sniff_media_type
-from .digest import CHUNK, VerifyingReader, copy_verified, read_all
+from .digest import CHUNK, VerifyingReader, read_all
 from .image import BlobSource, Image, load_image
+from .layer import DerivedBlob
+from .store import StoredBlob, write_all
 
 OCI_LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -172,19 +176,79 @@ def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None)
 
 
 def write_blob_file(blobs: BlobSource, desc: Descriptor, blob_dir: Path) -> None:
-    """Copy one blob into ``blob_dir`` under its hex name, verified, via a temp file; skipped if present."""
+    """Copy one blob into ``blob_dir`` under its hex name, via a temp file; skipped if present."""
     final = blob_dir / desc.digest.hex
     if final.is_file():
         return
     fd, tmp = tempfile.mkstemp(dir=blob_dir, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb", buffering=CHUNK) as out, blobs.open_blob(desc) as src:
-            copy_verified(src, out, desc.digest, desc.size, f"blob {desc.digest.short}")
-        os.chmod(tmp, 0o644)
+        try:
+            with blobs.open_blob(desc) as src:
+                copy_blob(src, fd, desc, f"blob {desc.digest.short}", whole_file=True)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_blob(src: BinaryIO, fd: int, desc: Descriptor, what: str, whole_file: bool = False) -> None:
+    """Append the blob ``src`` (opened from a ``BlobSource``) to the file ``fd``, the fastest safe way.
+
+    - a blob of our own store (``StoredBlob``): cloned (reflink, when ``whole_file`` and the file system can)
+      or copied by the kernel (``copy_file_range``), never through Python and not hashed again (see
+      ``oci.store``: it was hashed when it was written);
+    - a derived blob: produced and handed to the kernel without a copy; it verifies itself;
+    - anything else: read and written in chunks, and verified against ``desc`` unless the stream is one that
+      verifies itself (``VerifyingReader``) — never hashed twice.
+    """
+    if isinstance(src, StoredBlob):
+        if whole_file and _reflink(src.fileno(), fd):
+            return
+        _copy_range(src, fd, src.size)
+        return
+    if isinstance(src, DerivedBlob):
+        for pieces in src.segments():
+            write_all(fd, pieces)
+        return
+    reader = src if isinstance(src, VerifyingReader) else VerifyingReader(src, desc.digest, desc.size, what)
+    while data := reader.read(CHUNK):
+        write_all(fd, [data])
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def _reflink(src_fd: int, dst_fd: int) -> bool:
+    """Share the blocks of ``src_fd`` with the empty file ``dst_fd`` (copy-on-write: btrfs, XFS); False if the
+    file system cannot."""
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+        return True
+    except OSError:
+        return False
+
+
+def _copy_range(src: StoredBlob, fd: int, size: int) -> None:
+    left = size
+    try:
+        while left:
+            n = os.copy_file_range(src.fileno(), fd, min(left, 1 << 30))
+            if not n:
+                break
+            left -= n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or left != size:
+            raise
+        while data := src.read(CHUNK):  # no kernel copy between these file systems: through Python
+            write_all(fd, [data])
+            left -= len(data)
+    if left:
+        raise DigestMismatchError(
+            f"cached blob {src.digest.short} is shorter than its {size} bytes; delete it from the cache and build again"
+        )
 
 
 def _write_small(directory: Path, name: str, data: bytes) -> None:

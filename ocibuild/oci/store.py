@@ -1,13 +1,24 @@
 """The local content-addressed blob store (the build cache).
 
-Layout: ``ROOT/blobs/sha256/<hex>`` for blobs and ``ROOT/refs/<key>.json`` for small named records (e.g. which
-layer a set of inputs produced). Writes go to a unique temp file in ``ROOT/tmp`` and are renamed into place only
-once complete and hashed, so a killed build never leaves a partial or wrong entry, and concurrent builds sharing a
-store only ever race to rename identical content. Every read is verified against the digest.
+Layout: ``ROOT/blobs/sha256/<hex>`` for blobs, ``ROOT/derived/<hex>.json`` for derived blobs and
+``ROOT/refs/<key>.json`` for small named records (e.g. which layer a set of inputs produced). Writes go to a unique
+temp file in ``ROOT/tmp`` and are renamed into place only once complete and hashed, so a killed build never leaves
+a partial or wrong entry, and concurrent builds sharing a store only ever race to rename identical content.
+
+A *derived* blob is not kept as bytes: its recipe names the host files it is made from (with their size, mtime,
+inode and device) and how (``oci.layer``); it exists only while those files are unchanged, and its bytes are
+produced again, and verified against its digest, each time it is read. Big model layers are derived blobs, so the
+cache does not hold a second copy of every model.
+
+Trust: a stored blob was hashed as it was written and renamed to its digest only then, in a directory that only
+its owner writes, so reading it back checks its size, not its hash (exporting a 4 GB layer would otherwise pay a
+second sha256 pass). Everything that comes from elsewhere (layouts, archives, registries, and the host files of
+derived blobs) is verified against its digest as it is read.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -16,8 +27,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import OutputError
-from .digest import CHUNK, Digest, HashingWriter, VerifyingReader, copy_verified
+from ..errors import DigestMismatchError, FormatError, OutputError
+from .digest import CHUNK, Digest, HashingWriter, copy_verified
 
 
 def default_root() -> Path:
@@ -33,8 +44,9 @@ class BlobStore:
         self._blobs = self.root / "blobs" / "sha256"
         self._tmp = self.root / "tmp"
         self._refs = self.root / "refs"
+        self._derived = self.root / "derived"
         try:
-            for d in (self._blobs, self._tmp, self._refs):
+            for d in (self._blobs, self._tmp, self._refs, self._derived):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(
@@ -42,14 +54,62 @@ class BlobStore:
             ) from None
 
     def path(self, digest: Digest) -> Path:
+        """Where a stored blob's bytes are (a derived blob has none)."""
         return self._blobs / digest.hex
 
-    def has(self, digest: Digest) -> bool:
+    def is_stored(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
 
-    def open(self, digest: Digest, size: int | None = None) -> VerifyingReader:
-        """A reader that raises ``DigestMismatchError`` at the end unless the content matches ``digest``."""
-        return VerifyingReader(open(self.path(digest), "rb"), digest, size, what="cached blob")
+    def has(self, digest: Digest) -> bool:
+        """Whether the cache holds the blob: stored, or derived (then reading it says if its sources changed)."""
+        return self.is_stored(digest) or self.recipe(digest, usable=False) is not None
+
+    def can_produce(self, digest: Digest) -> bool:
+        """Whether the blob can be read back: stored, or derived from sources that have not changed."""
+        return self.is_stored(digest) or self.recipe(digest) is not None
+
+    def open(self, digest: Digest, size: int | None = None):
+        """A reader of the blob: a stored one's size is checked, a derived one is produced again and verified."""
+        try:
+            return StoredBlob(self.path(digest), digest, size)
+        except FileNotFoundError:
+            pass
+        doc = self.recipe(digest, usable=False)
+        if doc is None:
+            raise FormatError(f"blob {digest.short} is not in the cache {self.root}; build again")
+        from .layer import open_derived  # layer builds on the store; the store only reads its recipes
+
+        return open_derived(doc, digest, size, what="layer")
+
+    @contextmanager
+    def new_blob(self) -> Iterator[NewBlob]:
+        """A temp file for a blob whose digest the caller computes while writing; ``commit(digest)`` names it."""
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        blob = NewBlob(fd, self, tmp)
+        try:
+            yield blob
+            if not blob.committed:
+                raise RuntimeError("blob written but not committed")
+        except BaseException:
+            _unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+
+    # Derived blobs: recipes of oci.layer, valid while their sources are unchanged.
+    def put_recipe(self, digest: Digest, doc: dict) -> None:
+        self._put_json(self._derived / f"{digest.hex}.json", doc)
+
+    def recipe(self, digest: Digest, usable: bool = True) -> dict | None:
+        """The recipe of a derived blob, if there is one of this version of ocibuild, and (``usable``) its
+        sources are unchanged, so it can still produce the blob."""
+        try:
+            doc = json.loads((self._derived / f"{digest.hex}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        from .layer import recipe_valid
+
+        return doc if isinstance(doc, dict) and recipe_valid(doc, check_sources=usable) else None
 
     @contextmanager
     def writer(self) -> Iterator[HashingWriter]:
@@ -94,14 +154,93 @@ class BlobStore:
             return None
 
     def put_ref(self, key: str, doc: dict) -> None:
+        self._put_json(self._refs / f"{key}.json", doc)
+
+    def _put_json(self, path: Path, doc: dict) -> None:
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="ref-")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(doc, f, sort_keys=True)
-            os.replace(tmp, self._refs / f"{key}.json")
+            os.replace(tmp, path)
         except BaseException:
             _unlink(tmp)
             raise
+
+
+class NewBlob:
+    """An open temp file in the store; ``commit(digest)`` renames it to the digest its writer computed."""
+
+    def __init__(self, fd: int, store: BlobStore, tmp: str):
+        self._fd = fd
+        self._store = store
+        self._tmp = tmp
+        self.committed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def commit(self, digest: Digest) -> None:
+        os.fchmod(self._fd, 0o644)
+        os.replace(self._tmp, self._store.path(digest))
+        self.committed = True
+
+
+class StoredBlob(io.RawIOBase):
+    """A stored blob, read as is: its size is checked at the end (see "Trust" above), not its hash.
+
+    ``fileno()`` lets writers copy it in the kernel (``copy_file_range``) instead of through Python.
+    """
+
+    def __init__(self, path: Path, digest: Digest, size: int | None):
+        self._f = open(path, "rb", buffering=0)  # FileNotFoundError if it is not stored
+        self.digest = digest
+        self.size = os.fstat(self._f.fileno()).st_size
+        if size is not None and size != self.size:
+            self._f.close()
+            raise DigestMismatchError(
+                f"cached blob {digest.short}: {self.size} bytes, its descriptor declares {size}; "
+                f"delete {path} and build again"
+            )
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self._read
+        if n is None or n < 0 or n > left:
+            n = left
+        data = self._f.read(n) if n else b""
+        self._read += len(data)
+        if not data and self._read != self.size:
+            raise DigestMismatchError(
+                f"cached blob {self.digest.short} was truncated while being read; build again"
+            )
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def write_all(fd: int, pieces: list) -> None:
+    """Write buffers to a file descriptor in order, completely, in as few system calls as the kernel allows."""
+    views = [memoryview(p).cast("B") for p in pieces if len(p)]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
 
 
 def _unlink(path: str) -> None:

@@ -1,0 +1,108 @@
+"""The layer cache keyed on inputs (issue 4): which edits are a miss, what a hit costs, and --no-cache."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ocibuild.build import package
+from ocibuild.build.package import PackageSpec, _files_layer
+from ocibuild.oci.layer import LayerContents, cache_key
+from ocibuild.oci.store import BlobStore
+from ocibuild.progress import Progress
+
+
+def _contents(path: Path, dest: str = "var/azureml-app/azureml-models/m/1/model.bin") -> LayerContents:
+    c = LayerContents()
+    c.add_file(path, dest)
+    return c
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    p = tmp_path / "model.bin"
+    p.write_bytes(os.urandom(4096))
+    os.utime(p, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    return p
+
+
+def _spec(model: Path, **kw) -> PackageSpec:
+    return PackageSpec(models=(model,), entry_script=model.parent / "score.py", base="scratch", **kw)
+
+
+def test_key_is_stable_for_the_same_inputs(model):
+    assert cache_key(_contents(model), "gzip") == cache_key(_contents(model), "gzip")
+
+
+def test_touched_file_is_a_miss(model):
+    before = cache_key(_contents(model), "gzip")
+    os.utime(model)  # same bytes, new mtime
+    assert cache_key(_contents(model), "gzip") != before
+
+
+def test_same_size_edit_with_a_new_mtime_is_a_miss(model):
+    before = cache_key(_contents(model), "gzip")
+    data = bytearray(model.read_bytes())
+    data[0] ^= 1
+    model.write_bytes(bytes(data))  # same size, mtime now
+    assert model.stat().st_size == 4096
+    assert cache_key(_contents(model), "gzip") != before
+
+
+def test_replaced_file_with_the_same_bytes_and_mtime_is_a_miss(model, tmp_path):
+    """A new inode (e.g. the file was copied over) is not trusted to be the same file."""
+    before = cache_key(_contents(model), "gzip")
+    copy = tmp_path / "copy.bin"
+    shutil.copy2(model, copy)
+    os.replace(copy, model)
+    assert model.stat().st_mtime_ns == 1_700_000_000_000_000_000
+    assert cache_key(_contents(model), "gzip") != before
+
+
+def test_settings_are_part_of_the_key(model, monkeypatch):
+    base = cache_key(_contents(model), "gzip")
+    assert cache_key(_contents(model), "zstd") != base
+    assert cache_key(_contents(model, "elsewhere/model.bin"), "gzip") != base
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert cache_key(_contents(model), "gzip") != base
+    monkeypatch.setattr("ocibuild.oci.layer.__version__", "99.0")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert cache_key(_contents(model), "gzip") != base
+
+
+def _count_writes(monkeypatch) -> list:
+    calls = []
+    real = package.write_layer
+
+    def counting(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(package, "write_layer", counting)
+    return calls
+
+
+def test_hit_reads_nothing_and_miss_rebuilds(model, tmp_path, monkeypatch):
+    store = BlobStore(tmp_path / "cache")
+    calls = _count_writes(monkeypatch)
+    quiet = Progress(quiet=True)
+    first = _files_layer(_contents(model), _spec(model), store, quiet, "model layer", derive=True)
+    assert len(calls) == 1
+    assert _files_layer(_contents(model), _spec(model), store, quiet, "model layer", derive=True) == first
+    assert len(calls) == 1  # a hit: the layer writer (the only reader of model bytes) was not called
+    os.utime(model)
+    again = _files_layer(_contents(model), _spec(model), store, quiet, "model layer", derive=True)
+    assert len(calls) == 2 and again == first  # same bytes, same layer, but they had to be read to know it
+
+
+def test_no_cache_rebuilds_and_a_missing_blob_is_a_miss(model, tmp_path, monkeypatch):
+    store = BlobStore(tmp_path / "cache")
+    calls = _count_writes(monkeypatch)
+    quiet = Progress(quiet=True)
+    built = _files_layer(_contents(model), _spec(model), store, quiet, "model layer")
+    _files_layer(_contents(model), _spec(model, use_cache=False), store, quiet, "model layer")
+    assert len(calls) == 2
+    store.path(built.descriptor.digest).unlink()  # the cache was cleaned: the ref alone is not enough
+    assert _files_layer(_contents(model), _spec(model), store, quiet, "model layer") == built
+    assert len(calls) == 3
