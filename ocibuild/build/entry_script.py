@@ -32,6 +32,10 @@ def check_entry_script(path: Path) -> None:
         raise InputError(f"entry script {path} is not valid Python: line {e.lineno}: {e.msg}") from None
     except (OSError, ValueError) as e:
         raise InputError(f"entry script {path} cannot be read as Python: {e}") from None
+    except (RecursionError, MemoryError):
+        raise InputError(
+            f"entry script {path} is nested too deeply for Python to parse; simplify it"
+        ) from None
     defined = _top_level_names(tree)
     missing = [name for name in REQUIRED if name not in defined]
     if missing:

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -418,16 +419,87 @@ def _scan(kind: str, name: str, stream: BinaryIO) -> _Facts:
 # One member of a layer, as kept between reading the layer and applying it: (kind, path, payload).
 _Entry = tuple[str, _Path, object]
 
+# Bounds on what a hostile layer can make detection hold in memory or spend in time. Real extended headers (pax
+# records, GNU long names) are well under a kilobyte and real images have at most a few hundred thousand entries
+# (each costs about 200 bytes and 20 µs here: a million is 200 MB and 20 s, from a blob of 1 MB of repeated
+# headers); the tar stream itself is bounded by ``oci.image``'s decompression limit.
+_MAX_EXTENDED_HEADER = 1 << 20
+_MAX_SPARSE_BLOCKS = 1024
+_MAX_ENTRIES = 1_000_000
 
-def _read_layer(open_layer: Callable[[], BinaryIO], number: int, what: str) -> list[_Entry]:
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses to buffer a huge extended header or sparse map (``tarfile`` reads a pax header of
+    any declared length into memory at once; in a compressed layer a few MB of blob can declare gigabytes)."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        # tarfile takes a header cut short after the first member for the end of the archive; Docker's Go reader
+        # (and GNU tar) call it an unexpected EOF, and so do we, rather than build on a layer no engine can unpack.
+        if 0 < len(buf) < tarfile.BLOCKSIZE:
+            raise tarfile.SubsequentHeaderError("a header cut short: the layer is truncated")
+        return super().frombuf(buf, encoding, errors)
+
+    def _proc_member(self, tar):  # the hook tarfile gives TarInfo subclasses for each header it reads
+        extended = (
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+        )
+        if self.type in extended and self.size > _MAX_EXTENDED_HEADER:
+            raise tarfile.SubsequentHeaderError(
+                f"an extended header of {self.size} bytes, over the {_MAX_EXTENDED_HEADER} byte limit"
+            )
+        return super()._proc_member(tar)
+
+    def _proc_sparse(self, tar):
+        # tarfile's own loop reads extension blocks for as long as they say another follows, and fails with an
+        # IndexError on a truncated one; this is the same loop, bounded.
+        structs, isextended, origsize = self._sparse_structs
+        del self._sparse_structs
+        blocks = 0
+        while isextended:
+            buf = tar.fileobj.read(tarfile.BLOCKSIZE)
+            blocks += 1
+            if len(buf) != tarfile.BLOCKSIZE or blocks > _MAX_SPARSE_BLOCKS:
+                raise tarfile.SubsequentHeaderError("a truncated or oversized GNU sparse map")
+            for pos in range(0, 21 * 24, 24):
+                try:
+                    offset = tarfile.nti(buf[pos : pos + 12])
+                    numbytes = tarfile.nti(buf[pos + 12 : pos + 24])
+                except ValueError:
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+            isextended = bool(buf[504])
+        self.sparse = structs
+        self.offset_data = tar.fileobj.tell()
+        tar.offset = self.offset_data + self._block(self.size)
+        self.size = origsize
+        return self
+
+
+def _read_layer(
+    open_layer: Callable[[], BinaryIO], number: int, what: str, budget: list[int]
+) -> list[_Entry]:
+    """The entries of one layer; ``budget`` holds how many more entries the image may have (decremented)."""
     entries: list[_Entry] = []
     try:
         stream = open_layer()
     except OSError as e:
         raise BaseImageError(f"{what}: cannot read layer {number} ({e})") from e
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # a stream is read once: tarfile's list of past members would only grow
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise BaseImageError(
+                        f"{what}: its layers hold more than {_MAX_ENTRIES} entries; refusing to read them all "
+                        "(a real image has far fewer), use another base image"
+                    )
                 path = _normalise(member.name)
                 if not path:
                     continue
@@ -459,12 +531,13 @@ def _read_layer(open_layer: Callable[[], BinaryIO], number: int, what: str) -> l
         if "empty file" in str(e):
             return entries
         raise BaseImageError(
-            f"{what}: layer {number} is not a readable tar ({e}); the image is corrupt"
-        ) from e
-    except (tarfile.TarError, EOFError, OSError) as e:
+            f"{what}: layer {number} is not a readable tar ({str(e)[:200]}); the image is corrupt"
+        ) from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, IndexError, OverflowError) as e:
+        # ValueError, IndexError, OverflowError: what tarfile's parsers raise on some malformed headers.
         raise BaseImageError(
-            f"{what}: layer {number} is not a readable tar ({e}); the image is corrupt"
-        ) from e
+            f"{what}: layer {number} is not a readable tar ({str(e)[:200]}); the image is corrupt"
+        ) from None
     finally:
         stream.close()
     return entries
@@ -493,8 +566,9 @@ def _apply_layer(tree: _Tree, entries: list[_Entry]) -> None:
 
 def _build_tree(layers: Sequence[Callable[[], BinaryIO]], what: str) -> _Tree:
     tree = _Tree()
+    budget = [_MAX_ENTRIES]
     for number, open_layer in enumerate(layers, start=1):
-        _apply_layer(tree, _read_layer(open_layer, number, what))
+        _apply_layer(tree, _read_layer(open_layer, number, what, budget))
     return tree
 
 
@@ -838,14 +912,21 @@ def _run(cmd: list[str], log: BinaryIO, progress: Callable[[str], None] | None) 
         raise DependencyError(f"cannot start {cmd[0]} to install the requirements ({e})") from e
     run = _Run(returncode=0)
     assert proc.stdout is not None
-    with proc.stdout:
-        for raw in proc.stdout:
-            log.write(raw)
-            line = raw.decode("utf-8", "replace").rstrip()
-            run.tail.append(line)
-            if progress is not None and line.strip():
-                progress(line)
-    run.returncode = proc.wait()
+    try:
+        with proc.stdout:
+            for raw in proc.stdout:
+                log.write(raw)
+                line = raw.decode("utf-8", "replace").rstrip()
+                run.tail.append(line)
+                if progress is not None and line.strip():
+                    progress(line)
+        run.returncode = proc.wait()
+    except BaseException:
+        # Interrupted (Ctrl-C, the log's disk full): the installer must not outlive us and keep writing into a
+        # directory that is being removed.
+        proc.kill()
+        proc.wait()
+        raise
     log.write(f"[exit {run.returncode}]\n".encode())
     log.flush()
     return run
@@ -1016,29 +1097,40 @@ def install_dependencies(
 
     fd, log_name = tempfile.mkstemp(prefix="ocibuild-install-", suffix=".log")
     log_path = Path(log_name)
-    with os.fdopen(fd, "wb") as log:
-        tool = "pip"
-        run: _Run | None = None
-        if uv is not None and platform is not None and installer != "pip":
-            tool = "uv"
-            if progress is not None:
-                progress(f"installing wheels for {target.describe()} with uv ({platform})")
-            run = _run(_uv_command(uv, target, platform, dest, files, specs), log, progress)
-            rejected = any("invalid value" in line and "python-platform" in line for line in run.tail)
-            if run.returncode != 0 and rejected and installer == "auto":
-                run = None  # an older uv that does not know this platform name: pip can do it
-                shutil.rmtree(dest)
-                dest.mkdir()
-        if run is None:
+    try:
+        with os.fdopen(fd, "wb") as log:
             tool = "pip"
-            if progress is not None:
-                progress(f"installing wheels for {target.describe()} with pip ({target.platform_tags()[0]})")
-            run = _run(_pip_command(target, dest, files, specs), log, progress)
-    if run.returncode != 0:
-        try:
+            run: _Run | None = None
+            if uv is not None and platform is not None and installer != "pip":
+                tool = "uv"
+                if progress is not None:
+                    progress(f"installing wheels for {target.describe()} with uv ({platform})")
+                run = _run(_uv_command(uv, target, platform, dest, files, specs), log, progress)
+                rejected = any("invalid value" in line and "python-platform" in line for line in run.tail)
+                if run.returncode != 0 and rejected and installer == "auto":
+                    run = None  # an older uv that does not know this platform name: pip can do it
+                    shutil.rmtree(dest)
+                    dest.mkdir()
+            if run is None:
+                tool = "pip"
+                if progress is not None:
+                    progress(
+                        f"installing wheels for {target.describe()} with pip ({target.platform_tags()[0]})"
+                    )
+                run = _run(_pip_command(target, dest, files, specs), log, progress)
+        if run.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
+            # Ctrl-C reached the installer (the whole process group gets it) an instant before it reaches us:
+            # this is an interruption, not an installer failure whose log is worth keeping.
+            raise KeyboardInterrupt
+        if run.returncode != 0:
             _raise_for(run, tool, target, log_path)
-        except InputError:
-            log_path.unlink(missing_ok=True)  # the message says it all
-            raise
+    except DependencyError as e:
+        if str(log_path) not in str(e):
+            log_path.unlink(missing_ok=True)
+        raise  # a message that names the log keeps it
+    except BaseException:
+        # Interrupted, the installer did not start, or the message says it all: no log worth keeping.
+        log_path.unlink(missing_ok=True)
+        raise
     log_path.unlink(missing_ok=True)
     _make_reproducible(dest, target)

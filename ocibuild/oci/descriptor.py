@@ -31,11 +31,37 @@ def parse_json(raw: bytes, what: str) -> dict:
         )
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{what} is not valid JSON ({e}); the image is corrupt") from None
+    except (ValueError, RecursionError) as e:
+        # ValueError: bad JSON, bad UTF-8, or an integer over Python's digit limit; RecursionError: nesting
+        # deeper than the parser's stack (both are what a hostile document looks like).
+        reason = str(e) if isinstance(e, ValueError) else "nested too deeply"
+        raise FormatError(f"{what} is not valid JSON ({reason[:200]}); the image is corrupt") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{what} is not a JSON object; the image is corrupt")
     return doc
+
+
+def _str_map(value: Any, what: str, field_name: str) -> dict[str, str]:
+    """An OCI string-to-string map (annotations); absent or null is empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise FormatError(f"{what}: {field_name} is not an object of strings; the image is corrupt")
+    return dict(value)
+
+
+def _media_type(doc: dict, what: str, default: str | None) -> str:
+    mt = doc.get("mediaType")
+    if mt is not None and not isinstance(mt, str):
+        raise FormatError(f"{what}: mediaType {mt!r:.80} is not a string; the image is corrupt")
+    return mt or default or ""
+
+
+def _opt_str(doc: dict, key: str, what: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise FormatError(f"{what}: {key} {value!r:.80} is not a string; the image is corrupt")
+    return value
 
 
 @dataclass(frozen=True)
@@ -53,8 +79,14 @@ class Platform:
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
     @classmethod
-    def from_json(cls, doc: dict) -> Platform:
-        return cls(str(doc.get("os", "")), str(doc.get("architecture", "")), doc.get("variant") or None)
+    def from_json(cls, doc: dict, what: str = "platform") -> Platform:
+        if not isinstance(doc, dict):
+            raise FormatError(f"{what}: platform is not a JSON object; the image is corrupt")
+        return cls(
+            _opt_str(doc, "os", what) or "",
+            _opt_str(doc, "architecture", what) or "",
+            _opt_str(doc, "variant", what) or None,
+        )
 
     def to_json(self) -> dict:
         out = {"architecture": self.architecture, "os": self.os}
@@ -88,22 +120,19 @@ class Descriptor:
             raise FormatError(f"{what}: a descriptor is not a JSON object")
         digest, size, mt = doc.get("digest"), doc.get("size"), doc.get("mediaType")
         if not isinstance(digest, str) or not is_digest(digest):
-            raise FormatError(f"{what}: descriptor digest {digest!r} is not a sha256 digest")
+            raise FormatError(f"{what}: descriptor digest {digest!r:.80} is not a sha256 digest")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise FormatError(f"{what}: descriptor size {size!r} is not a non-negative integer")
+            raise FormatError(f"{what}: descriptor size {size!r:.80} is not a non-negative integer")
         if not isinstance(mt, str) or not mt:
-            raise FormatError(f"{what}: descriptor of {digest} has no mediaType")
-        annotations = doc.get("annotations") or {}
-        if not isinstance(annotations, dict):
-            raise FormatError(f"{what}: annotations of {digest} are not an object")
+            raise FormatError(f"{what}: descriptor of {digest} has no mediaType (a string)")
         plat = doc.get("platform")
         return cls(
             media_type=mt,
             digest=Digest(digest),
             size=size,
-            annotations={str(k): str(v) for k, v in annotations.items()},
-            platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
-            artifact_type=doc.get("artifactType"),
+            annotations=_str_map(doc.get("annotations"), what, f"annotations of {digest}"),
+            platform=None if plat is None else Platform.from_json(plat, f"{what} {digest}"),
+            artifact_type=_opt_str(doc, "artifactType", what),
         )
 
     def to_json(self) -> dict:
@@ -143,11 +172,13 @@ class Manifest:
     @classmethod
     def parse(cls, raw: bytes, what: str = "manifest", media_type: str | None = None) -> Manifest:
         doc = parse_json(raw, what)
-        mt = doc.get("mediaType") or media_type or media.OCI_MANIFEST
+        mt = _media_type(doc, what, media_type or media.OCI_MANIFEST)
         if mt not in media.MANIFESTS:
-            raise FormatError(f"{what} has media type {mt!r}, not an image manifest")
+            raise FormatError(f"{what} has media type {mt!r:.80}, not an image manifest")
         if doc.get("schemaVersion") != 2:
-            raise FormatError(f"{what}: schemaVersion {doc.get('schemaVersion')!r} is not supported (only 2)")
+            raise FormatError(
+                f"{what}: schemaVersion {doc.get('schemaVersion')!r:.80} is not supported (only 2)"
+            )
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise FormatError(f"{what} has no layers list")
@@ -156,8 +187,8 @@ class Manifest:
             media_type=mt,
             config=Descriptor.from_json(doc.get("config"), f"{what} config"),
             layers=tuple(Descriptor.from_json(x, f"{what} layer") for x in layers),
-            annotations={str(k): str(v) for k, v in (doc.get("annotations") or {}).items()},
-            artifact_type=doc.get("artifactType"),
+            annotations=_str_map(doc.get("annotations"), what, "annotations"),
+            artifact_type=_opt_str(doc, "artifactType", what),
         )
 
     @classmethod
@@ -197,11 +228,13 @@ class Index:
     @classmethod
     def parse(cls, raw: bytes, what: str = "index", media_type: str | None = None) -> Index:
         doc = parse_json(raw, what)
-        mt = doc.get("mediaType") or media_type or media.OCI_INDEX
+        mt = _media_type(doc, what, media_type or media.OCI_INDEX)
         if mt not in media.INDEXES:
-            raise FormatError(f"{what} has media type {mt!r}, not an image index")
+            raise FormatError(f"{what} has media type {mt!r:.80}, not an image index")
         if doc.get("schemaVersion") != 2:
-            raise FormatError(f"{what}: schemaVersion {doc.get('schemaVersion')!r} is not supported (only 2)")
+            raise FormatError(
+                f"{what}: schemaVersion {doc.get('schemaVersion')!r:.80} is not supported (only 2)"
+            )
         manifests = doc.get("manifests")
         if not isinstance(manifests, list):
             raise FormatError(f"{what} has no manifests list")
@@ -209,7 +242,7 @@ class Index:
             raw=raw,
             media_type=mt,
             manifests=tuple(Descriptor.from_json(x, what) for x in manifests),
-            annotations={str(k): str(v) for k, v in (doc.get("annotations") or {}).items()},
+            annotations=_str_map(doc.get("annotations"), what, "annotations"),
         )
 
     @classmethod
@@ -227,8 +260,7 @@ class Index:
 def sniff_media_type(raw: bytes, what: str) -> str:
     """The media type of a manifest-or-index document whose container did not say (e.g. a layout's blob)."""
     doc = parse_json(raw, what)
-    mt = doc.get("mediaType")
-    if isinstance(mt, str) and mt:
+    if mt := _media_type(doc, what, None):
         return mt
     if "manifests" in doc:
         return media.OCI_INDEX

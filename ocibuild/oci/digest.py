@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from ..errors import DigestMismatchError
 
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")  # always fullmatch: "$" would accept a trailing newline
 CHUNK = 1 << 20
 
 
@@ -22,8 +22,8 @@ class Digest(str):
     __slots__ = ()
 
     def __new__(cls, value: str) -> Digest:
-        if not _DIGEST_RE.match(value):
-            raise ValueError(f"not a sha256 digest: {value!r}")
+        if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
+            raise ValueError(f"not a sha256 digest: {value!r:.80}")
         return super().__new__(cls, value)
 
     @property
@@ -43,8 +43,8 @@ class Digest(str):
         return cls.from_hex(hashlib.sha256(data).hexdigest())
 
 
-def is_digest(value: str) -> bool:
-    return bool(_DIGEST_RE.match(value))
+def is_digest(value: object) -> bool:
+    return isinstance(value, str) and _DIGEST_RE.fullmatch(value) is not None
 
 
 def sha256_file(path, chunk: int = CHUNK) -> tuple[Digest, int]:
