@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from ocibuild.errors import BaseImageError, DependencyError, InputError
+from ocibuild.oci.tarsafe import BoundedTarInfo
 
 __all__ = [
     "TargetPython",
@@ -419,68 +420,11 @@ def _scan(kind: str, name: str, stream: BinaryIO) -> _Facts:
 # One member of a layer, as kept between reading the layer and applying it: (kind, path, payload).
 _Entry = tuple[str, _Path, object]
 
+
 # Bounds on what a hostile layer can make detection hold in memory or spend in time. Real extended headers (pax
 # records, GNU long names) are well under a kilobyte and real images have at most a few hundred thousand entries
 # (each costs about 200 bytes and 20 µs here: a million is 200 MB and 20 s, from a blob of 1 MB of repeated
 # headers); the tar stream itself is bounded by ``oci.image``'s decompression limit.
-_MAX_EXTENDED_HEADER = 1 << 20
-_MAX_SPARSE_BLOCKS = 1024
-_MAX_ENTRIES = 1_000_000
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A tar header that refuses to buffer a huge extended header or sparse map (``tarfile`` reads a pax header of
-    any declared length into memory at once; in a compressed layer a few MB of blob can declare gigabytes)."""
-
-    @classmethod
-    def frombuf(cls, buf, encoding, errors):
-        # tarfile takes a header cut short after the first member for the end of the archive; Docker's Go reader
-        # (and GNU tar) call it an unexpected EOF, and so do we, rather than build on a layer no engine can unpack.
-        if 0 < len(buf) < tarfile.BLOCKSIZE:
-            raise tarfile.SubsequentHeaderError("a header cut short: the layer is truncated")
-        return super().frombuf(buf, encoding, errors)
-
-    def _proc_member(self, tar):  # the hook tarfile gives TarInfo subclasses for each header it reads
-        extended = (
-            tarfile.GNUTYPE_LONGNAME,
-            tarfile.GNUTYPE_LONGLINK,
-            tarfile.XHDTYPE,
-            tarfile.XGLTYPE,
-            tarfile.SOLARIS_XHDTYPE,
-        )
-        if self.type in extended and self.size > _MAX_EXTENDED_HEADER:
-            raise tarfile.SubsequentHeaderError(
-                f"an extended header of {self.size} bytes, over the {_MAX_EXTENDED_HEADER} byte limit"
-            )
-        return super()._proc_member(tar)
-
-    def _proc_sparse(self, tar):
-        # tarfile's own loop reads extension blocks for as long as they say another follows, and fails with an
-        # IndexError on a truncated one; this is the same loop, bounded.
-        structs, isextended, origsize = self._sparse_structs
-        del self._sparse_structs
-        blocks = 0
-        while isextended:
-            buf = tar.fileobj.read(tarfile.BLOCKSIZE)
-            blocks += 1
-            if len(buf) != tarfile.BLOCKSIZE or blocks > _MAX_SPARSE_BLOCKS:
-                raise tarfile.SubsequentHeaderError("a truncated or oversized GNU sparse map")
-            for pos in range(0, 21 * 24, 24):
-                try:
-                    offset = tarfile.nti(buf[pos : pos + 12])
-                    numbytes = tarfile.nti(buf[pos + 12 : pos + 24])
-                except ValueError:
-                    break
-                if offset and numbytes:
-                    structs.append((offset, numbytes))
-            isextended = bool(buf[504])
-        self.sparse = structs
-        self.offset_data = tar.fileobj.tell()
-        tar.offset = self.offset_data + self._block(self.size)
-        self.size = origsize
-        return self
-
-
 def _read_layer(
     open_layer: Callable[[], BinaryIO], number: int, what: str, budget: list[int]
 ) -> list[_Entry]:
@@ -491,7 +435,7 @@ def _read_layer(
     except OSError as e:
         raise BaseImageError(f"{what}: cannot read layer {number} ({e})") from e
     try:
-        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
             while (member := tar.next()) is not None:
                 tar.members.clear()  # a stream is read once: tarfile's list of past members would only grow
                 budget[0] -= 1
@@ -562,6 +506,9 @@ def _apply_layer(tree: _Tree, entries: list[_Entry]) -> None:
             target, _ = tree.resolve(payload, follow_last=False)  # type: ignore[arg-type]
             if isinstance(target, (_File, _Link)):
                 tree.put(path, target)
+
+
+_MAX_ENTRIES = 1_000_000
 
 
 def _build_tree(layers: Sequence[Callable[[], BinaryIO]], what: str) -> _Tree:

@@ -12,11 +12,11 @@ Names are only looked up, never used as paths, so hostile names cannot escape an
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,6 +30,8 @@ from .image import Image, load_image
 from .layer import source_date_epoch
 from .layout import OCI_LAYOUT_FILE, copy_blob, read_index_file, select_manifest
 from .store import write_all
+from .tarsafe import BoundedTarInfo
+from .tempfiles import locked_temp, sweep
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,9 @@ def write_archive(images: Sequence[Tagged], path: Path) -> None:
         raise OutputError(f"{path}: directory {path.parent} does not exist; create it first")
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name such as {path}/image.tar")
+    sweep(path.parent, f".{path.name}.*.tmp")  # left by an export that was killed
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = locked_temp(path.parent, f".{path.name}.", ".tmp")
     except OSError as e:
         raise OutputError(f"{path}: cannot write there ({e.strerror})") from None
     try:
@@ -150,9 +153,16 @@ def write_archive(images: Sequence[Tagged], path: Path) -> None:
                     copy_blob(src, fd, part.desc, f"blob {part.desc.digest.short}")
             write_all(fd, pending)
             os.fchmod(fd, 0o644)
+            os.replace(tmp, path)  # while still locked: no sweep can take it first
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(
+                f"writing {path}: {e.strerror}; free space there or choose another --output"
+            ) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -192,8 +202,9 @@ class ArchiveReader:
         self.members: dict[str, tuple[int, int]] = {}
         self.links: dict[str, str] = {}
         try:
-            with tarfile.open(path, "r:") as tf:
+            with tarfile.open(path, "r:", tarinfo=BoundedTarInfo) as tf:
                 for m in tf:
+                    tf.members.clear()  # the index below is all we keep
                     name = _clean(m.name)
                     if name is None:
                         continue
@@ -201,7 +212,7 @@ class ArchiveReader:
                         self.members[name] = (m.offset_data, m.size)
                     elif m.issym() or m.islnk():
                         self.links[name] = m.linkname
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError) as e:
             raise InputError(f"{path} is not a readable tar archive ({e}); check the file") from None
 
     def has(self, name: str) -> bool:
@@ -288,6 +299,8 @@ def open_docker_archive(path: Path, repo_tag: str | None, platform: Platform) ->
         )
     try:
         entries = json.loads(reader.read_small("manifest.json"))
+    except RecursionError:
+        raise FormatError(f"{what}: manifest.json is nested too deeply to be an image list") from None
     except ValueError as e:
         raise FormatError(f"{what}: manifest.json is not valid JSON ({e})") from None
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
@@ -319,7 +332,10 @@ def _docker_entry_image(reader: ArchiveReader, entry: dict, what: str, platform:
     if is_digest("sha256:" + hinted) and config_digest.hex != hinted:
         raise FormatError(f"{what}: config {config_name} does not hash to its name; the archive is corrupt")
     config = parse_json(config_raw, f"config of {what}")
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    rootfs = config.get("rootfs") or {}
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise FormatError(f"{what}: config has no rootfs.diff_ids list; the archive is corrupt")
     if len(diff_ids) != len(layer_names):
         raise FormatError(f"{what}: config lists {len(diff_ids)} diff_ids for {len(layer_names)} layers")
     paths = {config_digest: config_name}

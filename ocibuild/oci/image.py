@@ -9,6 +9,7 @@ can open any of its blobs as a *verified* stream. Sources (layout, archive, regi
 from __future__ import annotations
 
 import io
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,7 +178,10 @@ class _Drained(io.RawIOBase):
         if self.closed:
             return
         try:
-            self._drain()
+            # Closed while an exception unwinds (Ctrl-C, a parse error): that exception is the story, and an
+            # interrupted read may have lost bytes, so draining would report a false digest mismatch.
+            if sys.exc_info()[0] is None:
+                self._drain()
         finally:
             self._blob.close()
             super().close()

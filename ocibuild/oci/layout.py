@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from ..errors import DigestMismatchError, FormatError, InputError, OutputError
 from . import media
-from .descriptor import Descriptor, Index, Platform, sniff_media_type
+from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform, sniff_media_type
 from .digest import CHUNK, VerifyingReader, read_all
 from .image import BlobSource, Image, load_image
 from .layer import DerivedBlob
@@ -117,7 +117,8 @@ def open_layout(root: Path, ref_name: str | None, platform: Platform) -> Image:
     if not (root / "index.json").is_file():
         raise InputError(f"{root} is not an OCI image layout (no index.json); build or copy one there first")
     try:
-        index_raw = (root / "index.json").read_bytes()
+        with open(root / "index.json", "rb") as f:
+            index_raw = f.read(MAX_DOCUMENT_BYTES + 1)  # parse_json refuses anything longer
     except OSError as e:
         raise InputError(f"{root}/index.json: {e.strerror}") from None
     blobs = LayoutSource(root)
@@ -130,7 +131,17 @@ def open_layout(root: Path, ref_name: str | None, platform: Platform) -> Image:
 
 def write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: Path) -> None:
     """Write ``(image, ref_name, full_name)`` entries into the layout at ``root`` (created, or added to)."""
-    root = Path(root)
+    try:
+        _write_layout(images, Path(root))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(
+                f"writing {root}: {e.strerror}; free space there or choose another --oci-layout"
+            ) from None
+        raise
+
+
+def _write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: Path) -> None:
     is_layout = (root / "oci-layout").is_file()
     if root.exists() and not is_layout and (not root.is_dir() or any(root.iterdir())):
         raise OutputError(f"{root} exists and is not an OCI layout; choose a new or empty directory")

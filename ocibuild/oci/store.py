@@ -18,10 +18,10 @@ derived blobs) is verified against its digest as it is read.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from ..errors import DigestMismatchError, FormatError, OutputError
 from .digest import CHUNK, Digest, HashingWriter, copy_verified
+from .tempfiles import locked_temp, sweep
 
 
 def default_root() -> Path:
@@ -51,6 +52,13 @@ class BlobStore:
         except OSError as e:
             raise OutputError(
                 f"cache directory {self.root}: {e.strerror}; set OCIBUILD_CACHE to a writable directory"
+            ) from None
+        sweep(self._tmp, "*")  # what builds killed mid-write left
+
+    def _raise_if_full(self, e: BaseException) -> None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(
+                f"cache {self.root}: {e.strerror}; free space there or point --cache / OCIBUILD_CACHE elsewhere"
             ) from None
 
     def path(self, digest: Digest) -> Path:
@@ -84,14 +92,15 @@ class BlobStore:
     @contextmanager
     def new_blob(self) -> Iterator[NewBlob]:
         """A temp file for a blob whose digest the caller computes while writing; ``commit(digest)`` names it."""
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        fd, tmp = locked_temp(self._tmp, "blob-")
         blob = NewBlob(fd, self, tmp)
         try:
             yield blob
             if not blob.committed:
                 raise RuntimeError("blob written but not committed")
-        except BaseException:
+        except BaseException as e:
             _unlink(tmp)
+            self._raise_if_full(e)
             raise
         finally:
             os.close(fd)
@@ -114,15 +123,17 @@ class BlobStore:
     @contextmanager
     def writer(self) -> Iterator[HashingWriter]:
         """Yields a hashing writer; on clean exit the content is renamed to its digest (``writer.digest``)."""
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        fd, tmp = locked_temp(self._tmp, "blob-")
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK) as f:
                 w = HashingWriter(f)
                 yield w
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path(w.digest))
-        except BaseException:
+                f.flush()
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path(w.digest))  # while still locked: no sweep can take it first
+        except BaseException as e:
             _unlink(tmp)
+            self._raise_if_full(e)
             raise
 
     def put_bytes(self, data: bytes) -> Digest:
@@ -136,14 +147,16 @@ class BlobStore:
         """Copy a stream into the store, verifying it; nothing enters the store unless it verifies."""
         if self.has(digest):
             return
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        fd, tmp = locked_temp(self._tmp, "blob-")
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK) as f:
                 copy_verified(source, f, digest, size, what)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path(digest))
-        except BaseException:
+                f.flush()
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path(digest))
+        except BaseException as e:
             _unlink(tmp)
+            self._raise_if_full(e)
             raise
 
     # Named records: small JSON documents keyed by a hash of build inputs.
@@ -157,13 +170,16 @@ class BlobStore:
         self._put_json(self._refs / f"{key}.json", doc)
 
     def _put_json(self, path: Path, doc: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="ref-")
+        fd, tmp = locked_temp(self._tmp, "ref-")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(doc, f, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
+                f.flush()
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+        except BaseException as e:
             _unlink(tmp)
+            self._raise_if_full(e)
             raise
 
 

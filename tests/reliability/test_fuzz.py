@@ -401,11 +401,6 @@ def test_archive_reader_raises_only_ocibuild_errors(archive_dir, entries, flips,
         open_oci_archive(path, None, Platform())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ocibuild/oci/archive.py: open_docker_archive trusts manifest.json and the config's shapes "
-    "(rootfs not an object → AttributeError; a nested manifest.json → RecursionError); validate both",
-)
 @SLOWER
 @given(archive_members)
 @example([("manifest.json", tarfile.REGTYPE, "", b'[{"Config": "c.json", "Layers": []}]'),

@@ -274,12 +274,6 @@ def _kill_when(argv, tmpdir: Path, ready) -> None:
     proc.wait()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ocibuild/oci/archive.py write_archive: a SIGKILLed export leaves its .NAME.*.tmp beside the output "
-    "(hundreds of MB) and nothing removes it; write through os.open(dir, O_TMPFILE) and link it in at the end "
-    "(os.link('/proc/self/fd/N', temp name) + os.replace), so a killed export leaves nothing",
-)
 def test_sigkill_during_export_leaves_no_temp_file_beside_the_output(work, model, base_image, reference):
     cache, tmpdir, out = work / "cache-export", work / "tmp-export", work / "export" / "image.tar"
     tmpdir.mkdir()
@@ -292,13 +286,6 @@ def test_sigkill_during_export_leaves_no_temp_file_beside_the_output(work, model
     assert temps_beside(out) == [], "the killed export's temp file is still there after the next build"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ocibuild/oci/store.py: a SIGKILLed build leaves blob-*/ref-* temp files in CACHE/tmp for ever (a "
-    "partial layer can be hundreds of MB); write them with O_TMPFILE (nothing to leave), or have BlobStore() "
-    "remove tmp/ entries that no live build holds (e.g. take flock on each temp file while writing it, and delete "
-    "those that can be locked)",
-)
 def test_sigkill_while_caching_a_layer_leaves_no_temp_file_in_the_cache(work, model, base_image, reference):
     cache, tmpdir = work / "cache-tmp", work / "tmp-cache"
     tmpdir.mkdir()
