@@ -155,6 +155,7 @@ def package(
     compression: str = "gzip",
     port: int = 5001,
     cache: PathLike | None = None,
+    use_cache: bool = True,
     progress: Progress | None = None,
     registry: RegistryOptions | None = None,
 ) -> Package:
@@ -172,6 +173,7 @@ def package(
         platform=Platform.parse(platform),
         compression=compression,
         port=port,
+        use_cache=use_cache,
         registry=registry,
     )
     return Package(build(spec, BlobStore(cache), progress), progress, registry)

@@ -57,6 +57,10 @@ def _package_parser(sub) -> None:
     p.add_argument(
         "--cache", type=Path, help="blob cache directory (default: $OCIBUILD_CACHE or ~/.cache/ocibuild)"
     )
+    p.add_argument(
+        "--no-cache", dest="use_cache", action="store_false",
+        help="build every layer from its inputs again (results still go to the cache)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
     out = p.add_argument_group("output (exactly one)")
     out.add_argument(
@@ -181,6 +185,7 @@ def cmd_package(args) -> int:
         compression=args.compression,
         port=args.port,
         cache=args.cache,
+        use_cache=args.use_cache,
         progress=progress,
         registry=registry,
     )

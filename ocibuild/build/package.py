@@ -171,6 +171,8 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
             "AZUREML_ENTRY_SCRIPT": script_rel,
             "AZUREML_MODEL_DIR": model_dir,
             "OCIBUILD_PORT": str(spec.port),
+            "OCIBUILD_MODEL_NAME": name,  # the KServe V2 model name
+            "OCIBUILD_MODEL_VERSION": spec.version,
             "PYTHONUNBUFFERED": "1",
         },
         prepend_path={"PYTHONPATH": f"/{SERVER_DIR}:/{SITE_PACKAGES}"},
