@@ -7,15 +7,8 @@ import json
 from .build.base import resolve_base
 from .errors import UsageError
 from .oci.descriptor import Platform
+from .progress import human_size
 from .registry.transport import RegistryOptions
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def inspect_reference(
@@ -46,12 +39,12 @@ def inspect_reference(
         *[f"  {e}" for e in run.get("Env") or []],
         "Labels:",
         *[f"  {k}={v}" for k, v in sorted((run.get("Labels") or {}).items())],
-        f"Layers ({len(image.layers)}, {_size(sum(d.size for d in image.layers))}):",
+        f"Layers ({len(image.layers)}, {human_size(sum(d.size for d in image.layers))}):",
     ]
     for i, (d, diff_id) in enumerate(zip(image.layers, image.diff_ids, strict=True)):
         created_by = str(history[i].get("created_by") or "") if len(history) == len(image.layers) else ""
         lines.append(
-            f"  {i:>2}  {d.digest}  {_size(d.size):>9}  {d.media_type.rsplit('.', 1)[-1]:<9} {created_by[:80]}"
+            f"  {i:>2}  {d.digest}  {human_size(d.size):>9}  {d.media_type.rsplit('.', 1)[-1]:<9} {created_by[:80]}"
         )
         lines.append(f"      diff_id {diff_id}")
     return "\n".join(lines)

@@ -10,7 +10,8 @@ import time
 from typing import TextIO
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes for people: ``950 B``, ``1.2 MB`` (decimal units, as registries and Docker show them)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -54,13 +55,13 @@ class ByteCounter:
         self._last = now
         pct = f" {100 * done / self.total:3.0f}%" if self.total else ""
         rate = done / max(now - self.start, 1e-6)
-        self.p.stream.write(f"\r{self.label}:{pct} {_human(done)} ({_human(rate)}/s)\x1b[K")
+        self.p.stream.write(f"\r{self.label}:{pct} {human_size(done)} ({human_size(rate)}/s)\x1b[K")
         self.p.stream.flush()
 
     def done(self, extra: str = "") -> None:
         if self.p.quiet:
             return
         secs = time.monotonic() - self.start
-        line = f"{self.label}: {_human(self.total)} in {secs:.1f}s{extra}"
+        line = f"{self.label}: {human_size(self.total)} in {secs:.1f}s{extra}"
         self.p.stream.write(("\r" + line + "\x1b[K\n") if self.p.live else line + "\n")
         self.p.stream.flush()

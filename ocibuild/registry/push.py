@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..oci.descriptor import Descriptor
 from ..oci.digest import Digest
 from ..oci.image import Image
-from ..progress import Progress
+from ..progress import Progress, human_size
 from .client import RegistryClient
 from .errors import TransientError
 from .pull import blob_origin
@@ -27,14 +27,6 @@ from .transport import RegistryOptions, Transport, retry_delay
 
 WORKERS = 4
 BLOB_ATTEMPTS = 3
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 class _Tally:
@@ -75,7 +67,7 @@ def push_image(
     try:
         blobs = list({d.digest: d for d in image.descriptors()}.values())
         total = sum(d.size for d in blobs)
-        progress.step(f"pushing {len(blobs)} blobs ({_size(total)}) to {ref.registry}/{ref.repository}")
+        progress.step(f"pushing {len(blobs)} blobs ({human_size(total)}) to {ref.registry}/{ref.repository}")
         tally = _Tally(progress, f"pushing to {ref.registry}/{ref.repository}", total)
         with ThreadPoolExecutor(
             max_workers=max(1, min(workers, len(blobs))), thread_name_prefix="push"
@@ -99,7 +91,7 @@ def push_image(
 
 
 def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _Tally) -> str:
-    label = f"  {desc.digest.short}  {_size(desc.size):>9}"
+    label = f"  {desc.digest.short}  {human_size(desc.size):>9}"
     if client.has_blob(desc.digest):
         tally.add(desc.size)
         tally.line(f"{label}  exists")
@@ -132,7 +124,7 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
             continue
         secs = max(time.monotonic() - start, 1e-6)
         extra = " in chunks" if how == "chunked" else ""
-        rate = f" in {secs:.1f} s ({_size(desc.size / secs)}/s)" if desc.size >= 1 << 20 else ""
+        rate = f" in {secs:.1f} s ({human_size(desc.size / secs)}/s)" if desc.size >= 1 << 20 else ""
         tally.line(f"{label}  uploaded{extra}{rate}")
         return "uploaded"
     raise AssertionError("unreachable")
