@@ -15,7 +15,10 @@ Prints the table and writes it as JSON (``bench/results.json`` for a full run: t
    ``docker build`` + ``docker save`` of the equivalent Dockerfile on a private dockerd, and against
    ``umoci insert`` + ``skopeo copy`` to a docker-archive.
 3. Rebuild after editing only ``score.py``, with the 4 GiB model (cache warm), and the bytes it read.
-4. Push: a named slot, not measured yet (the registry client is in progress).
+4. Push of the package image (``--oci-layout``, the same model as 2.) to a local plain-HTTP docker-registry:
+   ocibuild's first push, its second push of the same image (blob bytes counted by a recording proxy), and
+   ``skopeo copy`` of the same layout into a fresh repository; and the peak RSS of pushing one big layer (2 GiB)
+   against a small one, to show it is flat.
 5. Peak RSS of every ocibuild run.
 
 Files are read from the page cache in every run (the machine has the RAM): the figures compare CPU and write
@@ -58,10 +61,21 @@ class Plan:
     reps: int  # best of this many, where a run is cheap
     peer_reps: int  # docker / umoci runs
     disk_needed: int
+    flat_size: int  # the one big layer of the push memory check
 
 
-FULL = Plan((1 * GiB, 4 * GiB), 1 * GiB, 4 * GiB, reps=3, peer_reps=2, disk_needed=24 * GiB)
-QUICK = Plan((128 * MiB, 512 * MiB), 128 * MiB, 512 * MiB, reps=2, peer_reps=1, disk_needed=5 * GiB)
+FULL = Plan(
+    (1 * GiB, 4 * GiB), 1 * GiB, 4 * GiB, reps=3, peer_reps=2, disk_needed=24 * GiB, flat_size=2 * GiB
+)
+QUICK = Plan(
+    (128 * MiB, 512 * MiB),
+    128 * MiB,
+    512 * MiB,
+    reps=2,
+    peer_reps=1,
+    disk_needed=5 * GiB,
+    flat_size=256 * MiB,
+)
 
 
 def human(n: float) -> str:
@@ -147,7 +161,7 @@ def best(runs: list[Measured]) -> dict:
         "maxrss_mb": round(max(m.rss_mb for m in runs), 1),
         "runs": [round(m.seconds, 3) for m in runs],
     }
-    for key in ("blob_bytes", "input_bytes", "stored", "media_type", "rchar", "read_bytes"):
+    for key in ("blob_bytes", "input_bytes", "stored", "media_type", "rchar", "read_bytes", "image_bytes"):
         if key in top.report:
             doc[key] = top.report[key]
     return doc
@@ -536,6 +550,241 @@ def bench_rebuild(plan: Plan, work: Path, files: dict[int, Path], base: Path) ->
     return result
 
 
+# ---------------------------------------------------------------- 4. push to a local registry
+
+
+class LocalRegistry:
+    """``docker-registry serve`` on 127.0.0.1:<free port>, plain HTTP, filesystem storage under ``d`` (the config
+    of tests/conftest.py's "plain" registry), and a RecordingProxy in front (tests/registry/servers.py) for the
+    runs whose blob bytes are counted. The proxy holds each request body in memory, so the timed uploads go to
+    the registry directly."""
+
+    def __init__(self, d: Path) -> None:
+        import socket
+        import urllib.request
+
+        self.dir = d
+        d.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = {
+            "version": "0.1",
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(d / "data")},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": f"127.0.0.1:{self.port}", "secret": "ocibuild-bench-secret"},
+        }
+        (d / "config.yml").write_text(json.dumps(config, indent=1))  # YAML ⊃ JSON
+        with open(d / "registry.log", "wb") as f:
+            self.proc = subprocess.Popen(
+                ["docker-registry", "serve", str(d / "config.yml")],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.proxy = None
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=2):
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"docker-registry did not start:\n{(d / 'registry.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.05)
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.registry.servers import RecordingProxy
+
+        self.proxy = RecordingProxy(self.port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def proxy_host(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def synthetic_layout(root: Path, layer: Path) -> str:
+    """An OCI layout holding one image whose single layer is ``layer`` (hard-linked as its blob: the registry
+    does not look inside layers); returns its ref name."""
+    import hashlib
+
+    def sha(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(4 * MiB):
+                h.update(chunk)
+        return h.hexdigest()
+
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(raw: bytes) -> str:
+        digest = hashlib.sha256(raw).hexdigest()
+        (blobs / digest).write_bytes(raw)
+        return digest
+
+    layer_digest = sha(layer)
+    os.link(layer, blobs / layer_digest)
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+    }).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": f"sha256:{put(config)}",
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{layer_digest}",
+                    "size": layer.stat().st_size}],
+    }).encode()  # fmt: skip
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{put(manifest)}",
+            "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "1"},
+        }],
+    }  # fmt: skip
+    (root / "index.json").write_text(json.dumps(index))
+    return "1"
+
+
+def bench_push(plan: Plan, work: Path, files: dict[int, Path], base: Path) -> dict:
+    """The package image written with ``package --oci-layout`` (the model layer built once, outside the timings),
+    then pushed in rounds: ocibuild's first push into a fresh repository and skopeo copy of the same layout into
+    another fresh one, one after the other in each round; then ocibuild's second push of the unchanged image. The
+    registry keeps one copy of each blob, but a blob of another repository is not visible from a fresh one, so
+    each first push uploads every blob; each round gets a new registry all the same (see below)."""
+    size = plan.package_size
+    log(f"push, {human(size)} model, to a local docker-registry")
+    model = model_dir(work, "push-model", files[size])
+    cache = work / "cache"
+    layout = work / "push-layout"
+    rm(layout)
+    probe(
+        work / "probe.json",
+        *package_argv(model, EXAMPLE / "score.py", base, cache, "--oci-layout", str(layout)),
+    )
+    ref_name = json.loads((layout / "index.json").read_text())["manifests"][0]["annotations"][
+        "org.opencontainers.image.ref.name"
+    ]
+    registry = LocalRegistry(work / "registry-0")
+    registries = [registry]
+    result: dict = {"model_bytes": size}
+    labels = {
+        "first": "ocibuild first push (layout, fresh repository)",
+        "skopeo": "skopeo copy oci: -> docker:// (fresh repository)",
+        "second": "ocibuild second push (unchanged image)",
+        "package_push": "package --push again (rebuild from cache + push)",
+        "small": "ocibuild push, one 16 MiB layer",
+        "flat": f"ocibuild push, one {human(plan.flat_size)} layer",
+    }
+    runs: dict[str, list[Measured]] = {key: [] for key in labels}
+
+    def ocibuild_push(target: str) -> Measured:
+        m = task("push", str(layout), ref_name, target)
+        m.report["seconds"] = m.wall  # whole commands on both sides
+        return m
+
+    try:
+        have_skopeo = bool(shutil.which("skopeo"))
+        for i in range(plan.reps):
+            # A new registry (and port) per round: skopeo remembers where it put blobs (its blob info cache)
+            # and would mount them from the previous round's repository instead of uploading them.
+            reg = registry if i == 0 else LocalRegistry(work / f"registry-{i}")
+            registries.append(reg)
+            runs["first"].append(ocibuild_push(f"{reg.host}/bench/app:1"))
+            log(f"  {labels['first']}: {runs['first'][-1].seconds:.2f} s")
+            if have_skopeo:
+                runs["skopeo"].append(
+                    measure(
+                        [
+                            "skopeo",
+                            "copy",
+                            "--quiet",
+                            "--dest-tls-verify=false",
+                            f"oci:{layout}:{ref_name}",
+                            f"docker://{reg.host}/bench/skopeo:1",
+                        ]
+                    )  # fmt: skip
+                )
+                log(f"  {labels['skopeo']}: {runs['skopeo'][-1].seconds:.2f} s")
+            if reg is not registry:
+                reg.stop()
+                rm(reg.dir)
+        for _ in range(plan.reps):
+            runs["second"].append(ocibuild_push(f"{registry.host}/bench/app:1"))
+            log(f"  {labels['second']}: {runs['second'][-1].seconds:.2f} s")
+        # The same second push through the recording proxy: what the registry was sent of the blobs.
+        registry.proxy.reset()
+        counted = ocibuild_push(f"{registry.proxy_host}/bench/app:1")
+        records = registry.proxy.snapshot()
+        result["second_push_counted"] = {
+            "blob_bytes_sent": registry.proxy.blob_bytes_uploaded(records),
+            "requests": len(records),
+            "methods": sorted({r.method for r in records}),
+            "seconds_through_proxy": round(counted.wall, 3),
+        }
+        # The CLI's path: package --push rebuilds from the cache (nothing built) and pushes (nothing uploaded).
+        m = probe(
+            work / "probe.json",
+            *package_argv(model, EXAMPLE / "score.py", base, cache, "--push", f"{registry.host}/bench/app:1"),
+        )
+        m.report["seconds"] = m.wall
+        runs["package_push"].append(m)
+        rm(layout)
+        # Memory flatness: a one-layer image, small and big, each into a fresh repository.
+        for key, n in (("small", 16 * MiB), ("flat", plan.flat_size)):
+            weights = make_weights(work / f"push-layer-{n}.bin", n, seed=10 + n % 7)
+            flat_layout = work / f"push-{key}"
+            rm(flat_layout)
+            name = synthetic_layout(flat_layout, weights)
+            m = task("push", str(flat_layout), name, f"{registry.host}/bench/{key}:1")
+            m.report["seconds"] = m.wall
+            runs[key].append(m)
+            log(f"  {labels[key]}: {m.seconds:.2f} s, {m.rss_mb:.0f} MB RSS")
+            rm(flat_layout)
+            rm(weights)
+    finally:
+        for reg in registries:
+            reg.stop()
+            rm(reg.dir)
+        rm(layout)
+    for key, label in labels.items():
+        if runs[key]:
+            result[key] = {"label": label, **best(runs[key])}
+    if "skopeo" in result:
+        result["skopeo"]["times_ocibuild"] = round(
+            result["skopeo"]["seconds"] / result["first"]["seconds"], 2
+        )
+    result["second"]["blob_bytes_sent"] = result["second_push_counted"]["blob_bytes_sent"]
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -567,8 +816,19 @@ def targets(doc: dict, plan: Plan) -> list[dict]:
         out.append(
             {"target": "peak RSS of every ocibuild run < 200 MB", "value": f"{rss:.0f} MB", "met": rss < 200}
         )
-    out.append({"target": "second push of an unchanged image: 0 blob bytes, < 1 s", "value": "not measured",
-                "met": None})  # fmt: skip
+    push = doc.get("push", {})
+    if "second" in push:
+        sent, secs = push["second"]["blob_bytes_sent"], push["second"]["seconds"]
+        out.append({"target": "second push of an unchanged image: 0 blob bytes, < 1 s",
+                    "value": f"{sent} B, {secs:.2f} s", "met": sent == 0 and secs < 1})  # fmt: skip
+    if "skopeo" in push:
+        x = push["skopeo"]["times_ocibuild"]
+        out.append({"target": f"first push {human(push['model_bytes'])} no slower than skopeo copy",
+                    "value": f"{x:.2f}x", "met": x >= 1})  # fmt: skip
+    if "small" in push and "flat" in push:
+        small, big = push["small"]["maxrss_mb"], push["flat"]["maxrss_mb"]
+        out.append({"target": f"push RSS flat: {push['flat']['label'].split('one ')[-1]} within 20 MB of 16 MiB",
+                    "value": f"{big:.0f} vs {small:.0f} MB", "met": big - small < 20})  # fmt: skip
     return out
 
 
@@ -580,9 +840,9 @@ def max_rss(doc: dict) -> float:
             for k, r in rows.items()
             if k in ("gzip", "gzip_stored", "none", "zstd", "all_deflate")
         ]
-    for section in ("package", "rebuild"):
+    for section in ("package", "rebuild", "push"):
         for key, r in doc.get(section, {}).items():
-            if isinstance(r, dict) and "maxrss_mb" in r and not key.startswith(("docker", "umoci")):
+            if isinstance(r, dict) and "maxrss_mb" in r and not key.startswith(("docker", "umoci", "skopeo")):
                 values.append(r["maxrss_mb"])
     return max(values) if values else 0.0
 
@@ -623,8 +883,32 @@ def table(doc: dict, plan: Plan) -> str:
                 "",
                 f"{r['maxrss_mb']:.0f}",
             )
-    lines.append("\nPush of the 1 GiB image to a local docker-registry (first, second) vs skopeo copy")
-    lines.append("  not measured: the registry client is in progress (slot 'push' in the JSON)")
+    push = doc.get("push")
+    if push:
+        lines.append(
+            f"\nPush of the package image, {human(push['model_bytes'])} model, to a local docker-registry"
+        )
+        row("", "seconds", "x ocibuild", "blob MiB", "RSS MB")
+        for key in ("first", "skopeo", "second", "package_push", "small", "flat"):
+            if key in push:
+                r = push[key]
+                x = (
+                    f"{r['times_ocibuild']:.2f}"
+                    if "times_ocibuild" in r
+                    else ("1.00" if key == "first" else "")
+                )
+                if key == "second":
+                    sent = f"{r['blob_bytes_sent'] / MiB:.0f}"
+                elif key in ("first", "small", "flat"):
+                    sent = f"{r['image_bytes'] / MiB:.0f}"
+                else:
+                    sent = ""
+                rss = "" if key == "skopeo" else f"{r['maxrss_mb']:.0f}"
+                row("  " + r["label"], f"{r['seconds']:.2f}", x, sent, rss)
+        c = push.get("second_push_counted")
+        if c:
+            lines.append(f"  second push through the recording proxy: {c['blob_bytes_sent']} blob bytes sent, "
+                         f"{c['requests']} requests ({', '.join(c['methods'])})")  # fmt: skip
     lines.append("\nTargets")
     for t in doc.get("targets", []):
         mark = {True: "met", False: "NOT MET", None: "-"}[t["met"]]
@@ -668,11 +952,14 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where the big temporary files go (default: under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
-        "--only", action="append", choices=["layer", "package", "rebuild"], help="run only these sections"
+        "--only",
+        action="append",
+        choices=["layer", "package", "rebuild", "push"],
+        help="run only these sections",
     )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
-    sections = set(args.only or ["layer", "package", "rebuild"])
+    sections = set(args.only or ["layer", "package", "rebuild", "push"])
     json_path = args.json or BENCH / ("results-quick.json" if args.quick else "results.json")
     parent = args.workdir or Path("/tmp")
     parent.mkdir(parents=True, exist_ok=True)
@@ -685,7 +972,7 @@ def main() -> int:
     started = time.perf_counter()
     try:
         sizes = set(plan.layer_sizes if "layer" in sections else ())
-        if "package" in sections:
+        if sections & {"package", "push"}:
             sizes.add(plan.package_size)
         if "rebuild" in sections:
             sizes.add(plan.rebuild_size)
@@ -695,18 +982,15 @@ def main() -> int:
             files[size] = make_weights(work / f"weights-{size}.bin", size, seed=i)
         if "layer" in sections:
             doc["layer_build"] = bench_layers(plan, work, files)
-        base = base_fixture() if sections & {"package", "rebuild"} else None
+        base = base_fixture() if sections & {"package", "rebuild", "push"} else None
         if base is not None:
             warm_cache(work, base)
         if base is not None and "package" in sections:
             doc["package"] = bench_package(plan, work, files, base)
         if base is not None and "rebuild" in sections:
             doc["rebuild"] = bench_rebuild(plan, work, files, base)
-        doc["push"] = {
-            "status": "not measured",
-            "why": "the registry client (ocibuild/registry) is in progress; this slot will hold the first and "
-            "second push of the package image to a local docker-registry, and skopeo copy of the same layout",
-        }
+        if base is not None and "push" in sections:
+            doc["push"] = bench_push(plan, work, files, base)
     finally:
         if args.keep:
             log(f"kept {work}")

@@ -7,6 +7,7 @@ the same thing. The parent reads the process's peak RSS from ``wait4``.
     python3 bench/tasks.py zlib FILE OUT              # the peers' path: stock zlib level 6, streaming
     python3 bench/tasks.py isal1 FILE OUT             # ocibuild before issue 4: one isal stream, one thread
     python3 bench/tasks.py layer CODEC FILE STORE [--store-blob] [--all-deflate] [--no-plain]
+    python3 bench/tasks.py push LAYOUT REF_NAME TARGET   # push_image of a layout's image (plain HTTP loopback)
 
 Peak RSS is the process's own ``VmHWM`` (``wait4``'s ``ru_maxrss`` would report the parent's RSS at fork, as Linux
 carries the high-water mark across exec).
@@ -112,6 +113,25 @@ def layer(codec: str, path: str, store_dir: str, flags: set[str]) -> dict:
     }
 
 
+def push(layout: str, ref_name: str, target: str) -> dict:
+    """``ocibuild.registry.push.push_image`` of the image ``ref_name`` of an OCI layout to ``target``: what
+    ``package --push`` does after its build. The registry is on 127.0.0.1, which ocibuild reaches over plain HTTP
+    (loopback), as Docker allows. ``seconds`` covers opening the layout and the push, not the imports."""
+    from ocibuild.oci.descriptor import Platform
+    from ocibuild.oci.layout import open_layout
+    from ocibuild.registry.push import push_image
+    from ocibuild.registry.reference import parse_reference
+
+    start = time.perf_counter()
+    image = open_layout(Path(layout), ref_name, Platform())
+    digest = push_image(image, parse_reference(target))
+    return {
+        "seconds": time.perf_counter() - start,
+        "digest": str(digest),
+        "image_bytes": sum(d.size for d in {d.digest: d for d in image.descriptors()}.values()),
+    }
+
+
 def vmhwm_kb() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -130,9 +150,12 @@ def main(argv: list[str]) -> None:
         result = isal1(args[0], args[1])
     elif task == "layer":
         result = layer(args[0], args[1], args[2], set(args[3:]))
+    elif task == "push":
+        result = push(args[0], args[1], args[2])
     else:
         raise SystemExit(f"unknown task {task}")
-    result["input_bytes"] = os.path.getsize(args[1] if task == "layer" else args[0])
+    if task != "push":
+        result["input_bytes"] = os.path.getsize(args[1] if task == "layer" else args[0])
     result["vmhwm_kb"] = vmhwm_kb()
     print(json.dumps(result))
 
