@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import OutputError
+from ..oci.tempfiles import remove_tree
 from .package import BuildResult
 
 _LOCAL_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
@@ -109,5 +110,5 @@ def write_context(result: BuildResult, directory: Path) -> None:
             directory.rmdir()
         os.replace(tmp, directory)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -24,6 +23,7 @@ from ..oci.digest import Digest
 from ..oci.image import Image
 from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
 from ..oci.store import BlobStore
+from ..oci.tempfiles import remove_tree
 from ..progress import Progress
 from ..registry.transport import RegistryOptions
 from .base import resolve_base
@@ -253,7 +253,7 @@ def _dependencies_layer(
         layer = write_layer(contents, store, spec.compression, counter)
         counter.done()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
     store.put_ref(key, {"descriptor": layer.descriptor.to_json(), "diff_id": str(layer.diff_id)})
     return NewLayer(layer, created_by, "dependencies")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from .digest import CHUNK, VerifyingReader, read_all
 from .image import BlobSource, Image, load_image
 from .layer import DerivedBlob
 from .store import StoredBlob, write_all
+from .tempfiles import remove_tree
 
 OCI_LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -162,7 +162,7 @@ def _write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: 
             root.rmdir()  # an empty directory the user made for us
         os.replace(tmp, root)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -69,3 +70,16 @@ def sweep(directory: Path | str, pattern: str) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def remove_tree(path: Path | str) -> None:
+    """``rmtree`` that a Ctrl-C cannot cut short: the tree is removed, then the interrupt is raised again."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
