@@ -30,7 +30,8 @@ from .base import resolve_base
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version
 from .image import ConfigChanges, NewLayer, assemble
-from .pyenv import TargetPython, detect_target_python, install_dependencies
+from .pyenv import TargetPython, detect_target_python
+from .wheels import install_dependencies
 
 APP_ROOT = "var/azureml-app"
 SERVER_DIR = "opt/ocibuild/server"

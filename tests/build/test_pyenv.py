@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ocibuild.build.pyenv import TargetPython, detect_target_python, install_dependencies
+from ocibuild.build.pyenv import TargetPython, detect_target_python
+from ocibuild.build.wheels import install_dependencies
 from ocibuild.errors import BaseImageError, DependencyError, InputError
 
 # The banner of Debian bookworm's real libc.so.6 (`strings /lib/x86_64-linux-gnu/libc.so.6`), with its neighbours.
@@ -495,7 +496,7 @@ def test_nothing_to_install_is_a_no_op(tmp_path):
 
 def test_reproducibility_fixups_without_an_installer(tmp_path, monkeypatch):
     """bin/ shebangs point at the image's Python, direct_url.json goes, RECORD follows (pip-style rows)."""
-    from ocibuild.build import pyenv
+    from ocibuild.build import wheels as pyenv
 
     def fake_run(cmd, log, progress):
         dest = Path(cmd[cmd.index("--target") + 1])
@@ -570,7 +571,7 @@ def test_reproducibility_fixups_without_an_installer(tmp_path, monkeypatch):
     ],
 )
 def test_installer_errors_become_one_line(output, error, message, tmp_path):
-    from ocibuild.build import pyenv
+    from ocibuild.build import wheels as pyenv
 
     run = pyenv._Run(returncode=1)
     run.tail.extend(output.splitlines())
@@ -622,7 +623,7 @@ def _check_clean(dest: Path, executable: str) -> None:
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_install_numpy_for_debian(tmp_path, installer):
     if installer == "uv":
-        from ocibuild.build.pyenv import _find_uv
+        from ocibuild.build.wheels import _find_uv
 
         if _find_uv() is None:
             pytest.skip("uv is not installed")
