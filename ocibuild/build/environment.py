@@ -136,7 +136,8 @@ def _parse_conda_file(path: Path) -> tuple[list[Path], list[str], tuple[int, int
     return files, specs, python
 
 
-def _check_readable(path: Path, origin: str) -> None:
+def check_readable(path: Path, origin: str) -> None:
+    """A requirements file must be readable; ``origin`` says where the user named it."""
     try:
         with path.open("rb") as f:
             f.read(1)
@@ -158,7 +159,7 @@ def load_environment(
     """
     files = [Path(p) for p in requirements]
     for path in files:
-        _check_readable(path, "the --requirements path")
+        check_readable(path, "the --requirements path")
     specs: list[str] = []
     for spec in pip:
         text = spec.strip()
@@ -173,7 +174,7 @@ def load_environment(
         conda_file = Path(conda_file)
         conda_files, conda_specs, python = _parse_conda_file(conda_file)
         for path in conda_files:
-            _check_readable(path, f"the '-r' entries of {conda_file}")
+            check_readable(path, f"the '-r' entries of {conda_file}")
         files += conda_files
         specs = conda_specs + specs
     return PythonEnvironment(

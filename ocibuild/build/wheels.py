@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from ocibuild.build.environment import check_readable
 from ocibuild.build.pyenv import TargetPython
 from ocibuild.errors import DependencyError, InputError
 
@@ -78,13 +79,7 @@ def _check_inputs(requirements: Sequence[Path], packages: Sequence[str]) -> tupl
     files = []
     for req in requirements:
         path = Path(req)
-        try:
-            with path.open("rb") as f:
-                f.read(1)
-        except OSError as e:
-            raise InputError(
-                f"requirements file {path} cannot be read ({e.strerror or e}); check the --requirements path"
-            ) from e
+        check_readable(path, "the --requirements path")
         files.append(path.absolute())
     specs = []
     for spec in packages:

@@ -168,12 +168,11 @@ def _server_url(host: str) -> str:
     return DOCKER_HUB_KEY if host == DOCKER_HUB else host
 
 
-def helper_get(name: str, host: str, source: str) -> Credentials | None:
-    """Ask ``docker-credential-NAME get`` (the Docker credential-helper protocol) for ``host``."""
-    exe = f"docker-credential-{name}"
+def _run_helper(exe: str, verb: str, payload: str, source: str) -> subprocess.CompletedProcess[str]:
+    """One call of the Docker credential-helper protocol (``exe verb`` with ``payload`` on stdin)."""
     try:
-        proc = subprocess.run(
-            [exe, "get"], input=_server_url(host), capture_output=True, text=True, timeout=HELPER_TIMEOUT
+        return subprocess.run(
+            [exe, verb], input=payload, capture_output=True, text=True, timeout=HELPER_TIMEOUT
         )
     except FileNotFoundError:
         raise RegistryError(
@@ -181,6 +180,12 @@ def helper_get(name: str, host: str, source: str) -> Credentials | None:
         ) from None
     except subprocess.TimeoutExpired:
         raise RegistryError(f"credential helper {exe} did not answer within {HELPER_TIMEOUT:.0f} s") from None
+
+
+def helper_get(name: str, host: str, source: str) -> Credentials | None:
+    """Ask ``docker-credential-NAME get`` (the Docker credential-helper protocol) for ``host``."""
+    exe = f"docker-credential-{name}"
+    proc = _run_helper(exe, "get", _server_url(host), source)
     if proc.returncode != 0:
         said = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
         if said and "credentials not found" in said[0].lower():
@@ -201,16 +206,7 @@ def helper_get(name: str, host: str, source: str) -> Credentials | None:
 def helper_store(name: str, host: str, creds: Credentials) -> None:
     exe = f"docker-credential-{name}"
     payload = json.dumps({"ServerURL": _server_url(host), "Username": creds.username, "Secret": creds.secret})
-    try:
-        proc = subprocess.run(
-            [exe, "store"], input=payload, capture_output=True, text=True, timeout=HELPER_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise RegistryError(
-            f"credential helper {exe} is not installed; install it or remove it from config.json"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise RegistryError(f"credential helper {exe} did not answer within {HELPER_TIMEOUT:.0f} s") from None
+    proc = _run_helper(exe, "store", payload, "config.json")
     if proc.returncode != 0:
         said = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
         raise RegistryError(
