@@ -28,7 +28,8 @@ def locked_temp(directory: Path | str, prefix: str, suffix: str = "") -> tuple[i
     try:
         fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
     except (OSError, AttributeError):
-        fd, path = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+        # "~" marks a name that was visible before its lock: only such files get sweep's grace period.
+        fd, path = tempfile.mkstemp(dir=directory, prefix=prefix + "~", suffix=suffix)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, path
     dfd = -1
@@ -62,7 +63,7 @@ def sweep(directory: Path | str, pattern: str) -> None:
             continue
         try:
             st = os.fstat(fd)
-            if st.st_size == 0 and now - st.st_mtime < _GRACE_SECONDS:
+            if "~" in path.name and st.st_size == 0 and now - st.st_mtime < _GRACE_SECONDS:
                 continue  # perhaps a writer between creating and locking it; one that wrote holds its lock
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a live writer holds it
             os.unlink(path)
