@@ -93,12 +93,16 @@ class Package:
     def default_tag(self) -> str:
         return f"{self.result.model_name}:{self.result.image.config['config']['Labels']['org.opencontainers.image.version']}"
 
-    def export(self, path: PathLike, tag: str | None = None) -> Path:
-        """A tarball that ``docker load``, ``podman load`` and ``skopeo`` (docker-archive: and oci-archive:) read."""
+    def export(self, path: PathLike, tag: str | None = None, append: bool = False) -> Path:
+        """A tarball that ``docker load``, ``podman load`` and ``skopeo`` (docker-archive: and oci-archive:) read.
+
+        With ``append``, the images already in the file stay (one tarball, several images, as ``docker save a b``).
+        """
         name = ImageName.parse(tag or self.default_tag())
         size = sum(d.size for d in self.image.descriptors())
         counter = self._progress.bytes(f"writing {path}", size)
-        write_archive([Tagged(self.image, name.repo_tag, name.ref_name, name.full)], Path(path))
+        tagged = Tagged(self.image, name.repo_tag, name.ref_name, name.full)
+        write_archive([tagged], Path(path), append=append)
         counter.done()
         return Path(path)
 

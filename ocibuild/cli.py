@@ -66,6 +66,11 @@ def _package_parser(sub) -> None:
     out.add_argument(
         "--output", type=Path, metavar="FILE", help="tarball for docker load / podman load / skopeo"
     )
+    out.add_argument(
+        "--append",
+        action="store_true",
+        help="with --output: add the image to the tarball's images instead of replacing the file",
+    )
     out.add_argument("--oci-layout", type=Path, metavar="DIR", help="OCI image layout directory")
     out.add_argument("--push", metavar="REF", help="push to a registry, e.g. registry.example.com/team/app:1")
     out.add_argument("--load", action="store_true", help="load into the local Docker or podman engine")
@@ -172,6 +177,8 @@ def cmd_package(args) -> int:
             raise UsageError(
                 f"--{opt.replace('_', '-')} {dest}: directory {dest.absolute().parent} does not exist; create it first"
             )
+    if args.append and args.output is None:
+        raise UsageError("--append adds to a tarball: use it with --output FILE")
     registry = _package_registry_options(args)
     progress = Progress(quiet=args.quiet)
     env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
@@ -194,7 +201,7 @@ def cmd_package(args) -> int:
             "zstd layers cannot be read by Docker before 23.0 (load or pull); podman and containerd can"
         )
     if args.output is not None:
-        pkg.export(args.output, args.tag)
+        pkg.export(args.output, args.tag, append=args.append)
         progress.step(f"wrote {args.output}; load it with: docker load -i {args.output}")
     elif args.oci_layout is not None:
         pkg.write_layout(args.oci_layout, args.tag)
@@ -243,6 +250,76 @@ def cmd_login(args) -> int:
     return 0
 
 
+def _copy_parser(sub) -> None:
+    c = sub.add_parser(
+        "copy",
+        help="copy an image between registries, OCI layouts and archives without changing its digest",
+        description="Copy SRC to DEST, each oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG] "
+        "or a registry REF (docker://HOST/REPO:TAG). Manifests and blobs travel byte for byte, verified; "
+        "blobs the destination has are skipped. Prints the digest.",
+    )
+    c.add_argument("source", metavar="SRC")
+    c.add_argument("destination", metavar="DEST")
+    which = c.add_mutually_exclusive_group()
+    which.add_argument("--all-platforms", action="store_true", help="copy a multi-platform index whole")
+    which.add_argument(
+        "--platform", help="from an index, copy this os/arch[/variant] only (default linux/amd64)"
+    )
+    c.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="also tag the copy: a tag in DEST's repository, or NAME:TAG in an archive (repeatable)",
+    )
+    c.add_argument(
+        "--append",
+        action="store_true",
+        help="add to the archive DEST instead of replacing it (docker save a b c)",
+    )
+    c.add_argument("--src-creds", metavar="USER:PASSWORD", help="for a registry SRC")
+    c.add_argument("--dest-creds", metavar="USER:PASSWORD", help="for a registry DEST")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    _registry_arguments(c)
+    c.set_defaults(handler=cmd_copy)
+
+
+def cmd_copy(args) -> int:
+    from .registry.credentials import parse_creds
+    from .transfer import Location, copy
+
+    options = _registry_options(args)
+    src, dest = Location.parse(args.source), Location.parse(args.destination)
+    source_options, dest_options = options, options
+    if src.ref is not None:
+        source_options = (
+            options.with_credentials(src.ref.registry, parse_creds(args.src_creds, "--src-creds"))
+            if args.src_creds
+            else options
+        )
+    elif args.src_creds:
+        raise UsageError("--src-creds is for a registry SRC; this one is local")
+    if dest.ref is not None:
+        dest_options = options.for_target(dest.ref.registry, args.dest_creds)
+    elif args.dest_creds:
+        raise UsageError("--dest-creds is for a registry DEST; this one is local")
+    progress = Progress(quiet=args.quiet)
+    digest = copy(
+        args.source,
+        args.destination,
+        platform=args.platform,
+        all_platforms=args.all_platforms,
+        tags=args.tag,
+        append=args.append,
+        source_options=source_options,
+        dest_options=dest_options,
+        progress=progress,
+    )
+    progress.step(f"copied {args.source} to {args.destination}")
+    print(digest)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve_local import serve_locally
 
@@ -254,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ocibuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _package_parser(sub)
+    _copy_parser(sub)
     i = sub.add_parser("inspect", help="show an image's manifest, config, layers and history")
     i.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a registry REF")
     i.add_argument("--platform", default="linux/amd64")
@@ -290,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":  # the scoring server installs its own graceful-stop handler
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return handlers[args.command](args)
+        return (handlers.get(args.command) or args.handler)(args)
     except OcibuildError as e:
         print(f"ocibuild: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 SCRATCH = "scratch"
 # skopeo transports that name something other than a registry, which ocibuild does not read.
-_OTHER_TRANSPORTS = {"containers-storage", "dir", "docker-daemon", "ostree", "sif", "tarball"}
+OTHER_TRANSPORTS = {"containers-storage", "dir", "docker-daemon", "ostree", "sif", "tarball"}
 
 
 def default_base() -> str:
@@ -59,7 +59,7 @@ def resolve_base(
     if ref == SCRATCH:
         return None
     if ref.startswith("oci:"):
-        path, name = _split_layout(ref[4:])
+        path, name = split_layout(ref[4:])
         image = open_layout(path, name, platform)
     elif ref.startswith("oci-archive:"):
         path, name = split_path_and_name(ref[len("oci-archive:") :])
@@ -67,7 +67,7 @@ def resolve_base(
     elif ref.startswith("docker-archive:"):
         path, name = split_path_and_name(ref[len("docker-archive:") :])
         image = open_docker_archive(path, name, platform)
-    elif ref.split(":", 1)[0] in _OTHER_TRANSPORTS:
+    elif ref.split(":", 1)[0] in OTHER_TRANSPORTS:
         raise BadReferenceError(
             f"base {ref!r}: transport {ref.split(':', 1)[0]!r} is not supported; use oci:DIR[:TAG], "
             "oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker://HOST/REPO:TAG or scratch"
@@ -88,12 +88,12 @@ def registry_reference(ref: str) -> Reference | None:
     credentials to the base's registry)."""
     if ref == SCRATCH or ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
         return None
-    if ref.split(":", 1)[0] in _OTHER_TRANSPORTS:
+    if ref.split(":", 1)[0] in OTHER_TRANSPORTS:
         return None
     return parse_reference(ref)
 
 
-def _split_layout(rest: str) -> tuple[Path, str | None]:
+def split_layout(rest: str) -> tuple[Path, str | None]:
     # oci:DIR:TAG — the tag is after the last colon, if what follows has no slash (skopeo's rule).
     if ":" in rest and not os.path.isdir(rest):
         path, tag = rest.rsplit(":", 1)

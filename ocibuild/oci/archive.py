@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..errors import FormatError, InputError, OutputError
+from ..errors import FormatError, InputError, OcibuildError, OutputError
 from . import compress, media
 from .descriptor import Descriptor, Index, Manifest, Platform, canonical_json, parse_json
 from .digest import CHUNK, Digest, VerifyingReader, is_digest
-from .image import Image, load_image
+from .image import BlobSource, Image, ImageIndex, images_of, load_image, load_manifest
 from .layer import source_date_epoch
-from .layout import OCI_LAYOUT_FILE, copy_blob, read_index_file, select_manifest
+from .layout import OCI_LAYOUT_FILE, copy_blob, fetch_manifest, read_index_file, select_manifest
 from .store import write_all
 from .tarsafe import BoundedTarInfo
 from .tempfiles import locked_temp, sweep
@@ -36,9 +36,9 @@ from .tempfiles import locked_temp, sweep
 
 @dataclass(frozen=True)
 class Tagged:
-    """An image and the names it goes under in an archive."""
+    """An image (or a whole multi-platform index) and the names it goes under in an archive."""
 
-    image: Image
+    image: Image | ImageIndex
     repo_tag: str | None = None  # Docker's RepoTags entry, e.g. "myimage:latest"
     ref_name: str | None = None  # org.opencontainers.image.ref.name, e.g. "latest"
     full_name: str | None = None  # io.containerd.image.name, e.g. "docker.io/library/myimage:latest"
@@ -72,36 +72,45 @@ def _archive_parts(images: Sequence[Tagged]) -> Iterator[bytes | _BlobPart]:
     yield _tar_header("blobs/sha256/", 0, mtime, directory=True)
     seen: set[str] = set()
     for t in images:
-        for desc in [*t.image.descriptors()]:
-            if desc.digest in seen:
-                continue
-            seen.add(desc.digest)
-            yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
-            yield _BlobPart(t.image, desc)
-            if pad := -desc.size % 512:
-                yield bytes(pad)
-        m = t.image.manifest
-        if m.digest not in seen:
-            seen.add(m.digest)
-            yield from _small(f"blobs/sha256/{m.digest.hex}", m.raw, mtime)
+        for image in images_of(t.image):
+            for desc in image.descriptors():
+                if desc.digest in seen:
+                    continue
+                seen.add(desc.digest)
+                yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
+                yield _BlobPart(image, desc)
+                if pad := -desc.size % 512:
+                    yield bytes(pad)
+            if image.digest not in seen:
+                seen.add(image.digest)
+                yield from _small(f"blobs/sha256/{image.digest.hex}", image.manifest.raw, mtime)
+        if isinstance(t.image, ImageIndex) and t.image.digest not in seen:
+            seen.add(t.image.digest)
+            yield from _small(f"blobs/sha256/{t.image.digest.hex}", t.image.index.raw, mtime)
     index_entries = []
-    docker_entries = []
+    docker_entries: dict[str, dict] = {}  # one per image, all its names in RepoTags, as docker save writes
     for t in images:
         annotations = {}
         if t.full_name:
             annotations[media.CONTAINERD_IMAGE_NAME] = t.full_name
         if t.ref_name:
             annotations[media.REF_NAME] = t.ref_name
-        index_entries.append(t.image.manifest.descriptor(annotations=annotations, platform=t.image.platform))
-        docker_entries.append(
+        index_entries.append(t.image.entry(annotations))
+        if not isinstance(t.image, Image) or not t.image.is_container_image:
+            continue  # Docker's manifest.json holds single-platform container images only
+        entry = docker_entries.setdefault(
+            t.image.digest,
             {
                 "Config": f"blobs/sha256/{t.image.manifest.config.digest.hex}",
-                "RepoTags": [t.repo_tag] if t.repo_tag else None,
+                "RepoTags": None,
                 "Layers": [f"blobs/sha256/{d.digest.hex}" for d in t.image.layers],
-            }
+            },
         )
+        if t.repo_tag:
+            entry["RepoTags"] = [*(entry["RepoTags"] or []), t.repo_tag]
     yield from _small("index.json", Index.build(index_entries).raw, mtime)
-    yield from _small("manifest.json", canonical_json(docker_entries), mtime)
+    if docker_entries:
+        yield from _small("manifest.json", canonical_json(list(docker_entries.values())), mtime)
     yield from _small("oci-layout", OCI_LAYOUT_FILE, mtime)
     yield bytes(1024)
 
@@ -124,17 +133,21 @@ def _small(name: str, data: bytes, mtime: int) -> Iterator[bytes]:
         yield bytes(pad)
 
 
-def write_archive(images: Sequence[Tagged], path: Path) -> None:
+def write_archive(images: Sequence[Tagged], path: Path, append: bool = False) -> None:
     """Write the tarball to ``path`` atomically (temp file in the same directory, then rename).
 
     Blobs take the fastest safe path (``layout.copy_blob``): a cached blob is copied by the kernel, a derived
     one is produced and written without a copy through Python, a foreign one is verified as it is copied.
+    With ``append``, the images already in ``path`` are kept (read from the old file while the new one is
+    written), except that a name given again moves to the new image, as ``docker tag`` moves it.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise OutputError(f"{path}: directory {path.parent} does not exist; create it first")
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name such as {path}/image.tar")
+    if append and path.exists():
+        images = [*_without_names(read_archive_entries(path), images), *images]
     sweep(path.parent, f".{path.name}.*.tmp")  # left by an export that was killed
     try:
         fd, tmp = locked_temp(path.parent, f".{path.name}.", ".tmp")
@@ -297,14 +310,7 @@ def open_docker_archive(path: Path, repo_tag: str | None, platform: Platform) ->
         raise InputError(
             f"{path} is not a docker save archive (no manifest.json); for an OCI archive use oci-archive:"
         )
-    try:
-        entries = json.loads(reader.read_small("manifest.json"))
-    except RecursionError:
-        raise FormatError(f"{what}: manifest.json is nested too deeply to be an image list") from None
-    except ValueError as e:
-        raise FormatError(f"{what}: manifest.json is not valid JSON ({e})") from None
-    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise FormatError(f"{what}: manifest.json holds no images")
+    entries = _docker_entries(reader, what)
     if repo_tag:
         want = repo_tag if ":" in repo_tag.rsplit("/", 1)[-1] else f"{repo_tag}:latest"
         chosen = [e for e in entries if want in (e.get("RepoTags") or [])]
@@ -322,7 +328,91 @@ def open_docker_archive(path: Path, repo_tag: str | None, platform: Platform) ->
     return _docker_entry_image(reader, entry, what, platform)
 
 
-def _docker_entry_image(reader: ArchiveReader, entry: dict, what: str, platform: Platform) -> Image:
+def read_archive_entries(path: Path) -> list[Tagged]:
+    """Every image in a tarball with its names: from ``index.json`` when there is one (whole indexes and
+    artifacts included), else from a legacy ``docker save`` file's ``manifest.json``."""
+    reader = _reader(path)
+    what = str(path)
+    blobs = ArchiveSource(reader)
+    if reader.has("index.json"):
+        out = []
+        for desc in read_index_file(reader.read_small("index.json"), what).manifests:
+            full = desc.annotations.get(media.CONTAINERD_IMAGE_NAME)
+            ref_name = desc.annotations.get(media.REF_NAME)
+            out.append(Tagged(load_entry(desc, blobs, what), _familiar(full), ref_name, full))
+        return out
+    out = []
+    for entry in _docker_entries(reader, what):
+        image = _docker_entry_image(reader, entry, what, None)
+        tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+        out.extend(Tagged(image, t, t.rsplit(":", 1)[-1], _full(t)) for t in tags)
+        if not tags:
+            out.append(Tagged(image))
+    return out
+
+
+def load_entry(desc: Descriptor, blobs: ArchiveSource | BlobSource, what: str) -> Image | ImageIndex:
+    """An ``index.json`` entry as it stands: an image, an artifact, or a whole index with all its images."""
+    raw, mt = fetch_manifest(blobs, desc, what)
+    if mt in media.INDEXES:
+        index = Index.parse(raw, f"index in {what}", mt)
+        children = []
+        for child in index.manifests:
+            child_raw, child_mt = fetch_manifest(blobs, child, what)
+            if child_mt in media.INDEXES:
+                raise FormatError(f"{what}: index {desc.digest.short} nests another index; copy one platform")
+            children.append(load_manifest(child_raw, blobs, what, child_mt))
+        return ImageIndex(index, tuple(children), what)
+    return load_manifest(raw, blobs, what, mt)
+
+
+def _without_names(old: list[Tagged], new: Sequence[Tagged]) -> list[Tagged]:
+    """The old entries minus the names the new ones take; an entry left with no name at all is dropped when
+    the same image comes again (no duplicate), kept otherwise (``docker load`` shows it untagged)."""
+    taken = {n for t in new for n in (t.repo_tag, t.full_name) if n}
+    new_digests = {t.image.digest for t in new}
+    kept = []
+    for t in old:
+        if t.repo_tag in taken or t.full_name in taken:
+            t = Tagged(t.image)
+        if t.repo_tag or t.full_name or t.image.digest not in new_digests:
+            kept.append(t)
+    return kept
+
+
+def _familiar(full: str | None) -> str | None:
+    if not full:
+        return None
+    try:
+        from ..registry.reference import parse_reference
+
+        return parse_reference(full).familiar
+    except OcibuildError:
+        return None
+
+
+def _full(repo_tag: str) -> str | None:
+    try:
+        from ..registry.reference import parse_reference
+
+        return str(parse_reference(repo_tag))
+    except OcibuildError:
+        return None
+
+
+def _docker_entries(reader: ArchiveReader, what: str) -> list[dict]:
+    try:
+        entries = json.loads(reader.read_small("manifest.json"))
+    except RecursionError:
+        raise FormatError(f"{what}: manifest.json is nested too deeply to be an image list") from None
+    except ValueError as e:
+        raise FormatError(f"{what}: manifest.json is not valid JSON ({e})") from None
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise FormatError(f"{what}: manifest.json holds no images")
+    return entries
+
+
+def _docker_entry_image(reader: ArchiveReader, entry: dict, what: str, platform: Platform | None) -> Image:
     config_name, layer_names = entry.get("Config"), entry.get("Layers")
     if not isinstance(config_name, str) or not isinstance(layer_names, list):
         raise FormatError(f"{what}: manifest.json entry lacks Config or Layers")
@@ -357,9 +447,31 @@ def _docker_entry_image(reader: ArchiveReader, entry: dict, what: str, platform:
         mt = {"gzip": media.OCI_LAYER_GZIP, "zstd": media.OCI_LAYER_ZSTD, "none": media.OCI_LAYER}[codec]
         paths[digest] = name
         layers.append(Descriptor(mt, digest, reader.size(name)))
+    blobs = ArchiveSource(reader, paths)
+    if (raw := _saved_manifest(reader, config_digest, layers, what)) is not None:
+        return load_image(raw, blobs, what)  # the very manifest that was saved: its digest is kept
     config_desc = Descriptor(media.OCI_CONFIG, config_digest, len(config_raw))
     manifest = Manifest.build(config_desc, layers)
-    return load_image(manifest.raw, ArchiveSource(reader, paths), what)
+    return load_image(manifest.raw, blobs, what)
+
+
+def _saved_manifest(
+    reader: ArchiveReader, config: Digest, layers: list[Descriptor], what: str
+) -> bytes | None:
+    """The manifest of this config and these layers in the archive's ``index.json`` (ocibuild's and Docker ≥ 25's
+    tarballs have one), so that reading a ``docker-archive:`` does not change the image's digest."""
+    if not reader.has("index.json"):
+        return None
+    blobs = ArchiveSource(reader)
+    for desc in read_index_file(reader.read_small("index.json"), what).manifests:
+        if desc.media_type not in media.MANIFESTS or not blobs.has_blob(desc):
+            continue
+        raw, mt = fetch_manifest(blobs, desc, what)
+        manifest = Manifest.parse(raw, f"manifest in {what}", mt)
+        same_layers = [d.digest for d in manifest.layers] == [d.digest for d in layers]
+        if manifest.config.digest == config and same_layers:
+            return raw
+    return None
 
 
 def _reader(path: Path) -> ArchiveReader:

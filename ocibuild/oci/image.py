@@ -21,7 +21,7 @@ from isal import isal_zlib
 
 from ..errors import FormatError
 from . import compress, media
-from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Manifest, Platform, parse_json
+from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Manifest, Platform, parse_json
 from .digest import CHUNK, Digest, read_all
 from .store import BlobStore
 
@@ -123,6 +123,39 @@ class Image:
         """Every blob the image needs: config first, then layers (the order writers want)."""
         return [self.manifest.config, *self.layers]
 
+    @property
+    def is_container_image(self) -> bool:
+        """False for an OCI artifact (a registered model, a signature): same manifest format, other config."""
+        return self.manifest.config.media_type in IMAGE_CONFIGS
+
+    def entry(self, annotations: dict[str, str]) -> Descriptor:
+        """This image's descriptor in an ``index.json`` (artifacts carry no platform)."""
+        platform = self.platform if self.is_container_image else None
+        return self.manifest.descriptor(annotations=annotations, platform=platform)
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """A multi-platform image travelling whole: the index's exact bytes and the images it lists."""
+
+    index: Index
+    images: tuple[Image, ...]
+    name: str = ""
+
+    @property
+    def digest(self) -> Digest:
+        return self.index.digest
+
+    def entry(self, annotations: dict[str, str]) -> Descriptor:
+        return Descriptor(
+            self.index.media_type, self.index.digest, len(self.index.raw), annotations=annotations
+        )
+
+
+def images_of(entry: Image | ImageIndex) -> tuple[Image, ...]:
+    """The single-platform images (or artifacts) whose blobs and manifests an entry needs written."""
+    return entry.images if isinstance(entry, ImageIndex) else (entry,)
+
 
 class _Budget:
     """How many more uncompressed bytes an image's layers may yield (shared by all its layers' streams)."""
@@ -210,6 +243,22 @@ def load_image(manifest_raw: bytes, blobs: BlobSource, name: str, media_type: st
     check_config(image.config, f"config of {name}")
     image.diff_ids  # noqa: B018 — validates the config against the manifest now, not at export
     return image
+
+
+def load_manifest(manifest_raw: bytes, blobs: BlobSource, name: str, media_type: str | None = None) -> Image:
+    """Any manifest, for copying it unchanged: a container image is checked as ``load_image`` checks it; an
+    artifact or an attestation (other config or layer types) only has its config read and verified."""
+    manifest = Manifest.parse(manifest_raw, f"manifest of {name}", media_type)
+    known_layers = all(layer.media_type in media.LAYER_TO_OCI for layer in manifest.layers)
+    if manifest.config.media_type in IMAGE_CONFIGS and known_layers:
+        return load_image(manifest_raw, blobs, name, media_type)
+    if manifest.config.size > MAX_DOCUMENT_BYTES:
+        raise FormatError(
+            f"config of {name} declares {manifest.config.size} bytes; refusing an oversized config"
+        )
+    with blobs.open_blob(manifest.config) as f:
+        raw = read_all(f)
+    return Image(manifest, raw, blobs, name)
 
 
 _STRINGS = ("os", "architecture", "variant", "created", "author", "os.version")

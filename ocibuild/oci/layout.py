@@ -19,7 +19,7 @@ from ..errors import DigestMismatchError, FormatError, InputError, OutputError
 from . import media
 from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform, sniff_media_type
 from .digest import CHUNK, VerifyingReader, read_all
-from .image import BlobSource, Image, load_image
+from .image import BlobSource, Image, ImageIndex, images_of, load_image
 from .layer import DerivedBlob
 from .store import StoredBlob, write_all
 from .tempfiles import remove_tree
@@ -59,6 +59,11 @@ def select_manifest(
 
     Without a ``ref_name`` the layout must hold one image (possibly several platforms of it).
     """
+    return resolve_platform(select_entries(index, ref_name, what), blobs, platform, what)
+
+
+def select_entries(index: Index, ref_name: str | None, what: str) -> list[Descriptor]:
+    """The ``index.json`` entries tagged ``ref_name`` (or all, when the layout holds just one image)."""
     candidates = list(index.manifests)
     names = sorted({d.annotations.get(media.REF_NAME, "") for d in candidates} - {""})
     if ref_name is not None:
@@ -71,7 +76,7 @@ def select_manifest(
         raise InputError(f"{what} holds several images ({', '.join(names)}); name one as {what}:TAG")
     if not candidates:
         raise InputError(f"{what} holds no image")
-    return resolve_platform(candidates, blobs, platform, what)
+    return candidates
 
 
 def resolve_platform(
@@ -79,7 +84,7 @@ def resolve_platform(
 ) -> tuple[bytes, str]:
     """Pick the manifest for ``platform`` among descriptors, descending into a nested index."""
     if len(candidates) == 1 and candidates[0].media_type not in media.MANIFESTS:
-        raw, mt = _fetch(blobs, candidates[0], what)
+        raw, mt = fetch_manifest(blobs, candidates[0], what)
         if mt in media.MANIFESTS:
             return raw, mt
         if depth > 2:
@@ -93,10 +98,10 @@ def resolve_platform(
         raise InputError(f"{what} has no image for platform {platform}; it has: {have}. Pass --platform")
     # An exact variant match beats an entry that merely does not contradict.
     matching.sort(key=lambda d: d.platform is None or d.platform != platform)
-    return _fetch(blobs, matching[0], what)
+    return fetch_manifest(blobs, matching[0], what)
 
 
-def _fetch(blobs: BlobSource, desc: Descriptor, what: str) -> tuple[bytes, str]:
+def fetch_manifest(blobs: BlobSource, desc: Descriptor, what: str) -> tuple[bytes, str]:
     if desc.size > 4 << 20:
         raise FormatError(f"{what}: manifest {desc.digest.short} declares {desc.size} bytes; refusing it")
     with blobs.open_blob(desc) as f:
@@ -114,6 +119,11 @@ def read_index_file(raw: bytes, what: str) -> Index:
 def open_layout(root: Path, ref_name: str | None, platform: Platform) -> Image:
     """The image named ``ref_name`` (an ``org.opencontainers.image.ref.name``) in the layout at ``root``."""
     what = f"oci:{root}"
+    raw, mt = select_manifest(read_layout_index(root), LayoutSource(root), ref_name, platform, what)
+    return load_image(raw, LayoutSource(root), what, mt)
+
+
+def read_layout_index(root: Path) -> Index:
     if not (root / "index.json").is_file():
         raise InputError(f"{root} is not an OCI image layout (no index.json); build or copy one there first")
     try:
@@ -121,16 +131,15 @@ def open_layout(root: Path, ref_name: str | None, platform: Platform) -> Image:
             index_raw = f.read(MAX_DOCUMENT_BYTES + 1)  # parse_json refuses anything longer
     except OSError as e:
         raise InputError(f"{root}/index.json: {e.strerror}") from None
-    blobs = LayoutSource(root)
-    raw, mt = select_manifest(read_index_file(index_raw, what), blobs, ref_name, platform, what)
-    return load_image(raw, blobs, what, mt)
+    return read_index_file(index_raw, f"oci:{root}")
 
 
 # ---------------------------------------------------------------- writing
 
 
-def write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: Path) -> None:
-    """Write ``(image, ref_name, full_name)`` entries into the layout at ``root`` (created, or added to)."""
+def write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | None]], root: Path) -> None:
+    """Write ``(image or index, ref_name, full_name)`` entries into the layout at ``root`` (created, or added
+    to; an entry takes its ``ref_name`` from any entry that had it, as a tag moves)."""
     try:
         _write_layout(images, Path(root))
     except OSError as e:
@@ -141,7 +150,7 @@ def write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: P
         raise
 
 
-def _write_layout(images: Sequence[tuple[Image, str | None, str | None]], root: Path) -> None:
+def _write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | None]], root: Path) -> None:
     is_layout = (root / "oci-layout").is_file()
     if root.exists() and not is_layout and (not root.is_dir() or any(root.iterdir())):
         raise OutputError(f"{root} exists and is not an OCI layout; choose a new or empty directory")
@@ -172,17 +181,20 @@ def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None)
     blob_dir = root / "blobs" / "sha256"
     blob_dir.mkdir(parents=True, exist_ok=True)
     entries = list(existing)
-    for image, ref_name, full_name in images:
-        for desc in image.descriptors():
-            write_blob_file(image.blobs, desc, blob_dir)
-        _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
+    for entry, ref_name, full_name in images:
+        for image in images_of(entry):
+            for desc in image.descriptors():
+                write_blob_file(image.blobs, desc, blob_dir)
+            _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
+        if isinstance(entry, ImageIndex):
+            _write_small(blob_dir, entry.digest.hex, entry.index.raw)
         annotations = {}
         if ref_name:
             annotations[media.REF_NAME] = ref_name
             entries = [d for d in entries if d.annotations.get(media.REF_NAME) != ref_name]
         if full_name:
             annotations[media.CONTAINERD_IMAGE_NAME] = full_name
-        entries.append(image.manifest.descriptor(annotations=annotations, platform=image.platform))
+        entries.append(entry.entry(annotations))
     _write_small(root, "index.json", Index.build(entries).raw)
 
 

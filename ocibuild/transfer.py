@@ -1,0 +1,271 @@
+"""``ocibuild copy``: move an image between registries, OCI layouts, OCI archives and docker archives, unchanged.
+
+The air-gapped path (build on one side, carry a tarball, push on the other) only works if the digest survives:
+signatures and deployments pinned by digest must still hold. So a copy never re-encodes anything: manifests and
+indexes travel as their exact bytes and blobs as they are (compressed ones stay compressed), each verified against
+its digest as it streams from the source straight into the destination (registry to registry, nothing lands on
+disk). A destination is only named (tagged, ``index.json`` entry, archive renamed into place) after every blob it
+needs is there, so a corrupt source leaves nothing tagged behind.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .build.base import OTHER_TRANSPORTS, split_layout, split_path_and_name
+from .errors import BadReferenceError, InputError, UsageError
+from .oci import media
+from .oci.archive import ArchiveReader, ArchiveSource, Tagged, load_entry, open_docker_archive, write_archive
+from .oci.descriptor import Descriptor, Platform, sniff_media_type
+from .oci.digest import Digest, VerifyingReader
+from .oci.image import BlobSource, Image, ImageIndex, images_of, load_manifest
+from .oci.layout import (
+    LayoutSource,
+    read_index_file,
+    read_layout_index,
+    resolve_platform,
+    select_entries,
+    write_layout,
+)
+from .progress import Progress
+from .registry.client import RegistryClient
+from .registry.pull import BlobOrigin
+from .registry.reference import Reference, parse_reference
+from .registry.transport import RegistryOptions, Transport
+
+Entry = Image | ImageIndex
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]`` or registry
+    reference (``docker://HOST/REPO:TAG``, or bare)."""
+
+    transport: str  # "docker", "oci", "oci-archive", "docker-archive"
+    text: str
+    path: Path | None = None
+    name: str | None = None  # the tag (oci, oci-archive) or NAME:TAG (docker-archive) after the path
+    ref: Reference | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Location:
+        if text.startswith("oci:"):
+            path, name = split_layout(text[4:])
+            return cls("oci", text, path, name)
+        for transport in ("oci-archive", "docker-archive"):
+            if text.startswith(transport + ":"):
+                path, name = split_path_and_name(text[len(transport) + 1 :])
+                return cls(transport, text, path, name)
+        if text.split(":", 1)[0] in OTHER_TRANSPORTS or text == "scratch":
+            raise BadReferenceError(
+                f"{text!r}: not a transport ocibuild copies; use oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+                "docker-archive:FILE[:NAME:TAG] or docker://HOST/REPO:TAG"
+            )
+        return cls("docker", text, ref=parse_reference(text))
+
+
+# ---------------------------------------------------------------- sources
+
+
+class RegistryStream:
+    """Blobs and child manifests of one repository, streamed from the registry and verified, never cached: a
+    copy passes them straight on. Knows where they live, so a push to the same registry mounts them."""
+
+    def __init__(self, client: RegistryClient):
+        self.client = client
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if desc.media_type in media.MANIFESTS or desc.media_type in media.INDEXES:
+            raw, _ = self.client.get_manifest(desc.digest)
+            return VerifyingReader(io.BytesIO(raw), desc.digest, desc.size, f"manifest in {self.client.what}")
+        return self.client.open_blob(desc)
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        return True
+
+    def blob_origin(self, desc: Descriptor) -> BlobOrigin:
+        return BlobOrigin(self.client.transport.host, self.client.repository)
+
+
+def open_source(
+    loc: Location,
+    platform: Platform | None,
+    all_platforms: bool,
+    options: RegistryOptions,
+) -> Entry:
+    """What ``loc`` names: a whole index with ``all_platforms``, else one image (``platform``'s when it is an
+    index; any single image as it is when no platform was asked for)."""
+    if loc.transport == "docker-archive":
+        if all_platforms:
+            raise UsageError(
+                f"{loc.text}: a docker archive holds single-platform images; drop --all-platforms"
+            )
+        return open_docker_archive(loc.path, loc.name, platform or Platform("linux", "amd64"))
+    if loc.transport == "docker":
+        client = RegistryClient(Transport(loc.ref.registry, options), loc.ref.repository)
+        blobs: BlobSource = RegistryStream(client)
+        raw, mt = client.get_manifest(loc.ref.reference)
+        mt = mt or sniff_media_type(raw, f"manifest of {loc.ref}")
+        top = Descriptor(mt, Digest.of(raw), len(raw))
+        candidates = [top]
+        blobs = _Prefetched(blobs, top, raw)
+        what = str(loc.ref)
+    else:
+        if loc.transport == "oci":
+            index, blobs = read_layout_index(loc.path), LayoutSource(loc.path)
+        else:
+            if not loc.path.is_file():
+                raise InputError(f"{loc.path}: no such file")
+            reader = ArchiveReader(loc.path)
+            if not reader.has("index.json"):
+                raise InputError(
+                    f"{loc.path} is not an OCI archive (no index.json); for a docker save file use docker-archive:"
+                )
+            index, blobs = read_index_file(reader.read_small("index.json"), loc.text), ArchiveSource(reader)
+        what = loc.text
+        candidates = select_entries(index, loc.name, what)
+    single = len(candidates) == 1 and candidates[0].media_type not in media.INDEXES
+    if all_platforms or (platform is None and single):
+        if len(candidates) > 1:
+            raise InputError(f"{what} lists {len(candidates)} images under that name; name one by its tag")
+        return load_entry(candidates[0], blobs, what)
+    raw, mt = resolve_platform(candidates, blobs, platform or Platform("linux", "amd64"), what)
+    return load_manifest(raw, blobs, what, mt)
+
+
+class _Prefetched:
+    """A source that already holds the top manifest it was reached through (fetched once, by tag)."""
+
+    def __init__(self, inner: BlobSource, desc: Descriptor, raw: bytes):
+        self.inner, self.digest, self.raw = inner, desc.digest, raw
+        self.sources = [inner]
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if desc.digest == self.digest:
+            return VerifyingReader(io.BytesIO(self.raw), desc.digest, desc.size, "manifest")
+        return self.inner.open_blob(desc)
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        return True
+
+
+# ---------------------------------------------------------------- destinations
+
+
+@dataclass(frozen=True)
+class Names:
+    """What to call the copy: a registry tag, a layout ``ref.name``, an archive's Docker ``RepoTags``."""
+
+    repo_tag: str | None
+    ref_name: str | None
+    full: str | None
+
+    @classmethod
+    def of(cls, text: str) -> Names:
+        ref = parse_reference(text)
+        return cls(ref.familiar, ref.tag or "latest", str(ref))
+
+
+def copy_to(
+    entry: Entry,
+    dest: Location,
+    tags: Sequence[str] = (),
+    options: RegistryOptions | None = None,
+    progress: Progress | None = None,
+    source_name: str | None = None,
+    append: bool = False,
+) -> Digest:
+    """Write ``entry`` to ``dest`` (and under the extra ``tags``); returns the digest it has there (its own)."""
+    options = options or RegistryOptions()
+    progress = progress or Progress(quiet=True)
+    if dest.transport == "docker":
+        return _push(entry, dest.ref, tags, options, progress)
+    if dest.transport == "docker-archive":
+        if isinstance(entry, ImageIndex):
+            raise UsageError(
+                f"{dest.text}: Docker archives hold single-platform images; copy one with --platform, or use "
+                "oci-archive: for the whole index"
+            )
+        if not entry.is_container_image:
+            raise UsageError(
+                f"{dest.text}: {entry.name} is an OCI artifact, not an image; use oci-archive: or oci:"
+            )
+    if append and dest.transport != "docker-archive" and dest.transport != "oci-archive":
+        raise UsageError("--append is for archive destinations (oci-archive:, docker-archive:)")
+    primary = dest.name or (source_name if dest.transport == "docker-archive" else None)
+    named = [_names(dest, n) for n in ([primary] if primary else []) + list(tags)]
+    if dest.transport == "oci":
+        write_layout([(entry, n.ref_name, n.full) for n in named] or [(entry, None, None)], dest.path)
+    else:
+        size = sum(d.size for image in images_of(entry) for d in image.descriptors())
+        counter = progress.bytes(f"writing {dest.path}", size)
+        tagged = [Tagged(entry, n.repo_tag, n.ref_name, n.full) for n in named] or [Tagged(entry)]
+        write_archive(tagged, dest.path, append=append)
+        counter.done()
+    return entry.digest
+
+
+def _names(dest: Location, name: str) -> Names:
+    if dest.transport == "docker-archive" or "/" in name or ":" in name:
+        return Names.of(name)
+    return Names(None, name, None)  # an OCI tag, as skopeo's oci:DIR:TAG
+
+
+def _push(
+    entry: Entry, ref: Reference, tags: Sequence[str], options: RegistryOptions, progress: Progress
+) -> Digest:
+    from .registry.push import push_image
+
+    for tag in tags:
+        parse_reference(f"{ref.registry}/{ref.repository}:{tag}")  # a bad tag fails before any upload
+    if isinstance(entry, Image):
+        return push_image(entry, ref, options, progress, tags)
+    if ref.digest and ref.digest != entry.digest:
+        raise UsageError(f"{ref}: the index's digest is {entry.digest}; push it by tag or by that digest")
+    for image in entry.images:  # children first, by digest: the index may only name what is there
+        push_image(image, Reference(ref.registry, ref.repository, None, str(image.digest)), options, progress)
+    client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
+    try:
+        digest = client.put_manifest(
+            ref.tag or ref.digest or "latest", entry.index.raw, entry.index.media_type
+        )
+        for tag in tags:
+            client.put_manifest(tag, entry.index.raw, entry.index.media_type)
+    finally:
+        client.transport.close()
+    progress.step(f"pushed index {ref} {digest} ({len(entry.images)} images)")
+    return digest
+
+
+def source_name(loc: Location) -> str | None:
+    """The name an image read from ``loc`` goes under in a Docker archive when the destination names none."""
+    if loc.transport == "docker":
+        return f"{loc.ref.registry}/{loc.ref.repository}:{loc.ref.tag}" if loc.ref.tag else None
+    if loc.transport == "docker-archive" and loc.name:
+        return loc.name
+    return None
+
+
+def copy(
+    src: str,
+    dest: str,
+    *,
+    platform: str | None = None,
+    all_platforms: bool = False,
+    tags: Sequence[str] = (),
+    append: bool = False,
+    source_options: RegistryOptions | None = None,
+    dest_options: RegistryOptions | None = None,
+    progress: Progress | None = None,
+) -> Digest:
+    """Copy ``src`` to ``dest`` (any transport to any); returns the digest, the same on both sides."""
+    if all_platforms and platform:
+        raise UsageError("give --platform or --all-platforms, not both")
+    src_loc, dest_loc = Location.parse(src), Location.parse(dest)
+    wanted = Platform.parse(platform) if platform else None
+    entry = open_source(src_loc, wanted, all_platforms, source_options or RegistryOptions())
+    return copy_to(entry, dest_loc, tags, dest_options, progress, source_name(src_loc), append)

@@ -1,0 +1,123 @@
+"""Several images in one tarball (`package --output --append`, `copy --append`) and whole indexes in archives and
+layouts: the written names are what `docker load` and OCI tools will see."""
+
+import json
+import os
+import tarfile
+
+import pytest
+
+from ocibuild.build.image import ConfigChanges, NewLayer, assemble
+from ocibuild.errors import BadReferenceError
+from ocibuild.oci import media
+from ocibuild.oci.archive import Tagged, open_docker_archive, read_archive_entries, write_archive
+from ocibuild.oci.descriptor import Index, Platform
+from ocibuild.oci.image import ImageIndex
+from ocibuild.oci.layer import LayerContents, write_layer
+from ocibuild.oci.layout import LayoutSource, open_layout, read_layout_index, write_layout
+from ocibuild.oci.store import BlobStore
+from ocibuild.transfer import Location
+
+AMD64 = Platform()
+
+
+def _image(tmp_path, seed: int, platform: Platform = AMD64):
+    store = BlobStore(tmp_path / "cache")
+    f = tmp_path / f"file{seed}"
+    f.write_bytes(os.urandom(1000) + bytes([seed]))
+    c = LayerContents()
+    c.add_file(f, "data/file")
+    layer = NewLayer(write_layer(c, store), "layer")
+    return assemble(None, [layer], ConfigChanges(entrypoint=[f"/bin/{seed}"]), store, platform)
+
+
+def _names(path):
+    with tarfile.open(path) as tf:
+        docker = json.load(tf.extractfile("manifest.json")) if "manifest.json" in tf.getnames() else []
+        index = json.load(tf.extractfile("index.json"))
+    return docker, index["manifests"]
+
+
+def test_append_keeps_images_merges_repo_tags_and_moves_a_name(tmp_path):
+    a, b = _image(tmp_path, 1), _image(tmp_path, 2)
+    out = tmp_path / "multi.tar"
+    write_archive([Tagged(a, "app:1", "1", "docker.io/library/app:1")], out)
+    write_archive([Tagged(a, "app:latest", "latest", "docker.io/library/app:latest")], out, append=True)
+    write_archive([Tagged(b, "app:2", "2", "docker.io/library/app:2")], out, append=True)
+    docker, index = _names(out)
+    tags = {e["Config"]: sorted(e["RepoTags"]) for e in docker}
+    assert tags == {
+        f"blobs/sha256/{a.manifest.config.digest.hex}": ["app:1", "app:latest"],
+        f"blobs/sha256/{b.manifest.config.digest.hex}": ["app:2"],
+    }
+    assert len(index) == 3
+    assert open_docker_archive(out, "app:2", Platform()).digest == b.digest
+    # app:1 given again, to b: the name moves; a keeps app:latest, so it stays.
+    write_archive([Tagged(b, "app:1", "1", "docker.io/library/app:1")], out, append=True)
+    assert open_docker_archive(out, "app:1", Platform()).digest == b.digest
+    assert open_docker_archive(out, "app:latest", Platform()).digest == a.digest
+    # Without append the file is replaced.
+    write_archive([Tagged(b, "app:9", "9", "docker.io/library/app:9")], out)
+    assert [t.repo_tag for t in read_archive_entries(out)] == ["app:9"]
+
+
+def test_read_entries_keep_names_and_digests(tmp_path):
+    a = _image(tmp_path, 1)
+    out = tmp_path / "one.tar"
+    write_archive([Tagged(a, "team/app:3", "3", "docker.io/team/app:3")], out)
+    [entry] = read_archive_entries(out)
+    assert (entry.image.digest, entry.repo_tag, entry.ref_name, entry.full_name) == (
+        a.digest, "team/app:3", "3", "docker.io/team/app:3",
+    )  # fmt: skip
+
+
+def test_an_index_is_written_whole_to_archives_and_layouts(tmp_path):
+    amd, arm = _image(tmp_path, 1), _image(tmp_path, 2, Platform("linux", "arm64"))
+    index = Index.build(
+        [amd.manifest.descriptor(platform=amd.platform), arm.manifest.descriptor(platform=arm.platform)]
+    )
+    whole = ImageIndex(index, (amd, arm))
+    out = tmp_path / "index.tar"
+    write_archive([Tagged(whole, None, "1", None)], out)
+    docker, entries = _names(out)
+    assert docker == []  # no manifest.json entry: Docker's list holds single-platform images only
+    assert [(e["mediaType"], e["digest"]) for e in entries] == [(media.OCI_INDEX, str(index.digest))]
+    [read] = read_archive_entries(out)
+    assert read.image.digest == index.digest and [i.digest for i in read.image.images] == [
+        amd.digest,
+        arm.digest,
+    ]
+    layout = tmp_path / "layout"
+    write_layout([(whole, "multi", None)], layout)
+    [top] = read_layout_index(layout).manifests
+    assert top.digest == index.digest and top.annotations[media.REF_NAME] == "multi"
+    assert open_layout(layout, "multi", Platform("linux", "arm64")).digest == arm.digest
+    assert LayoutSource(layout).has_blob(arm.manifest.config)
+
+
+@pytest.mark.parametrize(
+    "text, transport, path, name",
+    [
+        ("oci:/x/lay:v1", "oci", "/x/lay", "v1"),
+        ("oci:/x/lay", "oci", "/x/lay", None),
+        ("oci-archive:/x/a.tar:v2", "oci-archive", "/x/a.tar", "v2"),
+        ("docker-archive:/x/d.tar:team/app:3", "docker-archive", "/x/d.tar", "team/app:3"),
+        ("docker-archive:/x/d.tar", "docker-archive", "/x/d.tar", None),
+    ],
+)
+def test_location_parse(text, transport, path, name):
+    loc = Location.parse(text)
+    assert (loc.transport, str(loc.path), loc.name) == (transport, path, name)
+
+
+def test_location_parse_registry_and_refusals():
+    loc = Location.parse("docker://localhost:5000/team/app:1")
+    assert (loc.transport, loc.ref.registry, loc.ref.repository, loc.ref.tag) == (
+        "docker",
+        "localhost:5000",
+        "team/app",
+        "1",
+    )
+    for bad in ("dir:/tmp/x", "containers-storage:app", "scratch", "UPPER/case:1"):
+        with pytest.raises(BadReferenceError):
+            Location.parse(bad)
