@@ -218,7 +218,11 @@ def test_build_as_unprivileged_user(base_image, example_model):
         os.chmod(work, 0o755)
         venv = work / "venv"
         run(["uv", "venv", "--quiet", "--python", "/usr/bin/python3", venv])
-        run(["uv", "pip", "install", "--quiet", "--python", venv / "bin/python", f"{REPO}[uv]"], timeout=600)
+        # Installed from a copy: building the wheel in the checkout would leave a setuptools build/ folder there.
+        repo = work / "ocibuild-src"
+        shutil.copytree(REPO, repo, ignore=lambda d, names: [n for n in names if n in (".git", "__pycache__")
+                                                             or (Path(d) == REPO and n == "build")])  # fmt: skip
+        run(["uv", "pip", "install", "--quiet", "--python", venv / "bin/python", f"{repo}[uv]"], timeout=600)
         src = _checkout(work / "src", example_model)
         shutil.copytree(base_image.layout, work / "base")
         for p in [work, *work.rglob("*")]:
