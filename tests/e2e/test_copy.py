@@ -114,7 +114,9 @@ def test_registry_to_registry_mounts_blobs_and_a_second_copy_sends_nothing(built
     assert reg.proxy.blob_bytes_uploaded(records) == 0, "blobs of the same registry are mounted, not re-sent"
     mounts = [r for r in records if r.method == "POST" and "mount=" in r.path]
     assert mounts and all(r.status == 201 for r in mounts)
-    config = json.loads(skopeo_raw(f"docker://{reg.ref('r2r/src:1')}", *reg.skopeo_args()))["config"]["digest"]
+    config = json.loads(skopeo_raw(f"docker://{reg.ref('r2r/src:1')}", *reg.skopeo_args()))["config"][
+        "digest"
+    ]
     downloaded = [r.path.rsplit("/", 1)[1] for r in records if r.method == "GET" and "/blobs/" in r.path]
     assert downloaded == [config], "only the config is read (to check it); layers are mounted, not downloaded"
     assert sha256(skopeo_raw(f"docker://{reg.ref('r2r/dst:v1')}", *reg.skopeo_args())) == digest
@@ -123,6 +125,27 @@ def test_registry_to_registry_mounts_blobs_and_a_second_copy_sends_nothing(built
     records = reg.proxy.snapshot()
     assert reg.proxy.blob_bytes_uploaded(records) == 0
     assert not [r for r in records if r.method in ("POST", "PATCH")], records
+
+
+def test_registry_to_another_registry_with_credentials_for_each_side(built, registry):
+    out, digest = built
+    src, dest = registry.get("basic"), registry.get("token")
+    ocibuild("copy", f"docker-archive:{out}", f"docker://{src.ref('cross/ridge:1')}", *_creds(src, "dest"))
+    proc = ocibuild(
+        "copy", f"docker://{src.ref('cross/ridge:1')}", f"docker://{dest.ref('cross/ridge:1')}",
+        "--src-creds", src.creds, "--dest-creds", dest.creds, "--ca-cert", src.tls.ca_cert,
+    )  # fmt: skip
+    assert digest_printed(proc) == digest
+    assert sha256(skopeo_raw(f"docker://{dest.ref('cross/ridge:1')}", *dest.skopeo_args())) == digest
+    # Without the source's credentials: one line naming the source registry, nothing at the destination.
+    denied = ocibuild(
+        "copy", f"docker://{src.ref('cross/ridge:1')}", f"docker://{dest.ref('cross/denied:1')}",
+        "--dest-creds", dest.creds, "--ca-cert", src.tls.ca_cert, check=False,
+    )  # fmt: skip
+    assert denied.returncode != 0 and src.host in denied.stderr and "Traceback" not in denied.stderr, (
+        denied.stderr
+    )
+    assert not registry_has(dest, "cross/denied:1")
 
 
 # --- interop with skopeo and docker save --------------------------------------------------------------------------
