@@ -17,10 +17,10 @@ from typing import BinaryIO
 
 from ..errors import DigestMismatchError, FormatError, InputError, OutputError
 from . import media
+from .derived import DerivedBlob
 from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform, sniff_media_type
 from .digest import CHUNK, VerifyingReader, read_all
 from .image import BlobSource, Image, ImageIndex, images_of, load_image
-from .layer import DerivedBlob
 from .store import StoredBlob, write_all
 from .tempfiles import remove_tree
 

@@ -85,7 +85,7 @@ class BlobStore:
         doc = self.recipe(digest, usable=False)
         if doc is None:
             raise FormatError(f"blob {digest.short} is not in the cache {self.root}; build again")
-        from .layer import open_derived  # layer builds on the store; the store only reads its recipes
+        from .derived import open_derived  # layers build on the store; the store only reads their recipes
 
         return open_derived(doc, digest, size, what="layer")
 
@@ -116,7 +116,7 @@ class BlobStore:
             doc = json.loads((self._derived / f"{digest.hex}.json").read_text())
         except (OSError, ValueError):
             return None
-        from .layer import recipe_valid
+        from .derived import recipe_valid
 
         return doc if isinstance(doc, dict) and recipe_valid(doc, check_sources=usable) else None
 

@@ -16,13 +16,14 @@ import zlib
 import pytest
 
 from ocibuild.errors import DigestMismatchError, InputError
-from ocibuild.oci import compress, layer, media
+from ocibuild.oci import compress, layer, media, pipeline
 from ocibuild.oci.archive import Tagged, open_oci_archive, write_archive
 from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import Digest, read_all
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import open_layout, write_layout
 from ocibuild.oci.store import BlobStore
+from ocibuild.oci.tarstream import TarStream
 
 MiB = 1 << 20
 
@@ -78,7 +79,7 @@ def test_tar_stream_is_the_same_whatever_the_read_size(mixed_tree):
     entries = _contents(mixed_tree).entries()
     streams = set()
     for chunk in (512, 100_000, 4 * MiB, 17 * MiB):
-        tar = layer._TarStream(entries, 0, "{path} changed")
+        tar = TarStream(entries, 0, "{path} changed")
         out = bytearray()
         while len(out) < tar.size:
             view = memoryview(bytearray(min(chunk, tar.size - len(out))))
@@ -288,12 +289,12 @@ def test_reads_are_placed_off_page_alignment(tmp_path):
     src.mkdir()
     (src / "a.bin").write_bytes(_random(100))
     (src / "b.bin").write_bytes(_random(6 * MiB))
-    tar = layer._TarStream(_contents(src).entries(), 0, "{path} changed")
+    tar = TarStream(_contents(src).entries(), 0, "{path} changed")
     start_b = tar.main_file_start(0, 4 * MiB)
     assert start_b is not None and start_b > 100 and start_b % 512 == 0
     assert tar.main_file_start(4 * MiB, 4 * MiB) == start_b
     assert tar.main_file_start(tar.size - 1024, 1024) is None  # the end blocks only
-    buf = bytearray(compress.SEGMENT + layer.PAGE)
-    shift = layer._unaliased(buf, start_b)
+    buf = bytearray(compress.SEGMENT + pipeline.PAGE)
+    shift = pipeline.unaliased(buf, start_b)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    assert 0 <= shift < layer.PAGE and (base + shift - start_b) % layer.PAGE == layer.PAGE // 2
+    assert 0 <= shift < pipeline.PAGE and (base + shift - start_b) % pipeline.PAGE == pipeline.PAGE // 2
