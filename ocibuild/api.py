@@ -148,13 +148,19 @@ class Package:
         return push_image(self.image, ref, options, self._progress, tags)
 
 
+def _registered(model: PathLike) -> bool:
+    from .models.registry import is_model_reference
+
+    return isinstance(model, str) and is_model_reference(model)
+
+
 def package(
     models: Sequence[PathLike],
     inference_config: InferenceConfig,
     base: str | None = None,
     *,
     name: str | None = None,
-    version: str = "1",
+    version: str | None = None,
     platform: str = "linux/amd64",
     compression: str = "gzip",
     port: int = 5001,
@@ -163,17 +169,20 @@ def package(
     progress: Progress | None = None,
     registry: RegistryOptions | None = None,
 ) -> Package:
-    """Build the image into the local cache. ``registry``: credentials and TLS for a registry base (and the
-    default for ``push``)."""
+    """Build the image into the local cache. ``models``: local files or folders, and registered models as
+    registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
+    ``version``: the local models' version (default 1); for a registered model, its own unless given.
+    ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``)."""
     progress = progress or Progress(quiet=True)
     spec = PackageSpec(
-        models=tuple(Path(m) for m in models),
+        models=tuple(Path(m) for m in models if not _registered(m)),
+        model_refs=tuple(str(m) for m in models if _registered(m)),
         entry_script=Path(inference_config.entry_script),
         source_dir=Path(inference_config.source_directory) if inference_config.source_directory else None,
         environment=inference_config.environment.resolve(),
         base=base or default_base(),
         name=name,
-        version=str(version),
+        version=None if version is None else str(version),
         platform=Platform.parse(platform),
         compression=compression,
         port=port,

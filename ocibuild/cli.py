@@ -18,7 +18,10 @@ from .progress import Progress
 
 def _package_parser(sub) -> None:
     p = sub.add_parser("package", help="package a model into a runnable scoring image")
-    p.add_argument("models", nargs="+", metavar="MODEL_PATH", type=Path, help="model file(s) or folder(s)")
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL",
+        help="model file(s) or folder(s), or registered models: docker://HOST/REPO:VERSION or HOST/REPO@sha256:…",
+    )  # fmt: skip
     p.add_argument(
         "--entry-script", required=True, type=Path, help="score.py defining init() and run(raw_data)"
     )
@@ -40,7 +43,7 @@ def _package_parser(sub) -> None:
         "(default: $OCIBUILD_BASE or python:<host version>-slim)",
     )
     p.add_argument("--name", help="model name (default: the model file's name)")
-    p.add_argument("--model-version", default="1", help="model version (default: 1)")
+    p.add_argument("--model-version", help="model version (default: 1, or a registered model's own version)")
     p.add_argument(
         "--tag", help="image name for --output/--oci-layout/--load, e.g. myimage:1 (default NAME:VERSION)"
     )
@@ -148,7 +151,14 @@ def _package_registry_options(args):
     elif args.base_creds:
         raise UsageError("--base-creds is for a registry --base; this --base is not one")
     if args.creds and push is None and base is None:
-        raise UsageError("--creds is for --push or a registry --base; this command has neither")
+        from .models.registry import model_registries
+
+        if not (hosts := model_registries(args.models)):
+            raise UsageError(
+                "--creds is for --push, a registry --base or a registered model; this command has none"
+            )
+        for host in hosts:  # no --push and no registry --base: the registered models' registries
+            options = options.for_target(host, args.creds)
     return options
 
 
@@ -332,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _package_parser(sub)
     _copy_parser(sub)
+    from .models.commands import add_parser as add_model_parser
+
+    add_model_parser(sub)
     i = sub.add_parser("inspect", help="show an image's manifest, config, layers and history")
     i.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a registry REF")
     i.add_argument("--platform", default="linux/amd64")

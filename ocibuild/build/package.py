@@ -7,6 +7,7 @@ inside the image are Azure ML's, so entry scripts written for Azure run unchange
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -20,7 +21,7 @@ from ..errors import InputError, UsageError
 from ..oci import compress
 from ..oci.descriptor import Descriptor, Platform
 from ..oci.digest import Digest
-from ..oci.image import Image
+from ..oci.image import ChainSource, Image
 from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
 from ..oci.store import BlobStore
 from ..oci.tempfiles import remove_tree
@@ -34,6 +35,7 @@ from .pyenv import TargetPython, detect_target_python
 from .wheels import install_dependencies
 
 APP_ROOT = "var/azureml-app"
+MODELS_ROOT = f"{APP_ROOT}/azureml-models"
 SERVER_DIR = "opt/ocibuild/server"
 SITE_PACKAGES = "opt/ocibuild/site-packages"
 SERVER_PACKAGE = "ocibuild_serving"
@@ -49,13 +51,16 @@ class PackageSpec:
     environment: PythonEnvironment = field(default_factory=PythonEnvironment.empty)
     source_dir: Path | None = None
     name: str | None = None
-    version: str = "1"
+    version: str | None = None  # default "1" for local models; a registered model's own version
     platform: Platform = field(default_factory=Platform)
     compression: str = "gzip"
     port: int = DEFAULT_PORT
     # False (--no-cache): every layer is built from its inputs again; the results still go to the cache.
     use_cache: bool = True
-    registry: RegistryOptions | None = None  # credentials and TLS for a registry base
+    registry: RegistryOptions | None = None  # credentials and TLS for a registry base (and registered models)
+    # Registered models (``ocibuild model push``): registry references whose artifact layer becomes the image's
+    # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
+    model_refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,17 @@ class BuildResult:
         return self.image.digest
 
 
+def model_dir_in_image(name: str, version: str) -> str:
+    """Where a model's files sit in the image (no leading slash): Azure ML's ``azureml-models/<name>/<version>``."""
+    return f"{MODELS_ROOT}/{name}/{version}"
+
+
+def add_model(contents: LayerContents, path: Path, name: str, version: str) -> None:
+    """A model file or folder into ``contents`` at its place in the image. The same inputs give the same layer
+    whether ``package`` builds it or ``model push`` registers it, so the two can share one blob."""
+    contents.add_file(path, f"{model_dir_in_image(name, version)}/{path.name}")
+
+
 def model_name_for(path: Path) -> str:
     """A registry-friendly model name from a file or folder name (``My Model.pkl`` → ``my-model``)."""
     stem = path.name if path.is_dir() else path.stem
@@ -83,8 +99,10 @@ def model_name_for(path: Path) -> str:
 
 def validate(spec: PackageSpec) -> None:
     """Everything that can be checked before any work: fail fast, before a multi-GB layer is written."""
-    if not spec.models:
-        raise UsageError("no model given; pass at least one MODEL_PATH (a file or a folder)")
+    if not spec.models and not spec.model_refs:
+        raise UsageError(
+            "no model given; pass at least one MODEL_PATH (a file or a folder) or registered model REF"
+        )
     for m in spec.models:
         if not m.exists():
             raise InputError(f"model {m}: no such file or directory")
@@ -105,12 +123,13 @@ def validate(spec: PackageSpec) -> None:
         check_entry_script(script)
     else:
         check_entry_script(spec.entry_script)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", spec.version):
+    if spec.version is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", spec.version):
         raise UsageError(f"--model-version {spec.version!r}: use letters, digits, '.', '_' or '-'")
 
 
 def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResult:
     validate(spec)
+    registered = _resolve_registered(spec, store, progress)
     progress.step(f"base: {spec.base}")
     base = resolve_base(spec.base, spec.platform, store, spec.registry, progress)
     target = _detect_python(base, spec, store, progress)
@@ -124,21 +143,26 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
         NewLayer(_server_layer(store, spec.compression), f"ocibuild {__version__}: scoring server", "server")
     )
 
-    names = _model_names(spec)
-    multi = len(spec.models) > 1
-    model_contents = LayerContents()
-    for path, name in zip(spec.models, names, strict=True):
-        dest = f"{APP_ROOT}/azureml-models/{name}/{spec.version}"
-        model_contents.add_file(path, f"{dest}/{path.name}")
-    model_layer = _files_layer(model_contents, spec, store, progress, "model layer", derive=True)
-    listing = ", ".join(p.name for p in spec.models)
-    layers.append(
-        NewLayer(
-            model_layer,
-            f"ocibuild: model {names[0] if not multi else 'set'}:{spec.version} ({listing})",
-            "model",
+    version = spec.version or "1"
+    multi = len(spec.models) + len(registered) > 1
+    names = _model_names(spec, multi)
+    _check_distinct(names + [m.info.name for m in registered])
+    if spec.models:
+        model_contents = LayerContents()
+        for path, name in zip(spec.models, names, strict=True):
+            add_model(model_contents, path, name, version)
+        model_layer = _files_layer(model_contents, spec, store, progress, "model layer", derive=True)
+        listing = ", ".join(p.name for p in spec.models)
+        layers.append(
+            NewLayer(
+                model_layer,
+                f"ocibuild: model {names[0] if len(names) == 1 else 'set'}:{version} ({listing})",
+                "model",
+            )
         )
-    )
+    for m in registered:
+        created_by = f"ocibuild: model {m.info.name}:{m.info.version} from {m.reference} ({m.info.digest})"
+        layers.append(NewLayer(m.layer, created_by, "model"))
 
     app = LayerContents()
     if spec.source_dir is not None:
@@ -152,17 +176,27 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
     app_layer = write_layer(app, store, spec.compression)
     layers.append(NewLayer(app_layer, f"ocibuild: app ({script_rel})", "app"))
 
-    model_dir = (
-        f"/{APP_ROOT}/azureml-models" if multi else f"/{APP_ROOT}/azureml-models/{names[0]}/{spec.version}"
-    )
-    name = spec.name or names[0]
+    if multi:
+        model_dir = f"/{MODELS_ROOT}"
+        name = spec.name or (names or [registered[0].info.name])[0]
+    elif registered:  # the files stay where the artifact put them; --name/--model-version name the image
+        model_dir = registered[0].info.path
+        name = spec.name or registered[0].info.name
+        version = spec.version or registered[0].info.version
+    else:
+        model_dir = f"/{model_dir_in_image(names[0], version)}"
+        name = names[0]
     labels = {
         "org.opencontainers.image.title": name,
-        "org.opencontainers.image.version": spec.version,
+        "org.opencontainers.image.version": version,
         "io.ocibuild.model.name": name,
-        "io.ocibuild.model.version": spec.version,
+        "io.ocibuild.model.version": version,
         "io.ocibuild.entry-script": script_rel,
     }
+    for m in registered:  # which artifact each registered model came from
+        suffix = f".{m.info.name}" if multi else ""
+        labels[f"io.ocibuild.model.source{suffix}"] = m.reference
+        labels[f"io.ocibuild.model.digest{suffix}"] = str(m.info.digest)
     if base is not None:
         labels["org.opencontainers.image.base.digest"] = str(base.digest)
         labels["org.opencontainers.image.base.name"] = spec.base
@@ -173,7 +207,7 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
             "AZUREML_MODEL_DIR": model_dir,
             "OCIBUILD_PORT": str(spec.port),
             "OCIBUILD_MODEL_NAME": name,  # the KServe V2 model name
-            "OCIBUILD_MODEL_VERSION": spec.version,
+            "OCIBUILD_MODEL_VERSION": version,
             "PYTHONUNBUFFERED": "1",
         },
         prepend_path={"PYTHONPATH": f"/{SERVER_DIR}:/{SITE_PACKAGES}"},
@@ -183,21 +217,35 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
         stop_signal="SIGTERM",
     )
     image = assemble(base, layers, changes, store, spec.platform, base_name=spec.base)
+    if registered:  # their blobs come from the registry (through the cache), which lets a push mount them
+        image = dataclasses.replace(image, blobs=ChainSource([*(m.source for m in registered), image.blobs]))
     return BuildResult(
         image, base, spec.base, tuple(layers), target, name, model_dir, spec.environment.requirements
     )
 
 
-def _model_names(spec: PackageSpec) -> list[str]:
-    if len(spec.models) == 1:
+def _model_names(spec: PackageSpec, multi: bool) -> list[str]:
+    """The local models' names: ``--name`` for a lone model, else each file's own."""
+    if not multi and spec.models:
         return [spec.name or model_name_for(spec.models[0])]
-    names = [model_name_for(m) for m in spec.models]
+    return [model_name_for(m) for m in spec.models]
+
+
+def _check_distinct(names: list[str]) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(
-            f"several models would be named {', '.join(dupes)}; rename the files so their names differ"
+            f"several models would be named {', '.join(dupes)}; rename the files (or register them under "
+            "other names) so their names differ"
         )
-    return names
+
+
+def _resolve_registered(spec: PackageSpec, store: BlobStore, progress: Progress) -> list:
+    if not spec.model_refs:
+        return []
+    from ..models.registry import resolve_model
+
+    return [resolve_model(ref, store, spec.registry, progress) for ref in spec.model_refs]
 
 
 def _detect_python(
@@ -237,7 +285,7 @@ def _dependencies_layer(
     created_by = (
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
-    if spec.use_cache and (cached := _cached_layer(store, key)) is not None:
+    if spec.use_cache and (cached := cached_layer(store, key)) is not None:
         progress.step(f"dependencies: cached ({summary})")
         return NewLayer(cached, created_by, "dependencies")
     progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
@@ -259,7 +307,7 @@ def _dependencies_layer(
     return NewLayer(layer, created_by, "dependencies")
 
 
-def _cached_layer(store: BlobStore, key: str) -> BuiltLayer | None:
+def cached_layer(store: BlobStore, key: str) -> BuiltLayer | None:
     doc = store.get_ref(key)
     if not doc:
         return None
@@ -283,7 +331,7 @@ def _files_layer(
     before with the same settings: then not one byte of them is read. ``derive``: the files outlive the build,
     so a big layer is kept as a derived blob (``oci.store``) rather than copied into the cache."""
     key = cache_key(contents, spec.compression)
-    if spec.use_cache and (cached := _cached_layer(store, key)) is not None:
+    if spec.use_cache and (cached := cached_layer(store, key)) is not None:
         progress.step(f"{label}: cached ({cached.descriptor.digest.short})")
         return cached
     counter = progress.bytes(label, contents.total_size)

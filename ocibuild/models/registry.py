@@ -1,0 +1,395 @@
+"""Registered models in a registry: push, pull, list, show, and resolve a reference for ``package``.
+
+All traffic goes through ``models.orasclient.OrasRegistry`` (oras-py's API on ocibuild's transport). Everything read
+is verified against its digest before it is trusted or kept: manifests as they arrive, layers as they stream, and
+``model pull`` writes into a temp folder renamed to the destination only after the layer verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from ..errors import FormatError, InputError, OutputError, UsageError
+from ..oci import compress, media
+from ..oci.descriptor import Descriptor
+from ..oci.digest import CHUNK, Digest
+from ..oci.layer import BuiltLayer
+from ..oci.store import BlobStore
+from ..oci.tarsafe import BoundedTarInfo
+from ..oci.tempfiles import remove_tree
+from ..progress import Progress, human_size
+from ..registry.errors import NotFoundError
+from ..registry.pull import RegistrySource
+from ..registry.reference import Reference, parse_reference
+from ..registry.transport import RegistryOptions, Transport
+from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
+from .orasclient import OrasRegistry
+
+
+def is_model_reference(text: str) -> bool:
+    """Whether a ``package`` model argument names a registered model rather than a local path: ``docker://…``,
+    or (when no such local path exists) ``HOST/REPO…`` whose first part is a host (has a dot or a port, or is
+    ``localhost``) or anything pinned by ``@sha256:``."""
+    if text.startswith("docker://"):
+        return True
+    if os.path.lexists(text) or text.startswith((".", "/", "~")):
+        return False
+    first = text.split("/", 1)[0]
+    return "/" in text and ("." in first or ":" in first or first == "localhost") or "@sha256:" in text
+
+
+def model_reference(text: str) -> Reference:
+    return parse_reference(text.removeprefix("docker://"))
+
+
+def model_registries(models: list[str]) -> list[str]:
+    """The registries the registered models among ``package``'s model arguments live on."""
+    return sorted({model_reference(m).registry for m in models if is_model_reference(m)})
+
+
+@contextlib.contextmanager
+def connect(ref: Reference, options: RegistryOptions | None, push: bool = False):
+    transport = Transport(ref.registry, options or RegistryOptions())
+    try:
+        yield OrasRegistry(transport, ref.repository, push=push)
+    finally:
+        transport.close()
+
+
+# ---------------------------------------------------------------- push
+
+
+@dataclass(frozen=True)
+class Pushed:
+    reference: Reference
+    digest: Digest
+    info: ModelInfo
+    blobs: dict[str, str]  # digest → "exists" | "uploaded"
+
+
+def push_model(
+    path: Path,
+    reference: str,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    framework: str = "",
+    description: str = "",
+    options: RegistryOptions | None = None,
+    store: BlobStore | None = None,
+    progress: Progress | None = None,
+) -> Pushed:
+    """Register the model at ``path`` as ``reference`` (``HOST/REPO[:TAG]``). Name: ``name`` or the repository's
+    last part; version: ``version`` or the reference's tag (then the tag is the version too)."""
+    progress = progress or Progress(quiet=True)
+    if not Path(path).exists():
+        raise InputError(f"model {path}: no such file or directory")
+    ref = parse_reference(reference.removeprefix("docker://"), default_tag=None)
+    if ref.digest:
+        raise UsageError(f"{reference}: push a model by tag (HOST/REPO:VERSION), not by digest")
+    name = check_name(
+        name or ref.repository.rsplit("/", 1)[-1], "--name" if name else "model name (from REF)"
+    )
+    if version is None:
+        if ref.tag is None:
+            raise UsageError(
+                f"{reference}: give the version, as the tag (HOST/REPO:VERSION) or with --version"
+            )
+        version = check_version(ref.tag, "the tag")
+    check_version(version)
+    tag = ref.tag or version
+    ref = Reference(ref.registry, ref.repository, tag)
+    store = store or BlobStore()
+    blobs: dict[str, str] = {}
+    with connect(ref, options, push=True) as reg:
+        # Credentials and access are checked before a (maybe multi-GB) layer is built: the config goes up first.
+        blobs[str(EMPTY_DESCRIPTOR.digest)] = reg.push_blob(
+            EMPTY_DESCRIPTOR, lambda: _bytes_stream(EMPTY_CONFIG)
+        )
+        counter = progress.bytes(f"model layer ({path.name})", _size_of(path))
+        built = build_artifact(
+            path, name, version, store, framework=framework, description=description, progress=counter
+        )
+        counter.done()
+        layer = built.layer.descriptor
+        progress.step(
+            f"model {name}:{version}: layer {layer.digest.short} ({human_size(layer.size)}, {layer.media_type})"
+        )
+        send = progress.bytes(f"pushing {layer.digest.short}", layer.size)
+        how = reg.push_blob(layer, lambda: store.open(layer.digest, layer.size), send)
+        send.done()
+        blobs[str(layer.digest)] = how
+        progress.step(f"  {layer.digest.short}  {human_size(layer.size):>9}  {how}")
+        digest = reg.put_manifest(tag, built.manifest.raw, built.manifest.media_type)
+    progress.step(f"pushed model {ref.registry}/{ref.repository}:{tag} {digest}")
+    return Pushed(ref, digest, built.info, blobs)
+
+
+def _bytes_stream(data: bytes):
+    import io
+
+    return contextlib.closing(io.BytesIO(data))
+
+
+def _size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    return path.stat().st_size if path.exists() else 0
+
+
+# ---------------------------------------------------------------- show, list
+
+
+def fetch_model(reg: OrasRegistry, ref: Reference) -> ModelInfo:
+    """The model ``ref`` names, its manifest verified. A missing tag says which versions exist."""
+    what = f"model {ref}"
+    try:
+        raw, mt = reg.get_manifest_raw(ref.reference)
+    except NotFoundError:
+        if ref.digest:
+            raise NotFoundError(f"{what}: no such model version (digest not in {reg.what})") from None
+        try:
+            tags = reg.get_tags(reg.container)
+        except NotFoundError:
+            raise NotFoundError(f"{what}: no such model (repository {reg.what} does not exist)") from None
+        have = ", ".join(sorted(tags)[:20]) or "none"
+        raise NotFoundError(f"{what}: no such version; {reg.what} has: {have}") from None
+    from .artifact import read_model_manifest
+
+    return read_model_manifest(raw, what, mt)
+
+
+def show_model(reference: str, options: RegistryOptions | None = None) -> ModelInfo:
+    ref = model_reference(reference)
+    with connect(ref, options) as reg:
+        return fetch_model(reg, ref)
+
+
+@dataclass(frozen=True)
+class Listed:
+    tag: str
+    info: ModelInfo | None
+    note: str = ""  # why ``info`` is None: what else the tag holds
+
+
+def list_models(repository: str, options: RegistryOptions | None = None) -> list[Listed]:
+    """Every tag of ``repository`` with its model's annotations (other content is listed with what it is)."""
+    ref = parse_reference(repository.removeprefix("docker://"), default_tag=None)
+    if ref.tag or ref.digest:
+        raise UsageError(f"{repository}: name a repository (HOST/REPO), without a tag or digest")
+    out = []
+    with connect(ref, options) as reg:
+        for tag in sorted(reg.get_tags(reg.container)):
+            try:
+                out.append(Listed(tag, fetch_model(reg, Reference(ref.registry, ref.repository, tag))))
+            except FormatError as e:
+                out.append(Listed(tag, None, str(e).split(" is ", 1)[-1].split(";")[0]))
+    return out
+
+
+# ---------------------------------------------------------------- pull
+
+
+def pull_model(
+    reference: str,
+    directory: Path,
+    options: RegistryOptions | None = None,
+    progress: Progress | None = None,
+) -> ModelInfo:
+    """The model's files into ``directory`` (which must not exist, or be empty), exactly as registered.
+
+    The layer is streamed, unpacked into a temp folder next to ``directory`` and verified against its digest to
+    its last byte; only then is the folder renamed to ``directory``. Entries outside the model's folder, links that
+    leave it, and device files are refused.
+    """
+    progress = progress or Progress(quiet=True)
+    ref = model_reference(reference)
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise OutputError(f"{directory} exists and is not an empty folder; pull into a new folder")
+    parent = directory.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"{directory}: folder {parent} does not exist; create it first")
+    with connect(ref, options) as reg:
+        info = fetch_model(reg, ref)
+        tmp = Path(_temp_dir(parent, directory.name))
+        try:
+            counter = progress.bytes(f"pulling {info.name}:{info.version}", info.layer.size)
+            with reg.open_blob(info.layer) as blob:
+                _unpack(_Counted(blob, counter), info, tmp, f"model {ref}")
+            counter.done()
+            if directory.exists():
+                directory.rmdir()
+            os.replace(tmp, directory)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+    progress.step(f"pulled model {info.name}:{info.version} ({info.digest}) into {directory}")
+    return info
+
+
+def _temp_dir(parent: Path, name: str) -> str:
+    import tempfile
+
+    try:
+        return tempfile.mkdtemp(prefix=f".{name}.ocibuild-", dir=parent)
+    except OSError as e:
+        raise OutputError(f"{parent}: {e.strerror}") from None
+
+
+class _Counted:
+    def __init__(self, stream: BinaryIO, counter: Callable[[int], None]):
+        self._stream, self._counter, self._n = stream, counter, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._n += len(data)
+        self._counter(self._n)
+        return data
+
+
+def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path, what: str) -> None:
+    """Unpack the layer's entries under the model's folder into ``dest``; reads the blob to its end, so its
+    digest is checked (``VerifyingReader`` raises there) before the caller keeps anything."""
+    prefix = info.path.lstrip("/") + "/"
+    raw = compress.decompressed(blob)
+    links: set[str] = set()
+    try:
+        with tarfile.open(fileobj=raw, mode="r|", tarinfo=BoundedTarInfo) as tar:
+            for member in tar:
+                name = member.name.rstrip("/")
+                if not name.startswith(prefix):
+                    if prefix.startswith(name + "/") and member.isdir():
+                        continue  # the model folder's parents
+                    raise FormatError(f"{what}: layer entry {name!r:.120} is outside the model's folder")
+                rel = PurePosixPath(name[len(prefix) :])
+                if (
+                    rel.is_absolute()
+                    or ".." in rel.parts
+                    or any(str(p) in links for p in list(rel.parents)[:-1])
+                ):
+                    raise FormatError(f"{what}: layer entry {name!r:.120} would leave the model's folder")
+                target = dest.joinpath(*rel.parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    with open(target, "xb") as f:
+                        while data := src.read(CHUNK):
+                            f.write(data)
+                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                elif member.issym():
+                    resolved = PurePosixPath(*rel.parts[:-1], member.linkname)
+                    if member.linkname.startswith("/") or ".." in _normalised(resolved):
+                        raise FormatError(f"{what}: link {name!r:.120} points outside the model's folder")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(member.linkname, target)
+                    links.add(str(rel))
+                else:
+                    raise FormatError(f"{what}: layer entry {name!r:.120} is not a file, folder or link")
+        while raw.read(CHUNK):  # the tar's end padding, and the gzip trailer
+            pass
+        while blob.read(CHUNK):  # whatever the codec left: the digest is checked at the very end
+            pass
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # writing the files failed, not reading the layer
+            raise OutputError(f"{dest}: {e.strerror}") from None
+        _drain(blob)
+        raise FormatError(f"{what}: the model layer is not a readable tar ({e})") from None
+
+
+def _normalised(path: PurePosixPath) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in path.parts:
+        if part == "..":
+            if not out:
+                return ("..",)
+            out.pop()
+        elif part not in ("", "."):
+            out.append(part)
+    return tuple(out)
+
+
+def _drain(blob: BinaryIO) -> None:
+    """Read to the end so a corrupt blob is reported as such (DigestMismatchError), not as a bad tar."""
+    with contextlib.suppress(FormatError):
+        while blob.read(CHUNK):
+            pass
+
+
+# ---------------------------------------------------------------- package from a reference
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A registered model ready to be an image's layer: the artifact's layer as it is, and where it came from."""
+
+    reference: str  # normalised, as given (tag or digest)
+    info: ModelInfo
+    layer: BuiltLayer  # descriptor without annotations, and the diff_id
+    source: ModelSource
+
+
+class ModelSource(RegistrySource):
+    """The model layer's blob from the registry, through the cache. Claims only its own blob (so it never shadows
+    the store for others), and pulls again over a stale derived recipe (a registered file edited since)."""
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        return desc.digest in self.digests
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if self.store.has(desc.digest) and not self.store.can_produce(desc.digest):
+            self._pull_over_recipe(desc)
+        return super().open_blob(desc)
+
+    def _pull_over_recipe(self, desc: Descriptor) -> None:
+        with self.client.open_blob(desc) as stream, self.store.writer() as w:
+            while data := stream.read(CHUNK):
+                w.write(data)
+
+
+def resolve_model(
+    reference: str, store: BlobStore, options: RegistryOptions | None, progress: Progress
+) -> ResolvedModel:
+    """Fetch a registered model's manifest (verified) and make its layer usable in an image: the layer's blob
+    stays in the registry until something reads it (a push to the same registry mounts it without a byte
+    downloaded); its diff_id is the digest for a plain tar, else computed once from the pulled blob and cached."""
+    ref = model_reference(reference)
+    transport = Transport(ref.registry, options or RegistryOptions())
+    reg = OrasRegistry(transport, ref.repository)
+    info = fetch_model(reg, ref)
+    layer = Descriptor(info.layer.media_type, info.layer.digest, info.layer.size)
+    source = ModelSource(reg.client, store, {str(layer.digest)}, progress)
+    progress.step(f"model {ref}: {info.name}:{info.version} ({info.digest.short}, {human_size(layer.size)})")
+    return ResolvedModel(str(ref), info, BuiltLayer(layer, _diff_id(layer, source, store)), source)
+
+
+def _diff_id(layer: Descriptor, source: ModelSource, store: BlobStore) -> Digest:
+    if layer.media_type == media.OCI_LAYER:
+        return layer.digest
+    key = f"model-diffid-{layer.digest.hex}"
+    if (doc := store.get_ref(key)) and isinstance(doc.get("diff_id"), str):
+        return Digest(doc["diff_id"])
+    h = hashlib.sha256()
+    with source.open_blob(layer) as blob:
+        raw = compress.decompressed(blob)
+        try:
+            while data := raw.read(CHUNK):
+                h.update(data)
+        except (OSError, EOFError, ValueError) as e:
+            _drain(blob)
+            raise FormatError(f"model layer {layer.digest.short} cannot be decompressed ({e})") from None
+        while blob.read(CHUNK):
+            pass
+    diff_id = Digest.from_hex(h.hexdigest())
+    store.put_ref(key, {"diff_id": str(diff_id)})
+    return diff_id
