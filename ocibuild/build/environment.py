@@ -147,6 +147,28 @@ def check_readable(path: Path, origin: str) -> None:
         ) from e
 
 
+_INCLUDE_OPTION = re.compile(r"^(?:-r|--requirement|-c|--constraint)(?:\s+|=)(?P<path>\S+)")
+
+
+def requirements_texts(files: Sequence[Path], depth: int = 0) -> list[str]:
+    """The text of each requirements file and, after it, of every file it includes with ``-r``/``-c`` (relative
+    to the including file, as pip reads them): what the dependencies layer's cache key must cover, so that
+    editing an included file rebuilds the layer."""
+    out: list[str] = []
+    for path in files:
+        text = path.read_bytes().decode("utf-8", "replace")
+        out.append(text)
+        if depth >= 8:  # pip itself would loop on a cycle; a key need not
+            continue
+        included = []
+        for line in text.splitlines():
+            m = _INCLUDE_OPTION.match(line.strip())
+            if m and "://" not in m["path"]:
+                included.append(path.parent / m["path"])
+        out += requirements_texts([p for p in included if p.is_file()], depth + 1)
+    return out
+
+
 def load_environment(
     requirements: Sequence[Path] = (),
     pip: Sequence[str] = (),

@@ -29,7 +29,7 @@ from ..progress import Progress
 from ..registry.transport import RegistryOptions
 from .base import resolve_base
 from .entry_script import check_entry_script
-from .environment import PythonEnvironment, check_python_version
+from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .image import ConfigChanges, NewLayer, assemble
 from .pyenv import TargetPython, detect_target_python
 from .wheels import install_dependencies
@@ -274,7 +274,7 @@ def _dependencies_layer(
 ) -> NewLayer:
     env = spec.environment
     key_doc = {
-        "requirements": [p.read_bytes().decode("utf-8", "replace") for p in env.requirements],
+        "requirements": requirements_texts(env.requirements),  # with the files they include (-r, -c)
         "packages": list(env.packages),
         "target": asdict(target),
         "compression": spec.compression,

@@ -189,3 +189,23 @@ def test_python_version_mismatch(tmp_path):
     assert str(e.value) == (
         "environment.yml asks for Python 3.10 but the base image has 3.11; pick a base with 3.10"
     )
+
+
+def test_requirements_texts_follow_includes_relative_to_the_including_file(tmp_path):
+    from ocibuild.build.environment import requirements_texts
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "requirements.txt").write_text("-r sub/base.txt\n--constraint=sub/pins.txt\nrequests\n")
+    (tmp_path / "sub" / "base.txt").write_text("numpy==2.0\n-r more.txt\n")
+    (tmp_path / "sub" / "more.txt").write_text("scipy\n-r ../requirements.txt\n")  # a cycle: bounded
+    (tmp_path / "sub" / "pins.txt").write_text("urllib3<3\n")
+    texts = requirements_texts([tmp_path / "requirements.txt"])
+    assert texts[:4] == [
+        "-r sub/base.txt\n--constraint=sub/pins.txt\nrequests\n", "numpy==2.0\n-r more.txt\n",
+        "scipy\n-r ../requirements.txt\n", "-r sub/base.txt\n--constraint=sub/pins.txt\nrequests\n",
+    ]  # fmt: skip
+    assert "urllib3<3\n" in texts
+    before = requirements_texts([tmp_path / "requirements.txt"])
+    # An edit two includes deep changes what the key covers.
+    (tmp_path / "sub" / "more.txt").write_text("scipy==1.14\n")
+    assert requirements_texts([tmp_path / "requirements.txt"]) != before

@@ -106,3 +106,27 @@ def test_no_cache_rebuilds_and_a_missing_blob_is_a_miss(model, tmp_path, monkeyp
     store.path(built.descriptor.digest).unlink()  # the cache was cleaned: the ref alone is not enough
     assert _files_layer(_contents(model), _spec(model), store, quiet, "model layer") == built
     assert len(calls) == 3
+
+
+@pytest.mark.slow
+def test_editing_an_included_requirements_file_rebuilds_the_dependencies(tmp_path, base_ref, example_model):
+    """The dependencies layer's key covers the files a requirements file pulls in with ``-r``: pinning another
+    version in the included file must not reuse the cached layer."""
+    from ocibuild.api import Environment, InferenceConfig
+    from ocibuild.api import package as api_package
+
+    (tmp_path / "requirements.txt").write_text("-r pins/base.txt\n")
+    (tmp_path / "pins").mkdir()
+    (tmp_path / "pins" / "base.txt").write_text("six==1.16.0\n")
+
+    def deps_digest() -> str:
+        env = Environment(pip_requirements=tmp_path / "requirements.txt")
+        pkg = api_package([example_model.model], InferenceConfig(example_model.score, environment=env), base_ref,
+                          cache=tmp_path / "cache")  # fmt: skip
+        [deps] = [n for n in pkg.result.layers if n.role == "dependencies"]
+        return str(deps.layer.descriptor.digest)
+
+    first = deps_digest()
+    assert deps_digest() == first  # unchanged inputs: the cached layer
+    (tmp_path / "pins" / "base.txt").write_text("six==1.17.0\n")
+    assert deps_digest() != first
