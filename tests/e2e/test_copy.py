@@ -383,6 +383,26 @@ def test_an_artifact_travels_unchanged(registry, work):
     assert bad.returncode == 2 and "artifact" in bad.stderr, bad.stderr
 
 
+def test_a_registered_model_travels_by_tarball_and_pulls_back_identical(example_model, registry, work):
+    reg = registry.get("plain")
+    pushed = digest_printed(ocibuild("model", "push", example_model.model, reg.ref("models/ridge:3")))
+    carried = work / "model.tar"
+    assert (
+        digest_printed(ocibuild("copy", f"docker://{reg.ref('models/ridge:3')}", f"oci-archive:{carried}:3"))
+        == pushed
+    )
+    # The far side: into another registry repository, then pulled back with ocibuild model pull.
+    assert (
+        digest_printed(ocibuild("copy", f"oci-archive:{carried}:3", f"docker://{reg.ref('far/ridge:3')}"))
+        == pushed
+    )
+    out = work / "model-pulled"
+    ocibuild("model", "pull", reg.ref("far/ridge:3"), out)
+    [pulled] = [p for p in out.rglob("*") if p.is_file()]
+    assert pulled.name == example_model.model.name
+    assert pulled.read_bytes() == example_model.model.read_bytes()
+
+
 def test_bad_references_give_one_line(work, registry):
     for args, expect in [
         (("dir:/tmp/x", f"oci:{work / 'n'}"), "not a transport"),
