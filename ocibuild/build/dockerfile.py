@@ -10,14 +10,12 @@ and the requirements files ride along for reference.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 from ..errors import OutputError
-from ..oci.tempfiles import remove_tree
+from ..oci.tempfiles import new_directory
 from .package import BuildResult
 
 _LOCAL_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
@@ -90,8 +88,7 @@ def write_context(result: BuildResult, directory: Path) -> None:
         raise OutputError(
             f"{directory}: directory {directory.absolute().parent} does not exist; create it first"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.absolute().parent))
-    try:
+    with new_directory(directory) as tmp:
         layer_dirs = []
         for i, layer in enumerate(result.layers):
             folder = f"{i + 1}-{layer.role or 'layer'}"
@@ -105,10 +102,3 @@ def write_context(result: BuildResult, directory: Path) -> None:
             shutil.copyfile(req, tmp / req.name)
         (tmp / "Dockerfile").write_text(dockerfile_text(result, layer_dirs))
         (tmp / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
-        os.chmod(tmp, 0o755)
-        if directory.exists():
-            directory.rmdir()
-        os.replace(tmp, directory)
-    except BaseException:
-        remove_tree(tmp)
-        raise

@@ -23,7 +23,7 @@ from ..oci.digest import CHUNK, Digest
 from ..oci.layer import BuiltLayer
 from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
-from ..oci.tempfiles import remove_tree
+from ..oci.tempfiles import new_directory
 from ..progress import Progress, human_size
 from ..registry.errors import NotFoundError
 from ..registry.pull import RegistrySource
@@ -219,29 +219,13 @@ def pull_model(
         raise OutputError(f"{directory}: folder {parent} does not exist; create it first")
     with connect(ref, options) as reg:
         info = fetch_model(reg, ref)
-        tmp = Path(_temp_dir(parent, directory.name))
-        try:
+        with new_directory(directory) as tmp:
             counter = progress.bytes(f"pulling {info.name}:{info.version}", info.layer.size)
             with reg.open_blob(info.layer) as blob:
                 _unpack(_Counted(blob, counter), info, tmp, f"model {ref}")
             counter.done()
-            if directory.exists():
-                directory.rmdir()
-            os.replace(tmp, directory)
-        except BaseException:
-            remove_tree(tmp)
-            raise
     progress.step(f"pulled model {info.name}:{info.version} ({info.digest}) into {directory}")
     return info
-
-
-def _temp_dir(parent: Path, name: str) -> str:
-    import tempfile
-
-    try:
-        return tempfile.mkdtemp(prefix=f".{name}.ocibuild-", dir=parent)
-    except OSError as e:
-        raise OutputError(f"{parent}: {e.strerror}") from None
 
 
 class _Counted:

@@ -22,7 +22,7 @@ from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform, sniff_m
 from .digest import CHUNK, VerifyingReader, read_all
 from .image import BlobSource, Image, ImageIndex, images_of, load_image
 from .store import StoredBlob, write_all
-from .tempfiles import remove_tree
+from .tempfiles import new_directory
 
 OCI_LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -159,20 +159,9 @@ def _write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | N
     if is_layout:
         _add_to_layout(images, root)
         return
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    except OSError as e:
-        raise OutputError(f"{root}: cannot write there ({e.strerror})") from None
-    try:
+    with new_directory(root) as tmp:
         (tmp / "oci-layout").write_bytes(OCI_LAYOUT_FILE)
         _add_to_layout(images, tmp, existing=[])
-        os.chmod(tmp, 0o755)
-        if root.exists():
-            root.rmdir()  # an empty directory the user made for us
-        os.replace(tmp, root)
-    except BaseException:
-        remove_tree(tmp)
-        raise
 
 
 def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None) -> None:

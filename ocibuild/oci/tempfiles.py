@@ -13,7 +13,11 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from ..errors import OutputError
 
 _GRACE_SECONDS = 10
 
@@ -84,3 +88,25 @@ def remove_tree(path: Path | str) -> None:
             interrupted = e
     if interrupted is not None:
         raise interrupted
+
+
+@contextmanager
+def new_directory(directory: Path) -> Iterator[Path]:
+    """A temp directory beside ``directory`` to fill; renamed to ``directory`` (replacing it if it is an empty one
+    the user made) only when the block ends normally. On any failure, Ctrl-C included, it is removed: nothing
+    half-written is ever left at the destination."""
+    directory = Path(directory)
+    parent = directory.absolute().parent
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise OutputError(f"{directory}: cannot write in {parent} ({e.strerror})") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if directory.exists():
+            directory.rmdir()
+        os.replace(tmp, directory)
+    except BaseException:
+        remove_tree(tmp)
+        raise
