@@ -337,7 +337,11 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ocibuild", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ocibuild",
+        description="Package a trained model into a runnable scoring image, and move images and registered models "
+        "between registries, OCI layouts and tarballs. No Docker daemon, no root.",
+    )
     parser.add_argument("--version", action="version", version=f"ocibuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _package_parser(sub)
