@@ -202,7 +202,8 @@ class Authenticator:
             params += [("scope", s) for s in scopes]
             if creds is not None:
                 params.append(("account", creds.username))
-                kwargs["auth"] = (creds.username, creds.secret)
+                # Our own header, UTF-8 as Docker sends it: requests' ``auth=`` would encode as Latin-1.
+                kwargs["headers"] = {"Authorization": basic_authorization(creds)}
             response = self._fetch("GET", realm, params=params, **kwargs)
         with response:
             if response.status_code == 401:
@@ -230,11 +231,12 @@ class Authenticator:
         creds = self.credentials
         if creds is None:
             return AuthenticationError(
-                f"{what}: authentication required (or no such repository); pass --creds USER:PASSWORD or run "
-                f"ocibuild login {self.host}"
+                f"{what}: authentication required (or no such repository); run ocibuild login {self.host} or "
+                "pass USER:PASSWORD for it (--creds; --src-creds/--dest-creds with copy)"
             )
-        src = f" (from {creds.source})" if creds.source and creds.source != "--creds" else ""
+        option = creds.source if creds.source and creds.source.startswith("--") else None
+        src = f" (from {creds.source})" if creds.source and not option else ""
         return AuthenticationError(
-            f"{what}: authentication failed for user {creds.username}{src}; check --creds or run "
+            f"{what}: authentication failed for user {creds.username}{src}; check {option or 'them'} or run "
             f"ocibuild login {self.host}"
         )

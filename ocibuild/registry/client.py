@@ -9,6 +9,7 @@ bytes whose digest we computed, with its own media type.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import BinaryIO
@@ -23,13 +24,13 @@ from ..oci.descriptor import MAX_DOCUMENT_BYTES, Descriptor
 from ..oci.digest import CHUNK, Digest, VerifyingReader, is_digest
 from .auth import repository_scope
 from .errors import AccessDeniedError, NotFoundError, RegistryError, TransientError
-from .transport import StaleToken, Transport, registry_errors, status_error
+from .transport import StaleToken, Transport, reason, registry_errors, retry_delay, status_error
 
 MANIFEST_ACCEPT = ", ".join(
     [media.OCI_MANIFEST, media.OCI_INDEX, media.DOCKER_MANIFEST, media.DOCKER_MANIFEST_LIST]
 )
 MIN_CHUNK = 5 << 20  # ECR refuses PATCH chunks under 5 MiB (except the last)
-UPLOAD_READ_TIMEOUT = 600.0  # after the last byte, a registry may hash a large blob before answering
+UPLOAD_WAIT = 5  # read timeouts to wait after a blob's last byte: a registry may hash a large blob first
 
 Progress = Callable[[int], None]  # bytes sent so far
 
@@ -61,22 +62,35 @@ class RegistryClient:
     def get_manifest(self, reference: str) -> tuple[bytes, str]:
         """The raw manifest or index tagged (or digested) ``reference``, verified, and its media type."""
         what = self.what + ("@" if is_digest(reference) else ":") + reference
-        response = self._request(
-            "GET", f"/v2/{self.repository}/manifests/{reference}", what, headers={"Accept": MANIFEST_ACCEPT},
-            stream=True,
-        )  # fmt: skip
-        with response:
-            if response.status_code == 404:
-                # distribution 2.x answers MANIFEST_UNKNOWN for a missing repository too: say only what we know.
-                detail = " (no such repository)" if "NAME_UNKNOWN" in response.text else ""
-                raise NotFoundError(f"{what}: no such image{detail}")
-            if response.status_code == 403:
-                raise self._denied(what, f"pull {self.repository}")
-            if response.status_code != 200:
-                raise status_error(response, what, "fetching the manifest")
-            raw = _read_limited(response, MAX_DOCUMENT_BYTES, what)
-            mt = response.headers.get("Content-Type", "").split(";")[0].strip()
-            header = response.headers.get("Docker-Content-Digest", "")
+        policy = self.transport.options.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            response = self._request(
+                "GET", f"/v2/{self.repository}/manifests/{reference}", what,
+                headers={"Accept": MANIFEST_ACCEPT}, stream=True,
+            )  # fmt: skip
+            with response:
+                if response.status_code == 404:
+                    # distribution 2.x answers MANIFEST_UNKNOWN for a missing repository too: say only what we know.
+                    detail = " (no such repository)" if "NAME_UNKNOWN" in response.text else ""
+                    raise NotFoundError(f"{what}: no such image{detail}")
+                if response.status_code == 403:
+                    raise self._denied(what, f"pull {self.repository}")
+                if response.status_code != 200:
+                    raise status_error(response, what, "fetching the manifest")
+                try:
+                    raw = _read_limited(response, MAX_DOCUMENT_BYTES, what)
+                except _LOST as e:  # the body broke off or stalled: a GET can simply be sent again
+                    if attempt < policy.attempts:
+                        time.sleep(retry_delay(attempt, None, policy))
+                        continue
+                    raise TransientError(
+                        f"{what}: connection lost while downloading the manifest ({reason(e)}); try again"
+                    ) from None
+                mt = response.headers.get("Content-Type", "").split(";")[0].strip()
+                header = response.headers.get("Docker-Content-Digest", "")
+            break
         got = Digest.of(raw)
         expected = reference if is_digest(reference) else (header if is_digest(header) else None)
         if expected is not None and got != expected:
@@ -220,7 +234,8 @@ class RegistryClient:
             try:
                 response = self._request(
                     "PUT", _with_digest(location, desc.digest), replayable=False, data=body,
-                    headers={"Content-Type": "application/octet-stream"}, timeout=UPLOAD_READ_TIMEOUT,
+                    headers={"Content-Type": "application/octet-stream"},
+                    timeout=self.transport.options.retry.read_timeout * UPLOAD_WAIT,
                 )  # fmt: skip
             except StaleToken:
                 raise
@@ -253,6 +268,9 @@ class RegistryClient:
             raise RegistryError(f"{self.what}: the registry stored blob {desc.digest.short} as {stored}")
 
 
+_LOST = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)  # a body that broke off or stalled
+
+
 class _Body:
     """A response body as a plain stream; a connection lost mid-way becomes a ``TransientError``."""
 
@@ -265,10 +283,8 @@ class _Body:
     def read(self, n: int = -1) -> bytes:
         try:
             return self._raw.read(n if n is not None and n >= 0 else None)
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
-            raise TransientError(
-                f"{self._what}: connection lost while downloading ({type(e).__name__})"
-            ) from None
+        except _LOST as e:
+            raise TransientError(f"{self._what}: connection lost while downloading ({reason(e)})") from None
 
     def close(self) -> None:
         self._response.close()

@@ -39,3 +39,5 @@ class UnreachableError(RegistryError):
 
 class TransientError(RegistryError):
     """A failure that trying again later may cure: 408/429/5xx after our retries, or a connection lost mid-way."""
+
+    retry_after: str | None = None  # the registry's Retry-After, for a caller that starts a whole upload over

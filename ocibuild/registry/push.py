@@ -115,11 +115,12 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
         start = time.monotonic()
         try:
             how = client.upload_blob(desc, lambda: image.blobs.open_blob(desc), on_bytes, location=location)
-        except TransientError:
+        except TransientError as e:
             tally.add(-sent[0])
-            if attempt == BLOB_ATTEMPTS:
+            delay = retry_delay(attempt, e.retry_after, policy)  # a 429's Retry-After too
+            if attempt == BLOB_ATTEMPTS or delay > policy.budget:
                 raise
-            time.sleep(retry_delay(attempt, None, policy))
+            time.sleep(delay)
             location = None
             continue
         secs = max(time.monotonic() - start, 1e-6)

@@ -203,19 +203,20 @@ def tls_settings(host: str, options: RegistryOptions) -> tuple[bool | str, tuple
     return (_trust_bundle(tuple(cas)) if cas else True), client
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """A short human reason for a connection failure, from the exception chain requests and urllib3 build."""
     text = " ".join(str(a) for a in _chain(exc))
-    for pattern, reason in (
+    for pattern, why in (
         (r"Connection refused|ECONNREFUSED", "connection refused"),
         (r"Name or service not known|nodename nor servname|NameResolution|getaddrinfo failed|No address",
          "unknown host"),
         (r"Network is unreachable|No route to host", "network unreachable"),
         (r"timed out|Timeout", "timed out"),
         (r"Connection reset|RemoteDisconnected|aborted|Broken pipe", "connection reset"),
+        (r"IncompleteRead|Connection broken", "the answer broke off"),
     ):  # fmt: skip
         if re.search(pattern, text):
-            return reason
+            return why
     return type(exc).__name__
 
 
@@ -382,10 +383,8 @@ class Transport:
                     waited += delay
                     continue
                 if connect:
-                    raise UnreachableError(f"{what}: cannot connect to {where} ({_reason(e)})") from None
-                raise TransientError(
-                    f"{what}: connection to {where} lost ({_reason(e)}); try again"
-                ) from None
+                    raise UnreachableError(f"{what}: cannot connect to {where} ({reason(e)})") from None
+                raise TransientError(f"{what}: connection to {where} lost ({reason(e)}); try again") from None
             if retry and response.status_code in _RETRY_STATUS and attempt < policy.attempts:
                 delay = retry_delay(attempt, response.headers.get("Retry-After"), policy)
                 if waited + delay <= policy.budget:
@@ -412,11 +411,14 @@ def status_error(response: requests.Response, what: str, doing: str) -> Registry
     detail = registry_errors(response)
     detail = f": {detail}" if detail else ""
     if code == 429:
-        return TransientError(
+        error = TransientError(
             f"{what}: the registry is limiting requests (HTTP 429){detail}; try again later"
         )
-    if code in _RETRY_STATUS or code >= 500:
-        return TransientError(
+    elif code in _RETRY_STATUS or code >= 500:
+        error = TransientError(
             f"{what}: {doing} failed, the registry answered HTTP {code}{detail}; try again later"
         )
-    return RegistryError(f"{what}: {doing} refused, HTTP {code}{detail}")
+    else:
+        return RegistryError(f"{what}: {doing} refused, HTTP {code}{detail}")
+    error.retry_after = response.headers.get("Retry-After")
+    return error

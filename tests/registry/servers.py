@@ -3,18 +3,23 @@
 None of them imitates the registry: the token server is the auth service distribution delegates to (it signs
 RS256 JWTs that the real registry verifies against ``rootcertbundle``), and the proxy forwards every request to
 the real registry unchanged while counting what passes (methods, paths, body bytes), optionally behaving like an
-ingress with a body-size limit or a transient 503 — the conditions real deployments put in front of registries.
+ingress with a body-size limit or a transient 503 — the conditions real deployments put in front of registries —
+or like a bad network (``Fault.action``): a connection dropped mid-upload or mid-download, a stall, a blob body cut
+short or altered in flight.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import http.client
 import ipaddress
 import json
 import secrets
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -129,7 +134,8 @@ class TokenServer:
     """``GET /token?service=&scope=…`` with Basic credentials → an RS256 JWT granting the scopes asked for; also
     ``POST /token`` with an OAuth2 refresh token from ``refresh_tokens``.
 
-    Wrong credentials get 401; anonymous callers get a token granting nothing. ``requests`` records every call.
+    Wrong credentials get 401; anonymous callers get a token granting nothing. ``requests`` records every call,
+    ``issued`` every token handed out (secrets a client must never print).
     """
 
     directory: Path
@@ -139,6 +145,7 @@ class TokenServer:
     lifetime: int = 300
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # OAuth2 refresh token → account
     requests: list[TokenRequest] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
 
     def start(self) -> TokenServer:
         self._key = _key()
@@ -182,6 +189,7 @@ class TokenServer:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.issued.clear()
 
     def scopes_asked(self) -> list[str]:
         with self._lock:
@@ -217,9 +225,10 @@ class TokenServer:
                     name, _, actions = rest.rpartition(":")
                     if kind == "repository" and name:
                         access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        token = self._sign(account or "", access)
         with self._lock:
             self.requests.append(TokenRequest(account, scopes, True))
-        token = self._sign(account or "", access)
+            self.issued.append(token)
         _reply(h, 200, {"token": token, "access_token": token, "expires_in": self.lifetime})
 
     def _sign(self, subject: str, access: list[dict]) -> str:
@@ -257,18 +266,43 @@ class Record:
     method: str
     path: str  # with its query
     body_bytes: int  # request body bytes received from the client
-    status: int
+    status: int  # 0: no answer was sent (the connection was dropped or stalled)
+    fault: str = ""  # the Fault.action injected into this request, if any
+    arrived: int = 0  # when the request reached the proxy, and when its answer was decided, on one counter:
+    answered: int = 0  # ``a.answered < b.arrived`` means the client had a's answer before it sent b
+
+
+FAULT_ACTIONS = ("status", "drop", "cut", "stall", "truncate", "corrupt")
 
 
 @dataclass
 class Fault:
-    """Answer the next ``times`` requests matching ``method`` and ``path_contains`` with ``status`` instead."""
+    """Misbehave on the next ``times`` requests matching ``method`` and ``path_contains``.
+
+    ``action``:
+      status    answer ``status`` (with ``headers``, e.g. ``Retry-After``) instead of forwarding;
+      drop      close the connection without an answer; for a request with a body, after reading only ``after``
+                bytes of it (default: half), as a reset in the middle of an upload;
+      cut       forward, then send the answer's headers and ``after`` bytes of its body (default: half) and close:
+                a download that breaks off;
+      stall     go silent for ``seconds`` (mid-body for a GET, else before answering), then close;
+      truncate  forward, then send only ``after`` bytes of the body (default: half) with a matching
+                Content-Length: a well-formed answer holding a short blob;
+      corrupt   forward, then flip one byte of the body: same size, different content.
+    """
 
     method: str
     path_contains: str
-    status: int
+    status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     times: int = 1
+    action: str = "status"
+    after: int | None = None
+    seconds: float = 0.0
+    injected: int = 0  # how many times it was
+
+    def __post_init__(self) -> None:
+        assert self.action in FAULT_ACTIONS, self.action
 
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -286,6 +320,8 @@ class RecordingProxy:
         self.faults: list[Fault] = []
         self.max_body: int | None = None
         self._lock = threading.Lock()
+        self._clock = 0
+        self._stopping = threading.Event()  # ends stalls early when the proxy stops
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -304,7 +340,12 @@ class RecordingProxy:
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def stop(self) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -313,6 +354,19 @@ class RecordingProxy:
             self.records.clear()
             self.faults.clear()
             self.max_body = None
+
+    def inject(self, *faults: Fault) -> None:
+        with self._lock:
+            self.faults.extend(faults)
+
+    def injected(self) -> list[Record]:
+        """The requests a fault was injected into."""
+        return [r for r in self.snapshot() if r.fault]
+
+    def _tick(self) -> int:
+        with self._lock:
+            self._clock += 1
+            return self._clock
 
     def snapshot(self) -> list[Record]:
         with self._lock:
@@ -344,21 +398,43 @@ class RecordingProxy:
             for f in self.faults:
                 if f.times > 0 and f.method == method and f.path_contains in path:
                     f.times -= 1
+                    f.injected += 1
                     return f
         return None
 
+    def _drop(self, h: BaseHTTPRequestHandler) -> None:
+        """Reset the connection (SO_LINGER 0: an RST, not an orderly close), as a dying peer or middlebox does."""
+        h.close_connection = True
+        with contextlib.suppress(OSError):
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = self._read_body(h)
+        arrived = self._tick()
         method = h.command
         fault = self._fault(method, h.path)
-        if fault is not None or (self.max_body is not None and len(body) > self.max_body):
+        action = fault.action if fault else ""
+        if action == "drop" and int(h.headers.get("Content-Length") or 0) > 0:
+            length = int(h.headers["Content-Length"])
+            got = len(h.rfile.read(min(length - 1, fault.after if fault.after is not None else length // 2)))
+            self._record(Record(method, h.path, got, 0, action, arrived, self._tick()))
+            self._drop(h)
+            return
+        body = self._read_body(h)
+        if action == "status" or (not fault and self.max_body is not None and len(body) > self.max_body):
             status = fault.status if fault else 413
-            self._record(Record(method, h.path, len(body), status))  # before answering: tests read it after
+            # recorded before answering: tests read it after
+            self._record(Record(method, h.path, len(body), status, action, arrived, self._tick()))
             h.send_response(status)
             for k, v in (fault.headers if fault else {}).items():
                 h.send_header(k, v)
             h.send_header("Content-Length", "0")
             h.end_headers()
+            return
+        if action == "drop" or (action == "stall" and method != "GET"):
+            self._record(Record(method, h.path, len(body), 0, action, arrived, self._tick()))
+            if action == "stall":
+                self._stopping.wait(fault.seconds)
+            self._drop(h)
             return
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=300)
         try:
@@ -372,15 +448,31 @@ class RecordingProxy:
             conn.endheaders(body or None)
             resp = conn.getresponse()
             data = resp.read()
-            self._record(Record(method, h.path, len(body), resp.status))
+            if fault and not (data and resp.status == 200):
+                action = ""  # nothing to damage: forward as it is, and keep the fault for a later request
+                with self._lock:
+                    fault.times += 1
+                    fault.injected -= 1
+            self._record(Record(method, h.path, len(body), resp.status, action, arrived, self._tick()))
             h.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in _HOP and k.lower() != "content-length":
                     h.send_header(k, v)
             length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
+            part = data[: fault.after if fault and fault.after is not None else len(data) // 2]
+            if action == "truncate":
+                data, length = part, str(len(part))
+            elif action == "corrupt":
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
             h.send_header("Content-Length", length or "0")
             h.end_headers()
-            if method != "HEAD":
+            if action in ("cut", "stall"):
+                h.wfile.write(part)
+                h.wfile.flush()
+                if action == "stall":
+                    self._stopping.wait(fault.seconds)
+                self._drop(h)
+            elif method != "HEAD":
                 h.wfile.write(data)
         finally:
             conn.close()

@@ -1,7 +1,8 @@
 """Property tests (issue 6, part 4): the parsers that read untrusted input raise only their own one-line error.
 
 Each parser is fed arbitrary input and input shaped like the real thing (so the search reaches deep code paths):
-references, manifests / indexes / descriptors / configs, layer tars (the stream detection reads) and archive files.
+references, manifests / indexes / descriptors / configs, layer tars (the stream detection reads), archive files and
+registries' ``WWW-Authenticate`` challenges.
 Inputs that once broke something are kept as ``@example``s; runs are bounded (``max_examples``, ``deadline``) so
 the whole file takes a few seconds. ``tests/reliability/fuzz/`` has the same targets for atheris.
 """
@@ -31,6 +32,7 @@ from ocibuild.oci.archive import ArchiveReader, open_docker_archive, open_oci_ar
 from ocibuild.oci.descriptor import Descriptor, Index, Manifest, Platform, sniff_media_type
 from ocibuild.oci.digest import Digest, VerifyingReader, is_digest
 from ocibuild.oci.image import Image, check_config
+from ocibuild.registry.auth import parse_challenges
 from ocibuild.registry.reference import parse_reference
 from tests.reliability.hostile import canonical, gzip, image_config, python_tar, sha256, write_layout
 
@@ -412,13 +414,113 @@ def test_docker_archive_reader_raises_only_ocibuild_errors(archive_dir, entries)
         open_docker_archive(path, None, Platform())
 
 
+# --- the WWW-Authenticate challenge parser --------------------------------------------------------------------------
+
+SEEDS = Path(__file__).resolve().parent / "fuzz" / "seeds"
+auth_token = st.from_regex(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}", fullmatch=True)
+param_value = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=',"\\ =;\t', max_size=10),  # what quoting must protect
+    st.sampled_from(
+        ["https://auth.docker.io/token", "repository:a/b:pull,push repository:c:pull", "registry.docker.io"]
+    ),
+)
+
+
+def _random_case(draw, text: str) -> str:
+    return "".join(c.upper() if draw(st.booleans()) else c.lower() for c in text)
+
+
+@st.composite
+def challenges(draw):
+    """A well-formed challenge (RFC 7235 auth-scheme and auth-params), as it should parse and as a header spells
+    it: any case for the scheme and names, optional spaces, values quoted (escaping ``"`` and ``\\``) or bare."""
+    scheme = draw(auth_token)
+    names = draw(st.lists(auth_token, max_size=4, unique_by=str.lower))
+    params, parts = {}, []
+    for name in names:
+        value = draw(param_value)
+        params[name.lower()] = value
+        bare = _TOKEN_ONLY.fullmatch(value) and draw(st.booleans())
+        text = value if bare else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        eq = draw(st.sampled_from(["=", " = ", "=\t", " ="]))
+        parts.append(_random_case(draw, name) + eq + text)
+    sep = draw(st.sampled_from([",", ", ", " ,", " , "]))
+    header = _random_case(draw, scheme) + (" " + sep.join(parts) if parts else "")
+    return (scheme.lower(), params), header
+
+
+_TOKEN_ONLY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _parsed(header: str) -> list[tuple[str, dict[str, str]]]:
+    return [(c.scheme, c.params) for c in parse_challenges(header)]
+
+
+@FAST
+@given(st.lists(challenges(), min_size=1, max_size=4), st.sampled_from([", ", ",", " , ", ",, "]))
+@example([(("bearer", {"realm": 'a "quoted", comma'}), 'BEARER realm="a \\"quoted\\", comma"')], ", ")
+@example([(("basic", {"realm": "x"}), "Basic realm=x"), (("negotiate", {}), "Negotiate")], ", ")
+@example([(("negotiate", {}), "Negotiate"), (("basic", {"realm": "\\"}), 'basic realm="\\\\"')], ",")
+def test_challenge_parser_round_trips_well_formed_headers(items, sep):
+    """Several challenges in one header, each with quoted commas and escaped quotes, parse back exactly."""
+    header = sep.join(h for _, h in items)
+    assert _parsed(header) == [expected for expected, _ in items], header
+
+
+header_like = st.one_of(
+    st.text(max_size=120),
+    st.text(alphabet='BbEeAaRrSsIiCc ="\\,\t=realm', max_size=60),
+    st.lists(challenges(), min_size=1, max_size=3).map(lambda cs: ", ".join(h for _, h in cs)),
+)
+mutated_header = st.builds(
+    lambda h, pos, cut, insert: (h[: pos % (len(h) + 1)] + insert + h[pos % (len(h) + 1) :])[
+        : max(cut, 0) or None
+    ],
+    header_like,
+    st.integers(0, 200),
+    st.integers(-1, 200),
+    st.text(alphabet='",\\= \t\x00', max_size=3),
+)
+
+
+@FAST
+@given(st.one_of(header_like, mutated_header))
+@example('Bearer realm="unterminated')
+@example('Bearer realm="ends in a backslash\\')
+@example("Basic realm=" + "," * 10_000)
+@example('Bearer scope="' + "\\" * 5000)
+@example("=x, ,=, Bearer")
+@example("Negotiate YIIBhwYGKwYBBQUCoIIBezCC==, Basic realm=x")
+def test_challenge_parser_takes_any_header_without_raising(header):
+    """A registry's header is not ours to reject: any text parses (documented: malformed tails are skipped), into
+    lower-case token schemes and names."""
+    for scheme, params in _parsed(header):
+        assert _TOKEN_ONLY.fullmatch(scheme) and scheme == scheme.lower(), scheme
+        for name, value in params.items():
+            assert name == "" or (_TOKEN_ONLY.fullmatch(name) and name == name.lower()), name
+            assert isinstance(value, str)
+
+
+def test_challenge_seeds_parse():
+    """The atheris seeds (``fuzz/seeds/challenge``) are real registries' headers: each gives a usable challenge."""
+    seeds = sorted((SEEDS / "challenge").iterdir())
+    assert seeds
+    for seed in seeds:
+        got = _parsed(seed.read_bytes().decode("latin-1"))
+        assert any(s in ("basic", "bearer") for s, _ in got), seed.name
+        for scheme, params in got:
+            if scheme == "bearer":
+                assert params["realm"].startswith("https://"), seed.name
+
+
 # --- atheris (coverage-guided), when it is installed -------------------------------------------------------------
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["layer", "document", "archive"])
+@pytest.mark.parametrize("target", ["layer", "document", "archive", "challenge"])
 def test_atheris_finds_no_crash_in_a_short_run(tmp_path, target):
     """A few seconds of libFuzzer from the kept seeds (``fuzz/seeds``); longer runs: see ``fuzz/targets.py``."""
     pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")

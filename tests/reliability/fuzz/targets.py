@@ -1,8 +1,9 @@
 """atheris fuzz targets for the parsers of untrusted input (issue 6): ``python targets.py TARGET [libFuzzer flags]``.
 
 TARGET is ``layer`` (a layer blob, gzip or plain, through the reader that finds the base's Python), ``document``
-(manifest, index and config parsers) or ``archive`` (an image tarball through ``ArchiveReader`` and the
-oci-archive reader). Any exception other than an ``OcibuildError`` is a crash. Seeds are in ``seeds/TARGET``; pass a
+(manifest, index and config parsers), ``archive`` (an image tarball through ``ArchiveReader`` and the
+oci-archive reader) or ``challenge`` (a ``WWW-Authenticate`` header, which must parse without any exception).
+Any exception other than an ``OcibuildError`` is a crash. Seeds are in ``seeds/TARGET``; pass a
 scratch corpus directory *first* so libFuzzer writes its findings there and not into the repository, e.g.
 
     python tests/reliability/fuzz/targets.py layer -max_total_time=60 -artifact_prefix=/tmp/ /tmp/corpus seeds/layer
@@ -36,6 +37,7 @@ with atheris.instrument_imports():
     )
     from ocibuild.oci.digest import Digest, VerifyingReader
     from ocibuild.oci.image import Image, check_config
+    from ocibuild.registry.auth import parse_challenges
 
 
 class _Blobs:
@@ -82,7 +84,17 @@ def archive(data: bytes) -> None:
     open_oci_archive(path, None, Platform())
 
 
-TARGETS = {"layer": layer, "document": document, "archive": archive}
+def challenge(data: bytes) -> None:
+    """Headers arrive as Latin-1 text; parsing one never raises, and what it gives is well-formed."""
+    for c in parse_challenges(data.decode("latin-1")):
+        if c.scheme != c.scheme.lower() or not c.scheme:
+            raise AssertionError(f"scheme {c.scheme!r}")
+        for name, value in c.params.items():
+            if name != name.lower() or not isinstance(value, str):
+                raise AssertionError(f"param {name!r}")
+
+
+TARGETS = {"layer": layer, "document": document, "archive": archive, "challenge": challenge}
 
 
 def main() -> None:
