@@ -268,4 +268,15 @@ def copy(
     src_loc, dest_loc = Location.parse(src), Location.parse(dest)
     wanted = Platform.parse(platform) if platform else None
     entry = open_source(src_loc, wanted, all_platforms, source_options or RegistryOptions())
-    return copy_to(entry, dest_loc, tags, dest_options, progress, source_name(src_loc), append)
+    try:
+        return copy_to(entry, dest_loc, tags, dest_options, progress, source_name(src_loc), append)
+    finally:
+        _close_source(entry)
+
+
+def _close_source(entry: Entry) -> None:
+    """Close the source registry's connections (a no-op for files)."""
+    for image in images_of(entry):
+        for source in (image.blobs, *getattr(image.blobs, "sources", ())):
+            if isinstance(source, RegistryStream):
+                source.client.transport.close()
