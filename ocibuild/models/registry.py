@@ -12,6 +12,7 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -31,6 +32,8 @@ from ..registry.reference import Reference, parse_reference
 from ..registry.transport import RegistryOptions, Transport
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
 from .orasclient import OrasRegistry
+
+LIST_WORKERS = 8
 
 
 def is_model_reference(text: str) -> bool:
@@ -184,14 +187,18 @@ def list_models(repository: str, options: RegistryOptions | None = None) -> list
     ref = parse_reference(repository.removeprefix("docker://"), default_tag=None)
     if ref.tag or ref.digest:
         raise UsageError(f"{repository}: name a repository (HOST/REPO), without a tag or digest")
-    out = []
     with connect(ref, options) as reg:
-        for tag in sorted(reg.get_tags(reg.container)):
+
+        def listed(tag: str) -> Listed:
             try:
-                out.append(Listed(tag, fetch_model(reg, Reference(ref.registry, ref.repository, tag))))
+                return Listed(tag, fetch_model(reg, Reference(ref.registry, ref.repository, tag)))
             except FormatError as e:
-                out.append(Listed(tag, None, str(e).split(" is ", 1)[-1].split(";")[0]))
-    return out
+                return Listed(tag, None, str(e).split(" is ", 1)[-1].split(";")[0])
+
+        tags = sorted(reg.get_tags(reg.container))
+        # One manifest per tag: fetched a few at a time, as a registry far away makes each a round trip.
+        with ThreadPoolExecutor(max_workers=max(1, min(LIST_WORKERS, len(tags)))) as pool:
+            return list(pool.map(listed, tags))
 
 
 # ---------------------------------------------------------------- pull
