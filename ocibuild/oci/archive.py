@@ -16,6 +16,7 @@ import errno
 import io
 import json
 import os
+import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -238,8 +239,10 @@ class ArchiveReader:
             target = self.links.get(name)
             if target is None:
                 return None
-            base = PurePosixPath(name).parent
-            name = _clean(str(base / target)) if not target.startswith("/") else _clean(target)
+            # Relative to the link's folder, ".." resolved inside the archive (Docker 20.10 links a repeated layer
+            # as ../<id>/layer.tar); a target that climbs out of the archive is not followed.
+            joined = target if target.startswith("/") else f"{PurePosixPath(name).parent}/{target}"
+            name = _clean(posixpath.normpath(joined.lstrip("/")))
             if name is None:
                 return None
         return None
@@ -313,7 +316,13 @@ def open_docker_archive(path: Path, repo_tag: str | None, platform: Platform) ->
     entries = _docker_entries(reader, what)
     if repo_tag:
         want = repo_tag if ":" in repo_tag.rsplit("/", 1)[-1] else f"{repo_tag}:latest"
-        chosen = [e for e in entries if want in (e.get("RepoTags") or [])]
+        # docker.io/library/app:1, library/app:1 and app:1 are one name (skopeo writes the first, Docker the last).
+        same = {want, _full(want)} - {None}
+        chosen = [
+            e
+            for e in entries
+            if same & {t for x in e.get("RepoTags") or [] if isinstance(x, str) for t in (x, _full(x))}
+        ]
         if not chosen:
             tags = sorted(t for e in entries for t in (e.get("RepoTags") or []))
             raise InputError(f"{what} has no image tagged {want}; it has: {', '.join(tags) or 'no tags'}")
@@ -368,16 +377,21 @@ def load_entry(desc: Descriptor, blobs: ArchiveSource | BlobSource, what: str) -
 
 def _without_names(old: list[Tagged], new: Sequence[Tagged]) -> list[Tagged]:
     """The old entries minus the names the new ones take; an entry left with no name at all is dropped when
-    the same image comes again (no duplicate), kept otherwise (``docker load`` shows it untagged)."""
-    taken = {n for t in new for n in (t.repo_tag, t.full_name) if n}
-    new_digests = {t.image.digest for t in new}
-    kept = []
-    for t in old:
-        if t.repo_tag in taken or t.full_name in taken:
-            t = Tagged(t.image)
-        if t.repo_tag or t.full_name or t.image.digest not in new_digests:
-            kept.append(t)
-    return kept
+    the same image is still there under another name (no duplicate), kept otherwise (untagged, as ``docker load``
+    shows an image whose tag moved)."""
+    taken = {n for t in new for n in _names(t)}
+    renamed = [Tagged(t.image) if _names(t) & taken else t for t in old]
+    named = {t.image.digest for t in [*renamed, *new] if _names(t)}
+    return [t for t in renamed if _names(t) or t.image.digest not in named]
+
+
+def _names(t: Tagged) -> set[str]:
+    """What an entry is called: its Docker and full names; a bare OCI tag (oci-archive:FILE:TAG) only when it has
+    no full name (in a docker archive, ``app:1`` and ``other:1`` share the tag ``1`` but are different names)."""
+    names = {n for n in (t.repo_tag, t.full_name) if n}
+    if not t.full_name and t.ref_name:
+        names.add("ref.name:" + t.ref_name)
+    return names
 
 
 def _familiar(full: str | None) -> str | None:

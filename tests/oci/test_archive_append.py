@@ -121,3 +121,50 @@ def test_location_parse_registry_and_refusals():
     for bad in ("dir:/tmp/x", "containers-storage:app", "scratch", "UPPER/case:1"):
         with pytest.raises(BadReferenceError):
             Location.parse(bad)
+
+
+def test_oci_archive_append_keeps_other_tags_and_moves_a_tag_given_again(tmp_path):
+    """oci-archive:FILE:TAG names carry only a ref.name (no Docker name): they are names all the same."""
+    a, b = _image(tmp_path, 1), _image(tmp_path, 2)
+    out = tmp_path / "oci.tar"
+    write_archive([Tagged(a, None, "v1", None)], out)
+    write_archive([Tagged(a, None, "v2", None)], out, append=True)  # same image, another tag: v1 stays
+    assert sorted(t.ref_name for t in read_archive_entries(out)) == ["v1", "v2"]
+    write_archive([Tagged(b, None, "v1", None)], out, append=True)  # v1 again, another image: it moves
+    entries = {t.ref_name: t.image.digest for t in read_archive_entries(out)}
+    assert entries == {"v1": b.digest, "v2": a.digest}
+    from ocibuild.oci.archive import open_oci_archive
+
+    assert open_oci_archive(out, "v1", AMD64).digest == b.digest
+
+
+def test_docker_archive_names_match_in_any_spelling(tmp_path):
+    a = _image(tmp_path, 1)
+    ours, theirs = tmp_path / "ours.tar", tmp_path / "theirs.tar"
+    write_archive([Tagged(a, "app:1", "1", "docker.io/library/app:1")], ours)  # Docker's familiar form
+    write_archive([Tagged(a, "docker.io/library/app:1", "1", None)], theirs)  # skopeo's full form
+    for path in (ours, theirs):
+        for name in ("app:1", "library/app:1", "docker.io/library/app:1", "docker.io/app:1"):
+            assert open_docker_archive(path, name, AMD64).digest == a.digest, (path.name, name)
+
+
+def test_legacy_links_between_layer_folders_are_followed_but_never_out(tmp_path):
+    """Docker 20.10's save links a repeated layer as ``<id>/layer.tar -> ../<id2>/layer.tar``."""
+    import io
+
+    from ocibuild.oci.archive import ArchiveReader
+
+    path = tmp_path / "legacy.tar"
+    with tarfile.open(path, "w") as tf:
+        data = b"layer bytes"
+        info = tarfile.TarInfo("aaa/layer.tar")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        for name, target in (("bbb/layer.tar", "../aaa/layer.tar"), ("ccc/layer.tar", "../../etc/passwd")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tf.addfile(link)
+    reader = ArchiveReader(path)
+    with reader.open("bbb/layer.tar") as f:
+        assert f.read() == b"layer bytes"
+    assert not reader.has("ccc/layer.tar")
