@@ -18,9 +18,10 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..errors import FormatError, InputError, OutputError, UsageError
-from ..oci import compress, media
+from ..oci import compress
 from ..oci.descriptor import Descriptor
 from ..oci.digest import CHUNK, Digest
+from ..oci.image import EXPANSION_ALLOWANCE, MAX_EXPANSION
 from ..oci.layer import BuiltLayer
 from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
@@ -131,6 +132,8 @@ def push_model(
         blobs[str(layer.digest)] = how
         progress.step(f"  {layer.digest.short}  {human_size(layer.size):>9}  {how}")
         digest = reg.put_manifest(tag, built.manifest.raw, built.manifest.media_type)
+    # Built here by oci.layer from the model's files alone: package needs no download to trust it.
+    store.put_ref(_checked_key(built.info), {"diff_id": str(built.layer.diff_id)})
     progress.step(f"pushed model {ref.registry}/{ref.repository}:{tag} {digest}")
     return Pushed(ref, digest, built.info, blobs)
 
@@ -246,12 +249,22 @@ class _Counted:
         return data
 
 
-def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path, what: str) -> None:
-    """Unpack the layer's entries under the model's folder into ``dest``; reads the blob to its end, so its
-    digest is checked (``VerifyingReader`` raises there) before the caller keeps anything."""
+def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path | None, what: str) -> Digest:
+    """Walk the layer's entries, refusing any that is not a plain file, folder or link inside the model's folder,
+    and write them under ``dest`` (or only check them, with ``dest`` None). Returns the diff_id (the sha256 of
+    the uncompressed tar). Reads the blob to its end, so its digest is checked (``VerifyingReader`` raises
+    there) before the caller keeps anything.
+
+    Links are resolved through the links before them, and all of them again at the end (a later link can turn an
+    earlier one outward: with ``b -> .``, ``b/b/../..`` climbs out). The layer may expand to at most
+    ``MAX_EXPANSION`` times its size plus ``EXPANSION_ALLOWANCE``: a decompression bomb fills no disk, and sparse
+    members are refused.
+    """
     prefix = info.path.lstrip("/") + "/"
-    raw = compress.decompressed(blob)
-    links: set[str] = set()
+    diff = hashlib.sha256()
+    budget = EXPANSION_ALLOWANCE + MAX_EXPANSION * info.layer.size
+    raw = _Hashed(compress.decompressed(blob), diff, budget, what)
+    links: dict[str, str] = {}
     try:
         with tarfile.open(fileobj=raw, mode="r|", tarinfo=BoundedTarInfo) as tar:
             for member in tar:
@@ -267,26 +280,34 @@ def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path, what: str) -> None:
                     or any(str(p) in links for p in list(rel.parents)[:-1])
                 ):
                     raise FormatError(f"{what}: layer entry {name!r:.120} would leave the model's folder")
-                target = dest.joinpath(*rel.parts)
+                target = dest.joinpath(*rel.parts) if dest is not None else None
                 if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                elif member.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target is not None:
+                        target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile() and not member.issparse():
                     src = tar.extractfile(member)
                     assert src is not None
+                    if target is None:
+                        while src.read(CHUNK):
+                            pass
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     with open(target, "xb") as f:
                         while data := src.read(CHUNK):
                             f.write(data)
                     os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
                 elif member.issym():
-                    resolved = PurePosixPath(*rel.parts[:-1], member.linkname)
-                    if member.linkname.startswith("/") or ".." in _normalised(resolved):
+                    links[str(rel)] = member.linkname
+                    if not _stays_inside(str(rel), links):
                         raise FormatError(f"{what}: link {name!r:.120} points outside the model's folder")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(member.linkname, target)
-                    links.add(str(rel))
+                    if target is not None:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.symlink(member.linkname, target)
                 else:
                     raise FormatError(f"{what}: layer entry {name!r:.120} is not a file, folder or link")
+        for link in links:
+            if not _stays_inside(link, links):
+                raise FormatError(f"{what}: link {prefix + link!r:.120} points outside the model's folder")
         while raw.read(CHUNK):  # the tar's end padding, and the gzip trailer
             pass
         while blob.read(CHUNK):  # whatever the codec left: the digest is checked at the very end
@@ -296,18 +317,55 @@ def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path, what: str) -> None:
             raise OutputError(f"{dest}: {e.strerror}") from None
         _drain(blob)
         raise FormatError(f"{what}: the model layer is not a readable tar ({e})") from None
+    except FormatError:
+        _drain(blob)  # a corrupt blob is reported as such, not as what its bytes happened to say
+        raise
+    return Digest.from_hex(diff.hexdigest())
 
 
-def _normalised(path: PurePosixPath) -> tuple[str, ...]:
-    out: list[str] = []
-    for part in path.parts:
+def _stays_inside(link: str, links: dict[str, str]) -> bool:
+    """Whether the link at ``link`` (relative to the model's folder) resolves inside it, through ``links``."""
+    if links[link].startswith("/"):
+        return False
+    parts = [*PurePosixPath(link).parent.parts, *links[link].split("/")]
+    stack: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
         if part == "..":
-            if not out:
-                return ("..",)
-            out.pop()
-        elif part not in ("", "."):
-            out.append(part)
-    return tuple(out)
+            if not stack:
+                return False
+            stack.pop()
+            continue
+        stack.append(part)
+        target = links.get("/".join(stack))
+        if target is not None:
+            hops += 1
+            if hops > 40 or target.startswith("/"):
+                return False  # a loop, or out of the folder
+            stack.pop()  # the link is replaced by what it points to, relative to its folder
+            parts = [*target.split("/"), *parts]
+    return True
+
+
+class _Hashed:
+    """The uncompressed layer as read: hashed (the diff_id) and bounded (a bomb is refused, not unpacked)."""
+
+    def __init__(self, stream: BinaryIO, diff, budget: int, what: str):
+        self._stream, self._diff, self._left, self._what = stream, diff, budget, what
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._diff.update(data)
+        self._left -= len(data)
+        if self._left < 0:
+            raise FormatError(
+                f"{self._what}: the model layer expands to more than {MAX_EXPANSION} times its size; "
+                "refusing it as a decompression bomb"
+            )
+        return data
 
 
 def _drain(blob: BinaryIO) -> None:
@@ -351,9 +409,13 @@ class ModelSource(RegistrySource):
 def resolve_model(
     reference: str, store: BlobStore, options: RegistryOptions | None, progress: Progress
 ) -> ResolvedModel:
-    """Fetch a registered model's manifest (verified) and make its layer usable in an image: the layer's blob
-    stays in the registry until something reads it (a push to the same registry mounts it without a byte
-    downloaded); its diff_id is the digest for a plain tar, else computed once from the pulled blob and cached."""
+    """Fetch a registered model's manifest (verified) and make its layer usable in an image, as it is.
+
+    The layer goes into the image unchanged, above the scoring server: so it is checked first, once per digest,
+    by the rules of ``model pull`` (only files, folders and inward links under the model's folder), or a
+    registered "model" could replace any file of the image. The check also yields the diff_id; both are kept in
+    the cache, and a layer this cache built itself (``model push``) is known good without a download.
+    """
     ref = model_reference(reference)
     transport = Transport(ref.registry, options or RegistryOptions())
     reg = OrasRegistry(transport, ref.repository)
@@ -361,26 +423,18 @@ def resolve_model(
     layer = Descriptor(info.layer.media_type, info.layer.digest, info.layer.size)
     source = ModelSource(reg.client, store, {str(layer.digest)}, progress)
     progress.step(f"model {ref}: {info.name}:{info.version} ({info.digest.short}, {human_size(layer.size)})")
-    return ResolvedModel(str(ref), info, BuiltLayer(layer, _diff_id(layer, source, store)), source)
+    return ResolvedModel(str(ref), info, BuiltLayer(layer, _checked_diff_id(info, source, store, str(ref))), source)
 
 
-def _diff_id(layer: Descriptor, source: ModelSource, store: BlobStore) -> Digest:
-    if layer.media_type == media.OCI_LAYER:
-        return layer.digest
-    key = f"model-diffid-{layer.digest.hex}"
+def _checked_key(info: ModelInfo) -> str:
+    return "model-layer-" + hashlib.sha256(f"{info.layer.digest}\n{info.path}".encode()).hexdigest()
+
+
+def _checked_diff_id(info: ModelInfo, source: ModelSource, store: BlobStore, what: str) -> Digest:
+    key = _checked_key(info)
     if (doc := store.get_ref(key)) and isinstance(doc.get("diff_id"), str):
         return Digest(doc["diff_id"])
-    h = hashlib.sha256()
-    with source.open_blob(layer) as blob:
-        raw = compress.decompressed(blob)
-        try:
-            while data := raw.read(CHUNK):
-                h.update(data)
-        except (OSError, EOFError, ValueError) as e:
-            _drain(blob)
-            raise FormatError(f"model layer {layer.digest.short} cannot be decompressed ({e})") from None
-        while blob.read(CHUNK):
-            pass
-    diff_id = Digest.from_hex(h.hexdigest())
+    with source.open_blob(info.layer) as blob:
+        diff_id = _unpack(blob, info, None, f"model {what}")
     store.put_ref(key, {"diff_id": str(diff_id)})
     return diff_id

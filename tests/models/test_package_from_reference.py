@@ -133,3 +133,48 @@ def test_a_stale_derived_recipe_from_the_push_is_pulled_over(reg, base_ref, scor
     layout = pkg.write_layout(tmp_path / "layout")
     assert layout_files(layout, pkg.image)["var/azureml-app/azureml-models/stale/1/model.pkl"] == original
     assert json.loads((layout / "index.json").read_text())["manifests"][0]["digest"] == pkg.digest
+
+
+def test_a_registered_layer_that_writes_outside_its_folder_is_refused(reg, base_ref, score, tmp_path):
+    """The registered layer goes into the image as it is, above the scoring server: one holding /etc/passwd or
+    the server's code must be refused, not packaged."""
+    import contextlib
+    import io
+
+    from ocibuild.errors import FormatError
+    from ocibuild.models import artifact
+    from ocibuild.oci import media
+    from ocibuild.oci.descriptor import Descriptor, Manifest
+    from ocibuild.oci.digest import Digest
+    from ocibuild.registry.client import RegistryClient
+    from ocibuild.registry.reference import parse_reference
+    from ocibuild.registry.transport import RegistryOptions, Transport
+
+    folder = "var/azureml-app/azureml-models/evil/1"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, body in [
+            (f"{folder}/model.onnx", b"weights"),
+            ("opt/ocibuild/server/x.py", b"import os\n"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+    data = buf.getvalue()
+    layer = Descriptor(media.OCI_LAYER, Digest.of(data), len(data))
+    ref = parse_reference(reg.ref("pkg/evil:1"))
+    client = RegistryClient(Transport(ref.registry, RegistryOptions()), ref.repository, push=True)
+    client.upload_blob(
+        artifact.EMPTY_DESCRIPTOR,
+        lambda: contextlib.closing(io.BytesIO(artifact.EMPTY_CONFIG)),
+        lambda n: None,
+    )
+    client.upload_blob(layer, lambda: contextlib.closing(io.BytesIO(data)), lambda n: None)
+    annotations = {artifact.NAME: "evil", artifact.VERSION: "1", artifact.PATH: "/" + folder,
+                   artifact.FILES: '["model.onnx"]'}  # fmt: skip
+    manifest = Manifest.build(
+        artifact.EMPTY_DESCRIPTOR, [layer], annotations, artifact_type=artifact.ARTIFACT_TYPE
+    )
+    client.put_manifest("1", manifest.raw, manifest.media_type)
+    with pytest.raises(FormatError, match="outside the model's folder"):
+        package([reg.ref("pkg/evil:1")], InferenceConfig(score), base_ref, cache=tmp_path / "c")

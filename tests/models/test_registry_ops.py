@@ -198,3 +198,58 @@ def test_no_oras_retry_stall_on_a_dead_registry():
     with pytest.raises(UnreachableError, match="cannot connect"):
         OrasRegistry(Transport(f"127.0.0.1:{port}", options), "x/y")
     assert time.monotonic() - start < 10  # oras's own decorator would retry for over two minutes
+
+
+def test_a_link_chain_that_climbs_out_is_refused(tmp_path):
+    """``b -> .`` passes alone, and so does ``a -> b/b/../../..`` on paper; on disk the pair climbs out."""
+    stream, info = _hostile([(f"{P}/b", "sym", "."), (f"{P}/a", "sym", "b/b/../../../../../../etc/passwd")])
+    with pytest.raises(FormatError, match="points outside"):
+        _unpack(stream, info, tmp_path / "out", "model m")
+
+
+def test_a_later_link_that_turns_an_earlier_one_outward_is_refused(tmp_path):
+    stream, info = _hostile([(f"{P}/a", "sym", "x/y/../.."), (f"{P}/x", "sym", ".")])
+    with pytest.raises(FormatError, match="points outside"):
+        _unpack(stream, info, None, "model m")
+
+
+def test_inward_links_are_kept(tmp_path):
+    stream, info = _hostile(
+        [(f"{P}/w.bin", "file", ""), (f"{P}/sub/w", "sym", "../w.bin"), (f"{P}/d", "sym", "sub")]
+    )
+    _unpack(stream, info, tmp_path / "out", "model m")
+    assert (tmp_path / "out" / "sub" / "w").read_bytes() == b"x"
+
+
+def test_sparse_members_and_bombs_fill_no_disk(tmp_path):
+    """A sparse member expands to its declared size when extracted; a gzip bomb past the budget is refused."""
+    import gzip
+
+    from ocibuild.models import registry as model_registry
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        info = tarfile.TarInfo(f"{P}/sparse.bin")
+        info.type = tarfile.GNUTYPE_SPARSE
+        info.size = 0
+        t.addfile(info)
+    data = buf.getvalue()
+    desc = Descriptor(media.OCI_LAYER, Digest.of(data), len(data))
+    minfo = ModelInfo(Digest.of(b"m"), b"", "m", "1", f"/{P}", desc)
+    with pytest.raises(FormatError, match="not a file, folder or link"):
+        _unpack(VerifyingReader(io.BytesIO(data), desc.digest, desc.size), minfo, tmp_path / "s", "model m")
+    bomb = gzip.compress(bytes(64 << 20), compresslevel=9)  # 64 MiB of zeros in ~64 KiB
+    desc = Descriptor(media.OCI_LAYER_GZIP, Digest.of(bomb), len(bomb))
+    minfo = ModelInfo(Digest.of(b"m"), b"", "m", "1", f"/{P}", desc)
+    budget = (model_registry.EXPANSION_ALLOWANCE, model_registry.MAX_EXPANSION)
+    try:
+        model_registry.EXPANSION_ALLOWANCE, model_registry.MAX_EXPANSION = 1 << 20, 10
+        with pytest.raises(FormatError, match="decompression bomb"):
+            _unpack(
+                VerifyingReader(io.BytesIO(bomb), desc.digest, desc.size), minfo, tmp_path / "b", "model m"
+            )
+    finally:
+        model_registry.EXPANSION_ALLOWANCE, model_registry.MAX_EXPANSION = budget
+    assert (
+        not (tmp_path / "b").exists() or sum(f.stat().st_size for f in (tmp_path / "b").rglob("*")) < 2 << 20
+    )
