@@ -473,18 +473,27 @@ def _saved_manifest(
     reader: ArchiveReader, config: Digest, layers: list[Descriptor], what: str
 ) -> bytes | None:
     """The manifest of this config and these layers in the archive's ``index.json`` (ocibuild's and Docker ≥ 25's
-    tarballs have one), so that reading a ``docker-archive:`` does not change the image's digest."""
+    tarballs have one; with the containerd image store Docker's entries are indexes, whose present children are
+    searched too), so that reading a ``docker-archive:`` does not change the image's digest."""
     if not reader.has("index.json"):
         return None
     blobs = ArchiveSource(reader)
-    for desc in read_index_file(reader.read_small("index.json"), what).manifests:
-        if desc.media_type not in media.MANIFESTS or not blobs.has_blob(desc):
+    pending = list(read_index_file(reader.read_small("index.json"), what).manifests)
+    for _ in range(64):  # a bounded search: hostile indexes could nest or repeat
+        if not pending:
+            break
+        desc = pending.pop(0)
+        if not blobs.has_blob(desc) or desc.size > 4 << 20:
             continue
-        raw, mt = fetch_manifest(blobs, desc, what)
-        manifest = Manifest.parse(raw, f"manifest in {what}", mt)
-        same_layers = [d.digest for d in manifest.layers] == [d.digest for d in layers]
-        if manifest.config.digest == config and same_layers:
-            return raw
+        if desc.media_type in media.INDEXES:
+            raw, mt = fetch_manifest(blobs, desc, what)
+            pending += Index.parse(raw, f"index in {what}", mt).manifests
+        elif desc.media_type in media.MANIFESTS:
+            raw, mt = fetch_manifest(blobs, desc, what)
+            manifest = Manifest.parse(raw, f"manifest in {what}", mt)
+            same_layers = [d.digest for d in manifest.layers] == [d.digest for d in layers]
+            if manifest.config.digest == config and same_layers:
+                return raw
     return None
 
 

@@ -1,6 +1,7 @@
 """Several images in one tarball (`package --output --append`, `copy --append`) and whole indexes in archives and
 layouts: the written names are what `docker load` and OCI tools will see."""
 
+import io
 import json
 import os
 import tarfile
@@ -11,8 +12,9 @@ from ocibuild.build.image import ConfigChanges, NewLayer, assemble
 from ocibuild.errors import BadReferenceError
 from ocibuild.oci import media
 from ocibuild.oci.archive import Tagged, open_docker_archive, read_archive_entries, write_archive
-from ocibuild.oci.descriptor import Index, Platform
-from ocibuild.oci.image import ImageIndex
+from ocibuild.oci.descriptor import Descriptor, Index, Manifest, Platform
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.image import Image, ImageIndex
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import LayoutSource, open_layout, read_layout_index, write_layout
 from ocibuild.oci.store import BlobStore
@@ -168,3 +170,34 @@ def test_legacy_links_between_layer_folders_are_followed_but_never_out(tmp_path)
     with reader.open("bbb/layer.tar") as f:
         assert f.read() == b"layer bytes"
     assert not reader.has("ccc/layer.tar")
+
+
+def test_docker_archive_keeps_the_digest_when_index_json_lists_an_index(tmp_path):
+    """Docker >= 25 with the containerd store saves index.json -> image index -> manifests (only the local
+    platform's present): reading it as docker-archive: must find the saved manifest, not build a new one."""
+    plain = _image(tmp_path, 1)
+    # A manifest that a reader could not rebuild from manifest.json alone (it has annotations).
+    manifest = Manifest.build(
+        plain.manifest.config, list(plain.layers), annotations={"built.by": "another tool"}
+    )
+    a = Image(manifest, plain.config_raw, plain.blobs)
+    other = Platform("linux", "arm64")
+    absent = Descriptor(a.manifest.media_type, Digest.of(b"not in the file"), 10, platform=other)
+    index = Index.build([a.manifest.descriptor(platform=a.platform), absent])
+    out = tmp_path / "d25.tar"
+    write_archive([Tagged(a, "app:1", "1", "docker.io/library/app:1")], out)
+    # Rewrite index.json to point at an index holding the manifest, as containerd's exporter does.
+    with tarfile.open(out) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
+    top = {"schemaVersion": 2, "manifests": [{"mediaType": media.OCI_INDEX, "digest": str(index.digest),
+                                              "size": len(index.raw)}]}  # fmt: skip
+    with tarfile.open(out, "w") as tf:
+        for m, data in members:
+            if m.name == "index.json":
+                data = json.dumps(top).encode()
+                m.size = len(data)
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+        blob = tarfile.TarInfo(f"blobs/sha256/{index.digest.hex}")
+        blob.size = len(index.raw)
+        tf.addfile(blob, io.BytesIO(index.raw))
+    assert open_docker_archive(out, "app:1", AMD64).digest == a.digest
