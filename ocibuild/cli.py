@@ -310,7 +310,7 @@ def cmd_copy(args) -> int:
     elif args.src_creds:
         raise UsageError("--src-creds is for a registry SRC; this one is local")
     if dest.ref is not None:
-        dest_options = options.for_target(dest.ref.registry, args.dest_creds)
+        dest_options = options.for_target(dest.ref.registry, args.dest_creds, "--dest-creds")
     elif args.dest_creds:
         raise UsageError("--dest-creds is for a registry DEST; this one is local")
     progress = Progress(quiet=args.quiet)

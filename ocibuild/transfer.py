@@ -104,7 +104,10 @@ def open_source(
             raise UsageError(
                 f"{loc.text}: a docker archive holds single-platform images; drop --all-platforms"
             )
-        return open_docker_archive(loc.path, loc.name, platform or Platform("linux", "amd64"))
+        image = open_docker_archive(loc.path, loc.name, platform or Platform("linux", "amd64"))
+        if platform is not None and not platform.matches(image.platform):
+            raise InputError(f"{loc.text} is an image for {image.platform}, not {platform}; drop --platform")
+        return image
     if loc.transport == "docker":
         client = RegistryClient(Transport(loc.ref.registry, options), loc.ref.repository)
         blobs: BlobSource = RegistryStream(client)
@@ -133,8 +136,14 @@ def open_source(
         if len(candidates) > 1:
             raise InputError(f"{what} lists {len(candidates)} images under that name; name one by its tag")
         return load_entry(candidates[0], blobs, what)
-    raw, mt = resolve_platform(candidates, blobs, platform or Platform("linux", "amd64"), what)
-    return load_manifest(raw, blobs, what, mt)
+    wanted = platform or Platform("linux", "amd64")
+    raw, mt = resolve_platform(candidates, blobs, wanted, what)
+    image = load_manifest(raw, blobs, what, mt)
+    if platform is not None and image.is_container_image and not platform.matches(image.platform):
+        raise InputError(
+            f"{what} is an image for {image.platform}, not {platform}; drop --platform to copy it"
+        )
+    return image
 
 
 class _Prefetched:

@@ -423,7 +423,9 @@ def resolve_model(
     layer = Descriptor(info.layer.media_type, info.layer.digest, info.layer.size)
     source = ModelSource(reg.client, store, {str(layer.digest)}, progress)
     progress.step(f"model {ref}: {info.name}:{info.version} ({info.digest.short}, {human_size(layer.size)})")
-    return ResolvedModel(str(ref), info, BuiltLayer(layer, _checked_diff_id(info, source, store, str(ref))), source)
+    return ResolvedModel(
+        str(ref), info, BuiltLayer(layer, _checked_diff_id(info, source, store, str(ref))), source
+    )
 
 
 def _checked_key(info: ModelInfo) -> str:

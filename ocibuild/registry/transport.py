@@ -96,11 +96,11 @@ class RegistryOptions:
             return self
         return replace(self, credentials={**self.credentials, host: creds})
 
-    def for_target(self, host: str, creds: str | None) -> RegistryOptions:
+    def for_target(self, host: str, creds: str | None, option: str = "--creds") -> RegistryOptions:
         """Bind ``--creds USER:PASSWORD`` (else, unless ``host`` already has some, the environment's) to
-        ``host``: the one registry the user named them for."""
+        ``host``: the one registry the user named them for. ``option`` names them in messages."""
         if creds:
-            return self.with_credentials(host, parse_creds(creds))
+            return self.with_credentials(host, parse_creds(creds, option))
         if host in self.credentials:
             return self
         return self.with_credentials(host, env_credentials())

@@ -403,8 +403,17 @@ def test_a_registered_model_travels_by_tarball_and_pulls_back_identical(example_
     assert pulled.read_bytes() == example_model.model.read_bytes()
 
 
-def test_bad_references_give_one_line(work, registry):
+def test_bad_references_give_one_line(work, registry, base_image):
     for args, expect in [
+        (
+            ("--platform", "linux/arm64", base_image.docker_archive_ref, f"oci:{work / 'n'}"),
+            "not linux/arm64",
+        ),
+        (("--platform", "linux/arm64", base_image.ref, f"oci:{work / 'n'}"), "linux/arm64"),
+        (
+            (base_image.ref, f"docker://{registry.get('plain').ref('x/y:1')}", "--dest-creds", "nocolon"),
+            "--dest-creds must be USER:PASSWORD",
+        ),
         (("dir:/tmp/x", f"oci:{work / 'n'}"), "not a transport"),
         ((f"oci:{work / 'missing'}", f"oci:{work / 'n'}"), "not an OCI image layout"),
         ((f"docker-archive:{work / 'missing.tar'}", f"oci:{work / 'n'}"), "no such file"),
