@@ -95,7 +95,9 @@ def resolve_platform(
     matching = [d for d in manifests if d.platform is None or platform.matches(d.platform)]
     if not matching:
         have = ", ".join(str(d.platform) for d in manifests if d.platform) or "none"
-        raise InputError(f"{what} has no image for platform {platform}; it has: {have}. Pass --platform")
+        raise InputError(
+            f"{what} has no image for platform {platform}; it has: {have} (choose with --platform)"
+        )
     # An exact variant match beats an entry that merely does not contradict.
     matching.sort(key=lambda d: d.platform is None or d.platform != platform)
     return fetch_manifest(blobs, matching[0], what)
@@ -183,6 +185,8 @@ def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None)
             entries = [d for d in entries if d.annotations.get(media.REF_NAME) != ref_name]
         if full_name:
             annotations[media.CONTAINERD_IMAGE_NAME] = full_name
+        if not annotations:  # an untagged entry once is enough
+            entries = [d for d in entries if d.digest != entry.digest or d.annotations]
         entries.append(entry.entry(annotations))
     _write_small(root, "index.json", Index.build(entries).raw)
 

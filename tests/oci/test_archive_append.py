@@ -201,3 +201,13 @@ def test_docker_archive_keeps_the_digest_when_index_json_lists_an_index(tmp_path
         blob.size = len(index.raw)
         tf.addfile(blob, io.BytesIO(index.raw))
     assert open_docker_archive(out, "app:1", AMD64).digest == a.digest
+
+
+def test_copying_untagged_into_a_layout_twice_adds_one_entry(tmp_path):
+    a = _image(tmp_path, 1)
+    layout = tmp_path / "layout"
+    write_layout([(a, None, None)], layout)
+    write_layout([(a, None, None)], layout)
+    write_layout([(a, "v1", None)], layout)
+    entries = read_layout_index(layout).manifests
+    assert sorted(d.annotations.get(media.REF_NAME, "") for d in entries) == ["", "v1"]
