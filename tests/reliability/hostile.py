@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -263,16 +262,16 @@ def ocibuild(
     memory: int = MEMORY_LIMIT,
     env: dict[str, str] | None = None,
 ) -> Result:
-    """``python -m ocibuild ARGS`` with a wall-clock timeout and an address-space limit; reports its peak RSS."""
+    """``python -m ocibuild ARGS`` with a wall-clock timeout and an address-space limit; reports its peak RSS.
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    argv = [sys.executable, "-m", "ocibuild", *map(os.fspath, args)]
+    The limit is set by ``prlimit`` rather than a ``preexec_fn``: with one, Python forks the whole test process,
+    and the child's peak RSS (``wait4``) would count the pytest process's pages at the fork; without, it uses
+    vfork, and the peak is ocibuild's own."""
+    argv = ["prlimit", f"--as={memory}", "--", sys.executable, "-m", "ocibuild", *map(os.fspath, args)]
     full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=full_env, preexec_fn=limit)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=full_env)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
