@@ -264,28 +264,36 @@ def ocibuild(
 ) -> Result:
     """``python -m ocibuild ARGS`` with a wall-clock timeout and an address-space limit; reports its peak RSS.
 
-    The limit is set by ``prlimit`` rather than a ``preexec_fn``: with one, Python forks the whole test process,
-    and the child's peak RSS (``wait4``) would count the pytest process's pages at the fork; without, it uses
-    vfork, and the peak is ocibuild's own."""
-    argv = ["prlimit", f"--as={memory}", "--", sys.executable, "-m", "ocibuild", *map(os.fspath, args)]
-    full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})}
+    The peak is the process's own ``VmHWM``, written by the child as it exits (and polled while it runs, for a
+    child that is killed): ``wait4``'s ``ru_maxrss`` would count the pytest process's pages at the fork, which
+    by the end of the suite are hundreds of MB."""
+    peak_file = Path(tempfile.mkstemp(prefix="ocibuild-peak-")[1])
+    argv = ["prlimit", f"--as={memory}", "--", sys.executable, "-c", _REPORT_PEAK, *map(os.fspath, args)]
+    full_env = {
+        **os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OCIBUILD_TEST_PEAK": str(peak_file),
+        **(env or {}),
+    }  # fmt: skip
+    polled = 0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=full_env)
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            polled = max(polled, _vm_hwm_kb(proc.pid))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() - start > timeout:
                 proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
+                _, status, _ = os.wait4(proc.pid, 0)
                 proc.returncode = -9
                 err.seek(0)
                 raise AssertionError(
                     f"ocibuild {' '.join(map(str, args))} still running after {timeout} s (killed):\n"
                     + err.read().decode(errors="replace")[-3000:]
                 )
-            time.sleep(0.02)
+            time.sleep(0.01)
+        reported = int(peak_file.read_text() or 0) if peak_file.stat().st_size else 0
+        peak_file.unlink()
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
         out.seek(0)
@@ -295,8 +303,33 @@ def ocibuild(
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
             seconds,
-            usage.ru_maxrss / 1024,
+            max(reported, polled) / 1024,
         )
+
+
+# Runs ``python -m ocibuild`` and, as it exits, writes its own peak RSS (kB) where $OCIBUILD_TEST_PEAK says.
+_REPORT_PEAK = """
+import atexit, os, runpy, sys
+
+def _report():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["OCIBUILD_TEST_PEAK"], "w") as f:
+        f.write(kb)
+
+atexit.register(_report)
+sys.argv[0] = "ocibuild"
+runpy.run_module("ocibuild", run_name="__main__", alter_sys=True)
+"""
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """A running process's peak RSS so far (0 once it is gone, or before it has exec'd into Python)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, int, int]]:
