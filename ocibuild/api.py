@@ -27,7 +27,7 @@ from .oci.digest import Digest
 from .oci.layout import write_layout
 from .oci.store import BlobStore
 from .progress import Progress
-from .registry.reference import parse_reference
+from .registry.reference import ImageName, parse_reference
 from .registry.transport import RegistryOptions
 
 PathLike = str | os.PathLike
@@ -58,20 +58,6 @@ class InferenceConfig:
     entry_script: PathLike
     source_directory: PathLike | None = None
     environment: Environment = field(default_factory=Environment)
-
-
-@dataclass(frozen=True)
-class ImageName:
-    """A name to give the image in an archive or layout: ``repo_tag`` for Docker, ``ref_name``/``full`` for OCI."""
-
-    repo_tag: str
-    ref_name: str
-    full: str
-
-    @classmethod
-    def parse(cls, tag: str) -> ImageName:
-        ref = parse_reference(tag)
-        return cls(repo_tag=ref.familiar, ref_name=ref.tag or "latest", full=str(ref))
 
 
 class Package:

@@ -34,7 +34,7 @@ from .oci.layout import (
 from .progress import Progress
 from .registry.client import RegistryClient
 from .registry.pull import BlobOrigin
-from .registry.reference import Reference, parse_reference
+from .registry.reference import ImageName, Reference, parse_reference
 from .registry.transport import RegistryOptions, Transport
 
 Entry = Image | ImageIndex
@@ -165,20 +165,6 @@ class _Prefetched:
 # ---------------------------------------------------------------- destinations
 
 
-@dataclass(frozen=True)
-class Names:
-    """What to call the copy: a registry tag, a layout ``ref.name``, an archive's Docker ``RepoTags``."""
-
-    repo_tag: str | None
-    ref_name: str | None
-    full: str | None
-
-    @classmethod
-    def of(cls, text: str) -> Names:
-        ref = parse_reference(text)
-        return cls(ref.familiar, ref.tag or "latest", str(ref))
-
-
 def copy_to(
     entry: Entry,
     dest: Location,
@@ -218,10 +204,10 @@ def copy_to(
     return entry.digest
 
 
-def _names(dest: Location, name: str) -> Names:
+def _names(dest: Location, name: str) -> ImageName:
     if dest.transport == "docker-archive" or "/" in name or ":" in name:
-        return Names.of(name)
-    return Names(None, name, None)  # an OCI tag, as skopeo's oci:DIR:TAG
+        return ImageName.parse(name)
+    return ImageName(None, name, None)  # an OCI tag, as skopeo's oci:DIR:TAG
 
 
 def _push(

@@ -111,3 +111,18 @@ def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
     if tag is None and digest is None:
         tag = default_tag
     return Reference(registry, repository, tag, digest)
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """A name to give an image in an archive or layout: ``repo_tag`` for Docker's ``RepoTags``, ``ref_name`` and
+    ``full`` for OCI's ``index.json`` (``org.opencontainers.image.ref.name``, ``io.containerd.image.name``)."""
+
+    repo_tag: str | None
+    ref_name: str | None
+    full: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> ImageName:
+        ref = parse_reference(text)
+        return cls(repo_tag=ref.familiar, ref_name=ref.tag or "latest", full=str(ref))
