@@ -65,3 +65,19 @@ class ByteCounter:
         line = f"{self.label}: {human_size(self.total)} in {secs:.1f}s{extra}"
         self.p.stream.write(("\r" + line + "\x1b[K\n") if self.p.live else line + "\n")
         self.p.stream.flush()
+
+
+class Counted:
+    """A stream whose reads report the running total to ``counter`` (a ``Progress.bytes`` callback)."""
+
+    def __init__(self, stream, counter):
+        self._stream, self._counter, self._n = stream, counter, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._n += len(data)
+        self._counter(self._n)
+        return data
+
+    def close(self) -> None:
+        self._stream.close()

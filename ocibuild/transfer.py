@@ -33,7 +33,7 @@ from .oci.layout import (
 )
 from .progress import Progress
 from .registry.client import RegistryClient
-from .registry.pull import BlobOrigin
+from .registry.pull import RegistryStream
 from .registry.reference import ImageName, Reference, parse_reference
 from .registry.transport import RegistryOptions, Transport
 
@@ -69,26 +69,6 @@ class Location:
 
 
 # ---------------------------------------------------------------- sources
-
-
-class RegistryStream:
-    """Blobs and child manifests of one repository, streamed from the registry and verified, never cached: a
-    copy passes them straight on. Knows where they live, so a push to the same registry mounts them."""
-
-    def __init__(self, client: RegistryClient):
-        self.client = client
-
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        if desc.media_type in media.MANIFESTS or desc.media_type in media.INDEXES:
-            raw, _ = self.client.get_manifest(desc.digest)
-            return VerifyingReader(io.BytesIO(raw), desc.digest, desc.size, f"manifest in {self.client.what}")
-        return self.client.open_blob(desc)
-
-    def has_blob(self, desc: Descriptor) -> bool:
-        return True
-
-    def blob_origin(self, desc: Descriptor) -> BlobOrigin:
-        return BlobOrigin(self.client.transport.host, self.client.repository)
 
 
 def open_source(

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import tarfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,7 +25,7 @@ from ..oci.layer import BuiltLayer
 from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
 from ..oci.tempfiles import new_directory
-from ..progress import Progress, human_size
+from ..progress import Counted, Progress, human_size
 from ..registry.errors import NotFoundError
 from ..registry.pull import RegistrySource
 from ..registry.reference import Reference, parse_reference
@@ -232,21 +231,10 @@ def pull_model(
         with new_directory(directory) as tmp:
             counter = progress.bytes(f"pulling {info.name}:{info.version}", info.layer.size)
             with reg.open_blob(info.layer) as blob:
-                _unpack(_Counted(blob, counter), info, tmp, f"model {ref}")
+                _unpack(Counted(blob, counter), info, tmp, f"model {ref}")
             counter.done()
     progress.step(f"pulled model {info.name}:{info.version} ({info.digest}) into {directory}")
     return info
-
-
-class _Counted:
-    def __init__(self, stream: BinaryIO, counter: Callable[[int], None]):
-        self._stream, self._counter, self._n = stream, counter, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._n += len(data)
-        self._counter(self._n)
-        return data
 
 
 def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path | None, what: str) -> Digest:

@@ -20,7 +20,7 @@ from ..oci.digest import VerifyingReader
 from ..oci.image import Image, load_image
 from ..oci.layout import resolve_platform
 from ..oci.store import BlobStore
-from ..progress import Progress
+from ..progress import Counted, Progress
 from .client import RegistryClient
 from .errors import TransientError
 from .reference import Reference
@@ -84,7 +84,7 @@ class RegistrySource:
             try:
                 with self.client.open_blob(desc) as stream:
                     self.store.ingest(
-                        _Counted(stream, counter), desc.digest, desc.size, f"blob from {self.client.what}"
+                        Counted(stream, counter), desc.digest, desc.size, f"blob from {self.client.what}"
                     )
                 break
             except TransientError:
@@ -95,36 +95,25 @@ class RegistrySource:
             counter.done()
 
 
-class _Counted:
-    def __init__(self, stream: VerifyingReader, counter):
-        self._stream = stream
-        self._counter = counter
-        self._n = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._n += len(data)
-        self._counter(self._n)
-        return data
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-class _ManifestSource:
-    """Lets ``oci.layout.resolve_platform`` fetch an index's child manifests (from ``/manifests/``, not blobs)."""
+class RegistryStream:
+    """Blobs and child manifests of one repository, streamed from the registry and verified, never cached (a
+    copy passes them straight on; ``resolve_platform`` reads an index's children through it). Knows where they
+    live, so a push to the same registry mounts them."""
 
     def __init__(self, client: RegistryClient):
         self.client = client
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
-        raw, _ = self.client.get_manifest(desc.digest)  # verified against the digest
-        return VerifyingReader(
-            io.BytesIO(raw), desc.digest, desc.size, what=f"manifest in {self.client.what}"
-        )
+        if desc.media_type in media.MANIFESTS or desc.media_type in media.INDEXES:
+            raw, _ = self.client.get_manifest(desc.digest)  # verified against the digest
+            return VerifyingReader(io.BytesIO(raw), desc.digest, desc.size, f"manifest in {self.client.what}")
+        return self.client.open_blob(desc)
 
     def has_blob(self, desc: Descriptor) -> bool:
         return True
+
+    def blob_origin(self, desc: Descriptor) -> BlobOrigin:
+        return BlobOrigin(self.client.transport.host, self.client.repository)
 
 
 def open_registry_image(
@@ -144,7 +133,7 @@ def open_registry_image(
     mt = mt or sniff_media_type(raw, f"manifest of {what}")
     if mt in media.INDEXES:
         index = Index.parse(raw, f"index of {what}", mt)
-        raw, mt = resolve_platform(list(index.manifests), _ManifestSource(client), platform, what)
+        raw, mt = resolve_platform(list(index.manifests), RegistryStream(client), platform, what)
     manifest = Manifest.parse(raw, f"manifest of {what}", mt)
     digests = {str(manifest.config.digest), *(str(d.digest) for d in manifest.layers)}
     source = RegistrySource(client, store, digests, progress)
