@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
-from .build.base import OTHER_TRANSPORTS, split_layout, split_path_and_name
-from .errors import BadReferenceError, InputError, UsageError
+from .build.base import Location
+from .errors import InputError, UsageError
 from .oci import media
 from .oci.archive import ArchiveReader, ArchiveSource, Tagged, load_entry, open_docker_archive, write_archive
 from .oci.descriptor import Descriptor, Platform, sniff_media_type
@@ -38,34 +36,6 @@ from .registry.reference import ImageName, Reference, parse_reference
 from .registry.transport import RegistryOptions, Transport
 
 Entry = Image | ImageIndex
-
-
-@dataclass(frozen=True)
-class Location:
-    """A parsed ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]`` or registry
-    reference (``docker://HOST/REPO:TAG``, or bare)."""
-
-    transport: str  # "docker", "oci", "oci-archive", "docker-archive"
-    text: str
-    path: Path | None = None
-    name: str | None = None  # the tag (oci, oci-archive) or NAME:TAG (docker-archive) after the path
-    ref: Reference | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Location:
-        if text.startswith("oci:"):
-            path, name = split_layout(text[4:])
-            return cls("oci", text, path, name)
-        for transport in ("oci-archive", "docker-archive"):
-            if text.startswith(transport + ":"):
-                path, name = split_path_and_name(text[len(transport) + 1 :])
-                return cls(transport, text, path, name)
-        if text.split(":", 1)[0] in OTHER_TRANSPORTS or text == "scratch":
-            raise BadReferenceError(
-                f"{text!r}: not a transport ocibuild copies; use oci:DIR[:TAG], oci-archive:FILE[:TAG], "
-                "docker-archive:FILE[:NAME:TAG] or docker://HOST/REPO:TAG"
-            )
-        return cls("docker", text, ref=parse_reference(text))
 
 
 # ---------------------------------------------------------------- sources

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,35 @@ def split_path_and_name(rest: str) -> tuple[Path, str | None]:
     return Path(path), name or None
 
 
+@dataclass(frozen=True)
+class Location:
+    """A parsed ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]`` or registry
+    reference (``docker://HOST/REPO:TAG``, or bare): what ``--base`` and ``copy`` read and write."""
+
+    transport: str  # "docker", "oci", "oci-archive", "docker-archive"
+    text: str
+    path: Path | None = None
+    name: str | None = None  # the tag (oci, oci-archive) or NAME:TAG (docker-archive) after the path
+    ref: Reference | None = None
+
+    @classmethod
+    def parse(cls, text: str, role: str = "image") -> Location:
+        if text.startswith("oci:"):
+            path, name = split_layout(text[4:])
+            return cls("oci", text, path, name)
+        for transport in ("oci-archive", "docker-archive"):
+            if text.startswith(transport + ":"):
+                path, name = split_path_and_name(text[len(transport) + 1 :])
+                return cls(transport, text, path, name)
+        scheme = text.split(":", 1)[0]
+        if scheme in OTHER_TRANSPORTS or text == SCRATCH:
+            raise BadReferenceError(
+                f"{role} {text!r}: transport {scheme!r} is not supported (not a transport ocibuild reads); use "
+                "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG] or docker://HOST/REPO:TAG"
+            )
+        return cls("docker", text, ref=parse_reference(text))
+
+
 def resolve_base(
     ref: str,
     platform: Platform,
@@ -58,24 +88,17 @@ def resolve_base(
     """
     if ref == SCRATCH:
         return None
-    if ref.startswith("oci:"):
-        path, name = split_layout(ref[4:])
-        image = open_layout(path, name, platform)
-    elif ref.startswith("oci-archive:"):
-        path, name = split_path_and_name(ref[len("oci-archive:") :])
-        image = open_oci_archive(path, name, platform)
-    elif ref.startswith("docker-archive:"):
-        path, name = split_path_and_name(ref[len("docker-archive:") :])
-        image = open_docker_archive(path, name, platform)
-    elif ref.split(":", 1)[0] in OTHER_TRANSPORTS:
-        raise BadReferenceError(
-            f"base {ref!r}: transport {ref.split(':', 1)[0]!r} is not supported; use oci:DIR[:TAG], "
-            "oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker://HOST/REPO:TAG or scratch"
-        )
+    loc = Location.parse(ref, "base")
+    if loc.transport == "oci":
+        image = open_layout(loc.path, loc.name, platform)
+    elif loc.transport == "oci-archive":
+        image = open_oci_archive(loc.path, loc.name, platform)
+    elif loc.transport == "docker-archive":
+        image = open_docker_archive(loc.path, loc.name, platform)
     else:
         from ..registry.pull import open_registry_image
 
-        image = open_registry_image(parse_reference(ref), platform, registry, store or BlobStore(), progress)
+        image = open_registry_image(loc.ref, platform, registry, store or BlobStore(), progress)
     if not platform.matches(image.platform):
         raise BaseImageError(
             f"base {ref} is for {image.platform}, not {platform}; pass --platform {image.platform} or another base"
@@ -86,11 +109,9 @@ def resolve_base(
 def registry_reference(ref: str) -> Reference | None:
     """The registry reference a ``--base`` names, or None for local transports and scratch (for binding
     credentials to the base's registry)."""
-    if ref == SCRATCH or ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
+    if ref == SCRATCH or ref.split(":", 1)[0] in OTHER_TRANSPORTS:
         return None
-    if ref.split(":", 1)[0] in OTHER_TRANSPORTS:
-        return None
-    return parse_reference(ref)
+    return Location.parse(ref, "base").ref
 
 
 def split_layout(rest: str) -> tuple[Path, str | None]:
