@@ -119,8 +119,8 @@ def push(layout: str, ref_name: str, target: str) -> dict:
     (loopback), as Docker allows. ``seconds`` covers opening the layout and the push, not the imports."""
     from ocibuild.oci.descriptor import Platform
     from ocibuild.oci.layout import open_layout
+    from ocibuild.oci.name import parse_reference
     from ocibuild.registry.push import push_image
-    from ocibuild.registry.reference import parse_reference
 
     start = time.perf_counter()
     image = open_layout(Path(layout), ref_name, Platform())

@@ -18,17 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build.base import default_base
-from .build.environment import PythonEnvironment, load_environment
-from .build.package import BuildResult, PackageSpec, build
+from .events import Progress
 from .oci.archive import Tagged, write_archive
 from .oci.descriptor import Platform
 from .oci.digest import Digest
 from .oci.layout import write_layout
+from .oci.name import ImageName, parse_reference
 from .oci.store import BlobStore
-from .progress import Progress
-from .registry.reference import ImageName, parse_reference
+from .packaging.environment import PythonEnvironment, load_environment
+from .packaging.package import BuildResult, PackageSpec, build
 from .registry.transport import RegistryOptions
+from .settings import default_base
 
 PathLike = str | os.PathLike
 
@@ -100,14 +100,14 @@ class Package:
 
     def save(self, directory: PathLike) -> Path:
         """A Dockerfile build context that ``docker build`` turns into an image that behaves the same."""
-        from .build.dockerfile import write_context
+        from .packaging.dockerfile import write_context
 
         write_context(self.result, Path(directory))
         return Path(directory)
 
     def load(self, tag: str | None = None) -> str:
         """Stream the image into the local Docker or podman engine; returns the engine's message."""
-        from .engine import load_into_engine
+        from .transports.engine import load_into_engine
 
         name = ImageName.parse(tag or self.default_tag())
         return load_into_engine([Tagged(self.image, name.repo_tag, name.ref_name, name.full)])

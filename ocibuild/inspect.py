@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from .build.base import resolve_base
 from .errors import UsageError
+from .events import human_size
 from .oci.descriptor import Platform
-from .progress import human_size
 from .registry.transport import RegistryOptions
+from .transports.open import resolve_base
 
 
 def inspect_reference(

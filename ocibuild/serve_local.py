@@ -12,9 +12,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .build.entry_script import check_entry_script
-from .build.package import model_name_for
 from .errors import InputError
+from .models.placement import model_name_for
+from .packaging.entry_script import check_entry_script
 
 
 def serve_locally(

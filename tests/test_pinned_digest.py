@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ocibuild import Environment, InferenceConfig, package
-from tests.build.test_pyenv import bookworm
+from tests.packaging.test_pyenv import bookworm
 
 # Changed on purpose, with the reason, by: (none yet).
 PINNED = "sha256:c5aa53741e2c9d83662ce957d3c08edb347be3ac3b8f694ffb0299ac8f031f20"

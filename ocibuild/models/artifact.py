@@ -23,12 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache.layers import cached_layer, remember_layer
 from ..errors import FormatError, InputError, UsageError
 from ..oci import media
 from ..oci.descriptor import Descriptor, Manifest, sniff_media_type
 from ..oci.digest import Digest
 from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
 from ..oci.store import BlobStore
+from .placement import add_model, model_dir_in_image
 
 ARTIFACT_TYPE = "application/vnd.ocibuild.model.v1"
 EMPTY_CONFIG = b"{}"
@@ -126,8 +128,6 @@ def read_model_manifest(raw: bytes, what: str, media_type: str = "") -> ModelInf
     name, version, path = a.get(NAME, ""), a.get(VERSION, ""), a.get(PATH, "")
     if not _NAME_RE.fullmatch(name) or not _VERSION_RE.fullmatch(version):
         raise FormatError(f"{what}: the artifact's model name or version annotation is missing or malformed")
-    from ..build.package import model_dir_in_image
-
     if path != "/" + model_dir_in_image(name, version):
         raise FormatError(
             f"{what}: the artifact's model path {path!r:.120} is not where its name and version say"
@@ -174,8 +174,7 @@ def build_artifact(
 ) -> BuiltArtifact:
     """The model at ``path`` (a file or a folder) as an artifact: its layer in ``store`` (a derived blob when big,
     as ``package`` does), its manifest in memory. Reproducible: the inputs alone decide every byte."""
-    from ..build.image import timestamp
-    from ..build.package import add_model, cached_layer, model_dir_in_image
+    from ..oci.mutate import timestamp
 
     check_name(name)
     check_version(version)
@@ -187,7 +186,7 @@ def build_artifact(
     layer = cached_layer(store, key) if use_cache else None
     if layer is None:
         layer = write_layer(contents, store, "gzip", progress, derive=True)
-        store.put_ref(key, {"descriptor": layer.descriptor.to_json(), "diff_id": str(layer.diff_id)})
+        remember_layer(store, key, layer)
     store.put_bytes(EMPTY_CONFIG)
     folder = model_dir_in_image(name, version)
     annotations = {

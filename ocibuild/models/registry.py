@@ -17,18 +17,18 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..errors import FormatError, InputError, OutputError, UsageError
+from ..events import Counted, Progress, human_size
 from ..oci import compress
 from ..oci.descriptor import Descriptor
 from ..oci.digest import CHUNK, Digest
 from ..oci.image import EXPANSION_ALLOWANCE, MAX_EXPANSION
 from ..oci.layer import BuiltLayer
+from ..oci.name import Reference, parse_reference
 from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
 from ..oci.tempfiles import new_directory
-from ..progress import Counted, Progress, human_size
 from ..registry.errors import NotFoundError
-from ..registry.pull import RegistrySource
-from ..registry.reference import Reference, parse_reference
+from ..registry.source import RegistrySource
 from ..registry.transport import RegistryOptions, Transport
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
 from .orasclient import OrasRegistry

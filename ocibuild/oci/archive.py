@@ -398,7 +398,7 @@ def _familiar(full: str | None) -> str | None:
     if not full:
         return None
     try:
-        from ..registry.reference import parse_reference
+        from .name import parse_reference
 
         return parse_reference(full).familiar
     except OcibuildError:
@@ -407,7 +407,7 @@ def _familiar(full: str | None) -> str | None:
 
 def _full(repo_tag: str) -> str | None:
     try:
-        from ..registry.reference import parse_reference
+        from .name import parse_reference
 
         return str(parse_reference(repo_tag))
     except OcibuildError:

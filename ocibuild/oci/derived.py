@@ -17,8 +17,7 @@ from ..errors import DigestMismatchError, FormatError
 from . import compress
 from .compress import SEGMENT
 from .digest import Digest
-from .layer import LAYER_FORMAT
-from .pipeline import Output, Release, nothing, pump
+from .pipeline import LAYER_FORMAT, Output, Release, nothing, pump
 from .tarstream import Entry, TarStream, file_ident
 
 

@@ -25,13 +25,12 @@ from ..errors import InputError
 from . import compress
 from .descriptor import Descriptor
 from .digest import Digest
-from .pipeline import Output, Release, pump
+from .pipeline import LAYER_FORMAT, Output, Release, pump
 from .store import BlobStore, write_all
 from .tarstream import Entry, TarStream, file_ident
 
 # Layers at least this big, whose sources outlive the build (``derive=True``), become derived blobs.
 DERIVE_MIN = 64 << 20
-LAYER_FORMAT = f"layer-v2-{compress.ENCODING_ID}"
 
 
 def source_date_epoch() -> int:

@@ -23,6 +23,8 @@ from .compress import SEGMENT, Encoded, SegmentEncoder
 from .digest import Digest
 from .tarstream import TarStream
 
+# The layer encoding's identity: recipes and cache keys of another encoding are never trusted.
+LAYER_FORMAT = f"layer-v2-{compress.ENCODING_ID}"
 MAX_WORKERS = 8  # segment encoders; with their buffers this bounds memory whatever the machine
 
 

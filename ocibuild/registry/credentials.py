@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..oci.name import DOCKER_HUB
 from .errors import RegistryError
-from .reference import DOCKER_HUB
 
 ENV_USER = "OCIBUILD_REGISTRY_USER"
 ENV_PASSWORD = "OCIBUILD_REGISTRY_PASSWORD"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BadReferenceError
+from ..oci.name import _HOST
 from .credentials import Credentials, normalise_host, save_login
-from .reference import _HOST
 from .transport import RegistryOptions, Transport, status_error
 
 

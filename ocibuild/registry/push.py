@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from ..errors import UsageError
+from ..events import Progress, human_size
 from ..oci.descriptor import Descriptor
 from ..oci.digest import Digest
 from ..oci.image import Image
-from ..progress import Progress, human_size
+from ..oci.name import Reference
 from .client import RegistryClient
 from .errors import TransientError
-from .pull import blob_origin
-from .reference import Reference
+from .source import blob_origin
 from .transport import RegistryOptions, Transport, retry_delay
 
 WORKERS = 4

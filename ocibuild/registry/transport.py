@@ -36,10 +36,10 @@ import urllib3
 
 from .. import __version__
 from ..errors import UsageError
+from ..oci.name import DOCKER_HUB
 from .auth import Authenticator
 from .credentials import Credentials, env_credentials, lookup, parse_creds
 from .errors import RegistryError, TLSError, TransientError, UnreachableError
-from .reference import DOCKER_HUB
 
 SEND_BLOCK = 1 << 20  # bytes per socket write of a streamed upload (urllib3's default is 16 KiB)
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})

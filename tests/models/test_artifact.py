@@ -8,7 +8,6 @@ import tarfile
 
 import pytest
 
-from ocibuild.build.package import APP_ROOT
 from ocibuild.errors import FormatError, UsageError
 from ocibuild.models.artifact import (
     ARTIFACT_TYPE,
@@ -26,6 +25,7 @@ from ocibuild.oci import media
 from ocibuild.oci.descriptor import Descriptor, Manifest, canonical_json
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.store import BlobStore
+from ocibuild.packaging.package import APP_ROOT
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_incompressible_weights_are_a_plain_tar_titled_so(tmp_path):
 
 def test_same_layer_as_package_builds_for_the_same_model(model_file, tmp_path):
     """The point of the format: ``package model.pkl --name ridge --model-version 3`` makes the very same blob."""
-    from ocibuild.build.package import add_model
+    from ocibuild.models.placement import add_model
     from ocibuild.oci.layer import LayerContents, write_layer
 
     store = BlobStore(tmp_path / "c")

@@ -146,8 +146,8 @@ def test_a_registered_layer_that_writes_outside_its_folder_is_refused(reg, base_
     from ocibuild.oci import media
     from ocibuild.oci.descriptor import Descriptor, Manifest
     from ocibuild.oci.digest import Digest
+    from ocibuild.oci.name import parse_reference
     from ocibuild.registry.client import RegistryClient
-    from ocibuild.registry.reference import parse_reference
     from ocibuild.registry.transport import RegistryOptions, Transport
 
     folder = "var/azureml-app/azureml-models/evil/1"

@@ -17,9 +17,9 @@ from ocibuild.models.registry import _unpack, list_models, pull_model, push_mode
 from ocibuild.oci import media
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest, VerifyingReader
+from ocibuild.oci.name import parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.errors import NotFoundError, UnreachableError
-from ocibuild.registry.reference import parse_reference
 from ocibuild.registry.transport import RegistryOptions, RetryPolicy, Transport
 from tests.conftest import free_port
 

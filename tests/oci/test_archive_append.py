@@ -8,7 +8,6 @@ import tarfile
 
 import pytest
 
-from ocibuild.build.image import ConfigChanges, NewLayer, assemble
 from ocibuild.errors import BadReferenceError
 from ocibuild.oci import media
 from ocibuild.oci.archive import Tagged, open_docker_archive, read_archive_entries, write_archive
@@ -17,8 +16,9 @@ from ocibuild.oci.digest import Digest
 from ocibuild.oci.image import Image, ImageIndex
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import LayoutSource, open_layout, read_layout_index, write_layout
+from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
 from ocibuild.oci.store import BlobStore
-from ocibuild.transfer import Location
+from ocibuild.transports.location import Location
 
 AMD64 = Platform()
 

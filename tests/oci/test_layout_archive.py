@@ -6,7 +6,6 @@ import tarfile
 
 import pytest
 
-from ocibuild.build.image import ConfigChanges, NewLayer, assemble
 from ocibuild.errors import DigestMismatchError, InputError, OutputError
 from ocibuild.oci import media
 from ocibuild.oci.archive import Tagged, open_docker_archive, open_oci_archive, write_archive
@@ -14,6 +13,7 @@ from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import read_all
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import open_layout, write_layout
+from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
 from ocibuild.oci.store import BlobStore
 
 AMD64 = Platform()

@@ -246,7 +246,7 @@ def test_derived_blob_closed_early_stops_its_threads(tmp_path, small_derive):
 
 
 def test_export_of_derived_and_stored_blobs_round_trips(tmp_path, small_derive, mixed_tree):
-    from ocibuild.build.image import ConfigChanges, NewLayer, assemble
+    from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
 
     store = BlobStore(tmp_path / "cache")
     big = write_layer(_contents(mixed_tree), store, "gzip", derive=True)

@@ -9,12 +9,12 @@ import json
 import pytest
 
 from ocibuild.oci.descriptor import Platform
+from ocibuild.oci.name import parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.credentials import Credentials
 from ocibuild.registry.errors import AuthenticationError
-from ocibuild.registry.pull import open_registry_image
 from ocibuild.registry.push import push_image
-from ocibuild.registry.reference import parse_reference
+from ocibuild.registry.source import open_registry_image
 from ocibuild.registry.transport import RegistryOptions
 from tests.conftest import REGISTRY_REFRESH_TOKEN
 from tests.registry.images import FAST, make_image, repo

@@ -17,13 +17,13 @@ from ocibuild.errors import DigestMismatchError, InputError
 from ocibuild.oci import media
 from ocibuild.oci.descriptor import Index, Platform, canonical_json
 from ocibuild.oci.digest import Digest, read_all
+from ocibuild.oci.name import parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.client import MIN_CHUNK, RegistryClient
 from ocibuild.registry.credentials import Credentials
 from ocibuild.registry.errors import TransientError
-from ocibuild.registry.pull import open_registry_image
 from ocibuild.registry.push import push_image
-from ocibuild.registry.reference import parse_reference
+from ocibuild.registry.source import open_registry_image
 from ocibuild.registry.transport import (
     RegistryOptions,
     RetryPolicy,

@@ -25,15 +25,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ocibuild import cli
-from ocibuild.build.pyenv import detect_target_python
 from ocibuild.errors import BadReferenceError, FormatError, OcibuildError
 from ocibuild.oci import media
 from ocibuild.oci.archive import ArchiveReader, open_docker_archive, open_oci_archive
 from ocibuild.oci.descriptor import Descriptor, Index, Manifest, Platform, sniff_media_type
 from ocibuild.oci.digest import Digest, VerifyingReader, is_digest
 from ocibuild.oci.image import Image, check_config
+from ocibuild.oci.name import parse_reference
+from ocibuild.packaging.pyenv import detect_target_python
 from ocibuild.registry.auth import parse_challenges
-from ocibuild.registry.reference import parse_reference
 from tests.reliability.hostile import canonical, gzip, image_config, python_tar, sha256, write_layout
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -193,9 +193,9 @@ def test_any_config_gives_an_image_or_one_line(layout_dir, config):
     assert code == (0 if ok else 1), err.getvalue()
     assert err.getvalue().count("ocibuild: error:") == (0 if ok else 1)
     if ok:
-        from ocibuild.build.base import resolve_base
-        from ocibuild.build.image import ConfigChanges, assemble
+        from ocibuild.oci.mutate import ConfigChanges, assemble
         from ocibuild.oci.store import BlobStore
+        from ocibuild.transports.open import resolve_base
 
         base = resolve_base(built.ref, Platform())
         image = assemble(base, [], ConfigChanges(env={"A": "1"}, labels={"x": "y"}), BlobStore(root / "cache"), base.platform)  # fmt: skip

@@ -19,10 +19,10 @@ import tarfile
 import pytest
 
 from ocibuild import cli
-from ocibuild.build import pyenv
-from ocibuild.build.pyenv import detect_target_python
 from ocibuild.errors import BaseImageError
 from ocibuild.oci import media
+from ocibuild.packaging import pyenv
+from ocibuild.packaging.pyenv import detect_target_python
 from tests.conftest import require
 from tests.reliability.hostile import (
     Tar,

@@ -24,11 +24,11 @@ from ocibuild.oci import media
 from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import Digest, read_all
 from ocibuild.oci.image import Image
+from ocibuild.oci.name import Reference, parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.errors import TransientError
-from ocibuild.registry.pull import open_registry_image
 from ocibuild.registry.push import push_image
-from ocibuild.registry.reference import Reference, parse_reference
+from ocibuild.registry.source import open_registry_image
 from ocibuild.registry.transport import RegistryOptions, RetryPolicy
 from tests.conftest import BASE_REPO, EXAMPLE_DIR, run
 from tests.registry.images import make_image, repo

@@ -30,12 +30,12 @@ import pytest
 from ocibuild import cli
 from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import Digest
+from ocibuild.oci.name import parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.credentials import Credentials
 from ocibuild.registry.errors import AuthenticationError
-from ocibuild.registry.pull import open_registry_image
 from ocibuild.registry.push import push_image
-from ocibuild.registry.reference import parse_reference
+from ocibuild.registry.source import open_registry_image
 from ocibuild.registry.transport import RegistryOptions
 from tests.conftest import BASE_REPO, EXAMPLE_DIR, REGISTRY_REFRESH_TOKEN
 from tests.registry.images import FAST, make_image

@@ -22,7 +22,6 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from ocibuild.build.pyenv import detect_target_python
     from ocibuild.errors import OcibuildError
     from ocibuild.oci import media
     from ocibuild.oci.archive import ArchiveReader, open_oci_archive
@@ -37,6 +36,7 @@ with atheris.instrument_imports():
     )
     from ocibuild.oci.digest import Digest, VerifyingReader
     from ocibuild.oci.image import Image, check_config
+    from ocibuild.packaging.pyenv import detect_target_python
     from ocibuild.registry.auth import parse_challenges
 
 

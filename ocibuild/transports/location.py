@@ -1,40 +1,23 @@
-"""Resolve a base reference (``oci:``, ``oci-archive:``, ``docker-archive:``, ``scratch``, a registry) to an Image.
+"""Where an image is: ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]``,
+``scratch`` or a registry reference, parsed once (the skopeo/podman transport convention).
 
-References follow the skopeo/podman transport convention (DESIGN §1). The result is checked against the wanted
-platform. Registry bases go through ``ocibuild.registry.pull``; every other transport is local and read in place.
+Every command that names an image (``package --base``, ``copy``, ``inspect``) parses it here; nothing else looks
+at a reference's prefix. Parsing touches no network and reads no file (a path is only checked for existence,
+to tell ``DIR:TAG`` from a directory whose name has a colon).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..errors import BadReferenceError, BaseImageError
-from ..oci.archive import open_docker_archive, open_oci_archive
-from ..oci.descriptor import Platform
-from ..oci.image import Image
-from ..oci.layout import open_layout
-from ..oci.store import BlobStore
-from ..registry.reference import Reference, parse_reference
-
-if TYPE_CHECKING:
-    from ..progress import Progress
-    from ..registry.transport import RegistryOptions
+from ..errors import BadReferenceError
+from ..oci.name import Reference, parse_reference
 
 SCRATCH = "scratch"
 # skopeo transports that name something other than a registry, which ocibuild does not read.
 OTHER_TRANSPORTS = {"containers-storage", "dir", "docker-daemon", "ostree", "sif", "tarball"}
-
-
-def default_base() -> str:
-    """``$OCIBUILD_BASE``, else the official slim image of the host's Python (the one that pickled the model)."""
-    return (
-        os.environ.get("OCIBUILD_BASE")
-        or f"docker.io/library/python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
-    )
 
 
 def split_path_and_name(rest: str) -> tuple[Path, str | None]:
@@ -72,38 +55,6 @@ class Location:
                 "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG] or docker://HOST/REPO:TAG"
             )
         return cls("docker", text, ref=parse_reference(text))
-
-
-def resolve_base(
-    ref: str,
-    platform: Platform,
-    store: BlobStore | None = None,
-    registry: RegistryOptions | None = None,
-    progress: Progress | None = None,
-) -> Image | None:
-    """The base image for ``ref`` (None for ``scratch``), for ``platform``.
-
-    A registry base is pulled through ``store`` (default: the user's cache), layers on first use, with
-    ``registry``'s credentials and TLS settings.
-    """
-    if ref == SCRATCH:
-        return None
-    loc = Location.parse(ref, "base")
-    if loc.transport == "oci":
-        image = open_layout(loc.path, loc.name, platform)
-    elif loc.transport == "oci-archive":
-        image = open_oci_archive(loc.path, loc.name, platform)
-    elif loc.transport == "docker-archive":
-        image = open_docker_archive(loc.path, loc.name, platform)
-    else:
-        from ..registry.pull import open_registry_image
-
-        image = open_registry_image(loc.ref, platform, registry, store or BlobStore(), progress)
-    if not platform.matches(image.platform):
-        raise BaseImageError(
-            f"base {ref} is for {image.platform}, not {platform}; pass --platform {image.platform} or another base"
-        )
-    return image
 
 
 def registry_reference(ref: str) -> Reference | None:

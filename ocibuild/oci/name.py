@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BadReferenceError
-from ..oci.digest import is_digest
+from .digest import is_digest
 
 DOCKER_HUB = "docker.io"
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)

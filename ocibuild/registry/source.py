@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ..events import Counted, Progress
 from ..oci import media
 from ..oci.descriptor import Descriptor, Index, Manifest, Platform, sniff_media_type
 from ..oci.digest import VerifyingReader
 from ..oci.image import Image, load_image
 from ..oci.layout import resolve_platform
+from ..oci.name import Reference
 from ..oci.store import BlobStore
-from ..progress import Counted, Progress
 from .client import RegistryClient
 from .errors import TransientError
-from .reference import Reference
 from .transport import RegistryOptions, Transport, retry_delay
 
 

@@ -14,8 +14,8 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import urlparse
 
-from .errors import EngineError
-from .oci.archive import Tagged, archive_chunks
+from ..errors import EngineError
+from ..oci.archive import Tagged, archive_chunks
 
 SEND_CHUNK = 1 << 20
 

@@ -11,9 +11,10 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import OcibuildError, UsageError
-from .progress import Progress
+from .. import __version__
+from ..errors import OcibuildError, UsageError
+from ..events import Progress
+from .common import registry_arguments, registry_options
 
 
 def _package_parser(sub) -> None:
@@ -95,46 +96,17 @@ def _package_parser(sub) -> None:
         metavar="TAG",
         help="also tag the pushed image (repeatable)",
     )
-    _registry_arguments(reg)
+    registry_arguments(reg)
 
 
-def _registry_arguments(group) -> None:
-    """TLS and auth-file options, named as skopeo and podman name them."""
-    group.add_argument(
-        "--authfile",
-        type=Path,
-        metavar="FILE",
-        help="credentials file (default $REGISTRY_AUTH_FILE, podman's, docker's)",
-    )
-    group.add_argument("--ca-cert", type=Path, metavar="FILE", help="trust this CA (PEM) too")
-    group.add_argument(
-        "--cert-dir",
-        type=Path,
-        metavar="DIR",
-        help="trust the *.crt CAs in DIR (and use a *.cert/*.key client pair)",
-    )
-    group.add_argument(
-        "--insecure", action="store_true", help="allow plain HTTP and do not verify TLS certificates"
-    )
-
-
-def _registry_options(args):
-    from .registry.transport import RegistryOptions
-
-    options = RegistryOptions(
-        auth_file=args.authfile, insecure=args.insecure, ca_cert=args.ca_cert, cert_dir=args.cert_dir
-    )
-    options.check()
-    return options
-
-
-def _package_registry_options(args):
+def _packageregistry_options(args):
     """Credentials bound to the registry each was given for: --creds to --push's, --base-creds to --base's."""
-    from .build.base import default_base, registry_reference
-    from .registry.credentials import parse_creds
-    from .registry.reference import parse_reference
+    from ..oci.name import parse_reference
+    from ..registry.credentials import parse_creds
+    from ..settings import default_base
+    from ..transports.location import registry_reference
 
-    options = _registry_options(args)
+    options = registry_options(args)
     push = parse_reference(args.push) if args.push is not None else None
     base = registry_reference(args.base or default_base())
     if push is not None:
@@ -151,7 +123,7 @@ def _package_registry_options(args):
     elif args.base_creds:
         raise UsageError("--base-creds is for a registry --base; this --base is not one")
     if args.creds and push is None and base is None:
-        from .models.registry import model_registries
+        from ..models.registry import model_registries
 
         if not (hosts := model_registries(args.models)):
             raise UsageError(
@@ -173,7 +145,7 @@ def _outputs(args) -> list[str]:
 
 
 def cmd_package(args) -> int:
-    from .api import Environment, InferenceConfig, package
+    from ..api import Environment, InferenceConfig, package
 
     outputs = _outputs(args)
     if len(outputs) != 1:
@@ -189,7 +161,7 @@ def cmd_package(args) -> int:
             )
     if args.append and args.output is None:
         raise UsageError("--append adds to a tarball: use it with --output FILE")
-    registry = _package_registry_options(args)
+    registry = _packageregistry_options(args)
     progress = Progress(quiet=args.quiet)
     env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
     pkg = package(
@@ -228,10 +200,10 @@ def cmd_package(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .build.base import registry_reference
-    from .inspect import inspect_reference
+    from ..inspect import inspect_reference
+    from ..transports.location import registry_reference
 
-    registry = _registry_options(args)
+    registry = registry_options(args)
     if (ref := registry_reference(args.reference)) is not None:
         registry = registry.for_target(ref.registry, args.creds)
     elif args.creds:
@@ -243,8 +215,8 @@ def cmd_inspect(args) -> int:
 def cmd_login(args) -> int:
     import getpass
 
-    from .registry.credentials import Credentials
-    from .registry.login import login, registry_host
+    from ..registry.credentials import Credentials
+    from ..registry.login import login, registry_host
 
     host = registry_host(args.registry)
     if args.password_stdin and not args.username:
@@ -254,7 +226,7 @@ def cmd_login(args) -> int:
     if not user or not secret:
         raise UsageError("a user name and a password are both needed")
     where = login(
-        host, Credentials(user, secret, source="ocibuild login"), _registry_options(args), args.authfile
+        host, Credentials(user, secret, source="ocibuild login"), registry_options(args), args.authfile
     )
     print(f"Login Succeeded (credentials for {host} stored in {where})")
     return 0
@@ -290,15 +262,16 @@ def _copy_parser(sub) -> None:
     c.add_argument("--src-creds", metavar="USER:PASSWORD", help="for a registry SRC")
     c.add_argument("--dest-creds", metavar="USER:PASSWORD", help="for a registry DEST")
     c.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
-    _registry_arguments(c)
+    registry_arguments(c)
     c.set_defaults(handler=cmd_copy)
 
 
 def cmd_copy(args) -> int:
-    from .registry.credentials import parse_creds
-    from .transfer import Location, copy
+    from ..copy import copy
+    from ..registry.credentials import parse_creds
+    from ..transports.location import Location
 
-    options = _registry_options(args)
+    options = registry_options(args)
     src, dest = Location.parse(args.source), Location.parse(args.destination)
     source_options, dest_options = options, options
     if src.ref is not None:
@@ -331,7 +304,7 @@ def cmd_copy(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve_local import serve_locally
+    from ..serve_local import serve_locally
 
     return serve_locally(args.entry_script, args.model, args.port, args.source_dir)
 
@@ -346,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _package_parser(sub)
     _copy_parser(sub)
-    from .models.commands import add_parser as add_model_parser
+    from .model import add_parser as add_model_parser
 
     add_model_parser(sub)
     i = sub.add_parser("inspect", help="show an image's manifest, config, layers and history")
@@ -354,12 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--platform", default="linux/amd64")
     i.add_argument("--raw", action="store_true", help="print the manifest and config JSON as they are")
     i.add_argument("--creds", metavar="USER:PASSWORD", help="for a registry REF (default: as for package)")
-    _registry_arguments(i)
+    registry_arguments(i)
     lg = sub.add_parser("login", help="check and store registry credentials where docker login would")
     lg.add_argument("registry", help="registry host, e.g. registry.example.com or localhost:5000")
     lg.add_argument("-u", "--username")
     lg.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    _registry_arguments(lg)
+    registry_arguments(lg)
     s = sub.add_parser("serve", help="run the scoring server locally on the host, no image")
     s.add_argument("--entry-script", required=True, type=Path)
     s.add_argument(

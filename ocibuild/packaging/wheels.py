@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from ocibuild.build.environment import check_readable
-from ocibuild.build.pyenv import TargetPython
 from ocibuild.errors import DependencyError, InputError
+from ocibuild.packaging.environment import check_readable
+from ocibuild.packaging.pyenv import TargetPython
 
 __all__ = ["install_dependencies"]
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ocibuild.build import package
-from ocibuild.build.package import PackageSpec, _files_layer
+from ocibuild.events import Progress
 from ocibuild.oci.layer import LayerContents, cache_key
 from ocibuild.oci.store import BlobStore
-from ocibuild.progress import Progress
+from ocibuild.packaging import package
+from ocibuild.packaging.package import PackageSpec, _files_layer
 
 
 def _contents(path: Path, dest: str = "var/azureml-app/azureml-models/m/1/model.bin") -> LayerContents:

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from ocibuild.build.pyenv import TargetPython
 from ocibuild.errors import BaseImageError, InputError
+from ocibuild.packaging.pyenv import TargetPython
 
 __all__ = ["PythonEnvironment", "load_environment", "check_python_version"]
 

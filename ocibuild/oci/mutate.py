@@ -12,11 +12,11 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..oci import media
-from ..oci.descriptor import Descriptor, Manifest, Platform, canonical_json
-from ..oci.image import ChainSource, Image, StoreSource
-from ..oci.layer import BuiltLayer, source_date_epoch
-from ..oci.store import BlobStore
+from . import media
+from .descriptor import Descriptor, Manifest, Platform, canonical_json
+from .image import ChainSource, Image, StoreSource
+from .layer import BuiltLayer, source_date_epoch
+from .store import BlobStore
 
 
 @dataclass(frozen=True)

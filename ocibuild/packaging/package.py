@@ -17,25 +17,26 @@ from functools import partial
 from pathlib import Path
 
 from .. import __version__
+from ..cache.layers import cached_layer, remember_layer
 from ..errors import InputError, UsageError
+from ..events import Progress
+from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
 from ..oci import compress
-from ..oci.descriptor import Descriptor, Platform
+from ..oci.descriptor import Platform
 from ..oci.digest import Digest
 from ..oci.image import ChainSource, Image
 from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
+from ..oci.mutate import ConfigChanges, NewLayer, assemble
 from ..oci.store import BlobStore
 from ..oci.tempfiles import remove_tree
-from ..progress import Progress
 from ..registry.transport import RegistryOptions
-from .base import resolve_base
+from ..transports.open import resolve_base
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
-from .image import ConfigChanges, NewLayer, assemble
 from .pyenv import TargetPython, detect_target_python
 from .wheels import install_dependencies
 
 APP_ROOT = "var/azureml-app"
-MODELS_ROOT = f"{APP_ROOT}/azureml-models"
 SERVER_DIR = "opt/ocibuild/server"
 SITE_PACKAGES = "opt/ocibuild/site-packages"
 SERVER_PACKAGE = "ocibuild_serving"
@@ -77,24 +78,6 @@ class BuildResult:
     @property
     def digest(self) -> Digest:
         return self.image.digest
-
-
-def model_dir_in_image(name: str, version: str) -> str:
-    """Where a model's files sit in the image (no leading slash): Azure ML's ``azureml-models/<name>/<version>``."""
-    return f"{MODELS_ROOT}/{name}/{version}"
-
-
-def add_model(contents: LayerContents, path: Path, name: str, version: str) -> None:
-    """A model file or folder into ``contents`` at its place in the image. The same inputs give the same layer
-    whether ``package`` builds it or ``model push`` registers it, so the two can share one blob."""
-    contents.add_file(path, f"{model_dir_in_image(name, version)}/{path.name}")
-
-
-def model_name_for(path: Path) -> str:
-    """A registry-friendly model name from a file or folder name (``My Model.pkl`` → ``my-model``)."""
-    stem = path.name if path.is_dir() else path.stem
-    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
-    return name or "model"
 
 
 def validate(spec: PackageSpec) -> None:
@@ -303,20 +286,8 @@ def _dependencies_layer(
         counter.done()
     finally:
         remove_tree(tmp)
-    store.put_ref(key, {"descriptor": layer.descriptor.to_json(), "diff_id": str(layer.diff_id)})
+    remember_layer(store, key, layer)
     return NewLayer(layer, created_by, "dependencies")
-
-
-def cached_layer(store: BlobStore, key: str) -> BuiltLayer | None:
-    doc = store.get_ref(key)
-    if not doc:
-        return None
-    try:
-        desc = Descriptor.from_json(doc["descriptor"], "cached layer")
-        layer = BuiltLayer(desc, Digest(doc["diff_id"]))
-    except (KeyError, TypeError, ValueError, InputError):
-        return None
-    return layer if store.can_produce(desc.digest) else None
 
 
 def _files_layer(
@@ -337,7 +308,7 @@ def _files_layer(
     counter = progress.bytes(label, contents.total_size)
     layer = write_layer(contents, store, spec.compression, counter, derive=derive)
     counter.done()
-    store.put_ref(key, {"descriptor": layer.descriptor.to_json(), "diff_id": str(layer.diff_id)})
+    remember_layer(store, key, layer)
     return layer
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..progress import Progress
+from ..events import Progress
+from .common import registry_arguments, registry_options
 
 
 def add_parser(sub) -> None:
     """The ``model`` command and its subcommands, on ``build_parser``'s subparsers."""
-    from ..cli import _registry_arguments
-
     m = sub.add_parser("model", help="registered models: push, pull, list, show (OCI artifacts)")
     m.set_defaults(handler=run)
     msub = m.add_subparsers(dest="model_command", required=True)
@@ -25,7 +24,7 @@ def add_parser(sub) -> None:
             p.add_argument(
                 "--creds", metavar="USER:PASSWORD", help="for this registry (default: as for package)"
             )
-        _registry_arguments(p)
+        registry_arguments(p)
 
     push = msub.add_parser("push", help="register a model file or folder as HOST/REPO:VERSION")
     push.add_argument("path", type=Path, metavar="PATH", help="model file or folder")
@@ -59,22 +58,21 @@ def add_parser(sub) -> None:
 
 
 def _options(args, reference: str):
-    from ..cli import _registry_options
-    from .registry import model_reference
+    from ..models.registry import model_reference
 
     ref = model_reference(reference) if args.model_command != "list" else None
     host = ref.registry if ref else _repository_host(reference)
-    return _registry_options(args).for_target(host, args.creds)
+    return registry_options(args).for_target(host, args.creds)
 
 
 def _repository_host(repository: str) -> str:
-    from ..registry.reference import parse_reference
+    from ..oci.name import parse_reference
 
     return parse_reference(repository.removeprefix("docker://"), default_tag=None).registry
 
 
 def run(args) -> int:
-    from . import registry as models
+    from ..models import registry as models
 
     if args.model_command == "push":
         from ..oci.store import BlobStore

@@ -1,4 +1,4 @@
-"""Tests for ocibuild.build.environment: requirements, pip specs and conda files as Azure ML users write them."""
+"""Tests for ocibuild.packaging.environment: requirements, pip specs and conda files as Azure ML users write them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ocibuild.build.environment import PythonEnvironment, check_python_version, load_environment
-from ocibuild.build.pyenv import TargetPython
 from ocibuild.errors import BaseImageError, InputError
+from ocibuild.packaging.environment import PythonEnvironment, check_python_version, load_environment
+from ocibuild.packaging.pyenv import TargetPython
 
 # The conda file of Azure ML's own scikit-learn examples (azureml-examples), in its usual shape.
 AZURE_CONDA = """\
@@ -192,7 +192,7 @@ def test_python_version_mismatch(tmp_path):
 
 
 def test_requirements_texts_follow_includes_relative_to_the_including_file(tmp_path):
-    from ocibuild.build.environment import requirements_texts
+    from ocibuild.packaging.environment import requirements_texts
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "requirements.txt").write_text("-r sub/base.txt\n--constraint=sub/pins.txt\nrequests\n")

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from ocibuild.build.base import resolve_base
-from ocibuild.build.image import ConfigChanges, NewLayer, assemble
 from ocibuild.errors import BadReferenceError, BaseImageError, InputError
 from ocibuild.oci import media
 from ocibuild.oci.archive import Tagged, write_archive
 from ocibuild.oci.descriptor import Index, Platform, canonical_json
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import write_layout
+from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
 from ocibuild.oci.store import BlobStore
+from ocibuild.transports.open import resolve_base
 
 
 def _image(tmp_path, store, platform: Platform, payload: bytes):

@@ -1,7 +1,7 @@
 import pytest
 
 from ocibuild.errors import BadReferenceError
-from ocibuild.registry.reference import parse_reference
+from ocibuild.oci.name import parse_reference
 
 D = "sha256:" + "a" * 64
 

@@ -1,4 +1,4 @@
-"""Tests for ocibuild.build.pyenv: target detection from synthesized (and host-real) layers, and wheel installs."""
+"""Tests for ocibuild.packaging.pyenv: target detection from synthesized (and host-real) layers, and wheel installs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ocibuild.build.pyenv import TargetPython, detect_target_python
-from ocibuild.build.wheels import install_dependencies
 from ocibuild.errors import BaseImageError, DependencyError, InputError
+from ocibuild.packaging.pyenv import TargetPython, detect_target_python
+from ocibuild.packaging.wheels import install_dependencies
 
 # The banner of Debian bookworm's real libc.so.6 (`strings /lib/x86_64-linux-gnu/libc.so.6`), with its neighbours.
 GLIBC_BANNER = (
@@ -496,7 +496,7 @@ def test_nothing_to_install_is_a_no_op(tmp_path):
 
 def test_reproducibility_fixups_without_an_installer(tmp_path, monkeypatch):
     """bin/ shebangs point at the image's Python, direct_url.json goes, RECORD follows (pip-style rows)."""
-    from ocibuild.build import wheels as pyenv
+    from ocibuild.packaging import wheels as pyenv
 
     def fake_run(cmd, log, progress):
         dest = Path(cmd[cmd.index("--target") + 1])
@@ -571,7 +571,7 @@ def test_reproducibility_fixups_without_an_installer(tmp_path, monkeypatch):
     ],
 )
 def test_installer_errors_become_one_line(output, error, message, tmp_path):
-    from ocibuild.build import wheels as pyenv
+    from ocibuild.packaging import wheels as pyenv
 
     run = pyenv._Run(returncode=1)
     run.tail.extend(output.splitlines())
@@ -623,7 +623,7 @@ def _check_clean(dest: Path, executable: str) -> None:
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_install_numpy_for_debian(tmp_path, installer):
     if installer == "uv":
-        from ocibuild.build.wheels import _find_uv
+        from ocibuild.packaging.wheels import _find_uv
 
         if _find_uv() is None:
             pytest.skip("uv is not installed")
