@@ -4,7 +4,7 @@ The public API (``package``, ``InferenceConfig``, ``Environment``) is loaded on 
 submodule such as ``ocibuild.oci`` stays cheap.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Environment", "InferenceConfig", "OcibuildError", "Package", "package", "__version__"]
 

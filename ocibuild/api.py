@@ -1,4 +1,4 @@
-"""The Python API, shaped like Azure ML's ``Model.package`` so migrating users feel at home (DESIGN §1).
+"""The Python API, shaped like Azure ML's ``Model.package`` so migrating users feel at home.
 
     pkg = package(models=["model.pkl"],
                   inference_config=InferenceConfig(entry_script="score.py",
@@ -6,9 +6,12 @@
                   base="oci:./base:py311")
     pkg.export("image.tar", tag="myimage:latest"); pkg.write_layout("./layout"); pkg.save("./context")
     pkg.push("registry.example.com/team/myimage:1")
+    pkg.publish(Outputs(archives=["image.tar"], pushes=["registry.example.com/team/myimage:1"]))  # several at once
     print(pkg.digest)
 
-Building and publishing are separate: ``package`` builds into the local cache; each method is one publisher.
+Building and publishing are separate: ``package`` builds into the local cache once; each method writes the same
+image (the same digest) to one more place. This module and ``cli`` are the edge where the environment is read
+(``settings.Settings``); everything below takes its settings as arguments.
 """
 
 from __future__ import annotations
@@ -18,17 +21,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .events import Progress
-from .oci.archive import Tagged, write_archive
+from .errors import UsageError
+from .events import Listener, Progress
 from .oci.descriptor import Platform
 from .oci.digest import Digest
-from .oci.layout import write_layout
+from .oci.image import Image
 from .oci.name import ImageName, parse_reference
 from .oci.store import BlobStore
+from .packaging.dockerfile import DockerfilePublisher
 from .packaging.environment import PythonEnvironment, load_environment
 from .packaging.package import BuildResult, PackageSpec, build
+from .registry.credentials import parse_creds
 from .registry.transport import RegistryOptions
-from .settings import default_base
+from .settings import Settings
+from .transports.engine import EnginePublisher
+from .transports.location import registry_reference
+from .transports.publish import ArchivePublisher, LayoutPublisher, Publisher, RegistryPublisher, publish_all
 
 PathLike = str | os.PathLike
 
@@ -60,16 +68,67 @@ class InferenceConfig:
     environment: Environment = field(default_factory=Environment)
 
 
-class Package:
-    """A built image in the local cache, ready to be written out."""
+@dataclass(frozen=True)
+class Outputs:
+    """Where one build goes; every output gets the same image, and the same digest.
 
-    def __init__(self, result: BuildResult, progress: Progress, registry: RegistryOptions | None = None):
+    ``tag`` names the image in archives, layouts and the engine (default ``NAME:VERSION`` of the model);
+    ``additional_tags`` are more tags of each pushed repository; ``append`` keeps the images already in an archive.
+    """
+
+    archives: Sequence[PathLike] = ()  # tarballs for docker load / podman load / skopeo
+    layouts: Sequence[PathLike] = ()  # OCI image layout folders
+    pushes: Sequence[str] = ()  # registry references
+    load: bool = False  # into the running Docker or podman engine
+    dockerfiles: Sequence[PathLike] = ()  # build contexts for docker build
+    tag: str | None = None
+    additional_tags: Sequence[str] = ()
+    append: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.archives or self.layouts or self.pushes or self.load or self.dockerfiles)
+
+    def check(self) -> None:
+        """Everything that can be checked before a build: fail fast, before a multi-GB layer is written."""
+        if not self:
+            raise UsageError(
+                "give at least one output: --output FILE, --oci-layout DIR, --push REF, --load or --dockerfile DIR"
+            )
+        for option, paths in (("--output", self.archives), ("--oci-layout", self.layouts),
+                              ("--dockerfile", self.dockerfiles)):  # fmt: skip
+            for path in paths:
+                parent = Path(path).absolute().parent
+                if not parent.is_dir():
+                    raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
+        if self.append and not self.archives:
+            raise UsageError("--append adds to a tarball: use it with --output FILE")
+        if self.additional_tags and not self.pushes:
+            raise UsageError("--additional-tag needs --push")
+        if self.tag is not None:
+            ImageName.parse(self.tag)
+        for reference in self.pushes:
+            ref = parse_reference(reference)
+            for tag in self.additional_tags:
+                parse_reference(f"{ref.registry}/{ref.repository}:{tag}")
+
+
+class Package:
+    """A built image in the local cache, ready to be written out (to as many places as wanted)."""
+
+    def __init__(
+        self,
+        result: BuildResult,
+        progress: Progress,
+        settings: Settings,
+        registry: RegistryOptions | None = None,
+    ):
         self.result = result
         self._progress = progress
+        self._settings = settings
         self._registry = registry
 
     @property
-    def image(self):
+    def image(self) -> Image:
         return self.result.image
 
     @property
@@ -79,38 +138,63 @@ class Package:
     def default_tag(self) -> str:
         return f"{self.result.model_name}:{self.result.image.config['config']['Labels']['org.opencontainers.image.version']}"
 
+    def publishers(self, outputs: Outputs, registry: RegistryOptions | None = None) -> list[Publisher]:
+        """The publishers ``outputs`` names, in the order they are written: files first, then the engine, then
+        registries (a slow push comes last, so a bad local path fails before any upload)."""
+        name = ImageName.parse(outputs.tag or self.default_tag())
+        epoch = self._settings.source_date_epoch
+        out: list[Publisher] = []
+        if outputs.append and not outputs.archives:
+            raise UsageError("--append adds to a tarball: use it with --output FILE")
+        for path in outputs.archives:
+            out.append(
+                ArchivePublisher(Path(path), (name,), outputs.append, False, epoch, f"--output {path}")
+            )
+        for path in outputs.layouts:
+            out.append(LayoutPublisher(Path(path), (name,), f"--oci-layout {path}"))
+        for path in outputs.dockerfiles:
+            out.append(
+                DockerfilePublisher(
+                    Path(path), self.result.base_ref, self.result.requirements, f"--dockerfile {path}"
+                )
+            )
+        if outputs.load:
+            out.append(
+                EnginePublisher((name,), self._settings.engine_hosts, self._settings.runtime_dir, epoch)
+            )
+        options = registry or self._registry or self._settings.registry_options()
+        for reference in outputs.pushes:
+            ref = parse_reference(reference)
+            out.append(RegistryPublisher(ref, tuple(outputs.additional_tags), options, f"--push {reference}"))
+        return out
+
+    def publish(self, outputs: Outputs, registry: RegistryOptions | None = None) -> Digest:
+        """Write the image to every output of ``outputs``; a failure names its output, and leaves nothing
+        half-written there."""
+        outputs.check()
+        return publish_all(self.image, self.publishers(outputs, registry), self._progress)
+
     def export(self, path: PathLike, tag: str | None = None, append: bool = False) -> Path:
         """A tarball that ``docker load``, ``podman load`` and ``skopeo`` (docker-archive: and oci-archive:) read.
 
         With ``append``, the images already in the file stay (one tarball, several images, as ``docker save a b``).
         """
-        name = ImageName.parse(tag or self.default_tag())
-        size = sum(d.size for d in self.image.descriptors())
-        counter = self._progress.bytes(f"writing {path}", size)
-        tagged = Tagged(self.image, name.repo_tag, name.ref_name, name.full)
-        write_archive([tagged], Path(path), append=append)
-        counter.done()
+        self.publish(Outputs(archives=[path], tag=tag, append=append))
         return Path(path)
 
     def write_layout(self, directory: PathLike, tag: str | None = None) -> Path:
         """An OCI image layout directory (``umoci``, ``skopeo copy oci:DIR:TAG``)."""
-        name = ImageName.parse(tag or self.default_tag())
-        write_layout([(self.image, name.ref_name, name.full)], Path(directory))
+        self.publish(Outputs(layouts=[directory], tag=tag))
         return Path(directory)
 
     def save(self, directory: PathLike) -> Path:
         """A Dockerfile build context that ``docker build`` turns into an image that behaves the same."""
-        from .packaging.dockerfile import write_context
-
-        write_context(self.result, Path(directory))
+        self.publish(Outputs(dockerfiles=[directory]))
         return Path(directory)
 
-    def load(self, tag: str | None = None) -> str:
-        """Stream the image into the local Docker or podman engine; returns the engine's message."""
-        from .transports.engine import load_into_engine
-
-        name = ImageName.parse(tag or self.default_tag())
-        return load_into_engine([Tagged(self.image, name.repo_tag, name.ref_name, name.full)])
+    def load(self, tag: str | None = None) -> Digest:
+        """Stream the image into the local Docker or podman engine."""
+        return self.publish(Outputs(load=True, tag=tag))
 
     def push(
         self,
@@ -125,13 +209,46 @@ class Package:
         ``creds`` (``USER:PASSWORD``, else ``$OCIBUILD_REGISTRY_USER``/``$OCIBUILD_REGISTRY_PASSWORD``) are used
         for that registry only; otherwise ``ocibuild login``/``docker login`` credentials apply.
         """
-        from .registry.push import push_image
-
         ref = parse_reference(reference)
-        for tag in tags:
-            parse_reference(f"{ref.registry}/{ref.repository}:{tag}")  # a bad tag fails before any upload
-        options = (registry or self._registry or RegistryOptions()).for_target(ref.registry, creds)
-        return push_image(self.image, ref, options, self._progress, tags)
+        options = (registry or self._registry or self._settings.registry_options()).for_target(
+            ref.registry, creds
+        )
+        return self.publish(Outputs(pushes=[reference], additional_tags=tags), options)
+
+
+def bind_credentials(
+    options: RegistryOptions,
+    *,
+    base: str,
+    pushes: Sequence[str] = (),
+    models: Sequence[str] = (),
+    creds: str | None = None,
+    base_creds: str | None = None,
+) -> RegistryOptions:
+    """Which credentials go to which registry: ``creds`` to the pushes' registries, or, with no push, to a
+    registry base, or, with neither, to the registered models' registries; ``base_creds`` to a registry base.
+    (``USER:PASSWORD``; without ``creds``, ``$OCIBUILD_REGISTRY_USER``/``_PASSWORD`` take its place.)"""
+    push_refs = [parse_reference(p) for p in pushes]
+    base_ref = registry_reference(base)
+    for push in push_refs:
+        options = options.for_target(push.registry, creds)
+    if base_ref is not None:
+        if base_creds:
+            options = options.with_credentials(base_ref.registry, parse_creds(base_creds, "--base-creds"))
+        elif not push_refs:
+            options = options.for_target(base_ref.registry, creds)
+    elif base_creds:
+        raise UsageError("--base-creds is for a registry --base; this --base is not one")
+    if creds and not push_refs and base_ref is None:
+        from .models.registry import model_registries
+
+        if not (hosts := model_registries(models)):
+            raise UsageError(
+                "--creds is for --push, a registry --base or a registered model; this command has none"
+            )
+        for host in hosts:  # no --push and no registry --base: the registered models' registries
+            options = options.for_target(host, creds)
+    return options
 
 
 def _registered(model: PathLike) -> bool:
@@ -152,27 +269,41 @@ def package(
     port: int = 5001,
     cache: PathLike | None = None,
     use_cache: bool = True,
-    progress: Progress | None = None,
+    progress: Progress | Listener | None = None,
     registry: RegistryOptions | None = None,
+    settings: Settings | None = None,
+    outputs: Outputs | None = None,
 ) -> Package:
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
-    ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``)."""
-    progress = progress or Progress(quiet=True)
+    ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``;
+    ``bind_credentials`` makes one). ``progress``: a ``Progress`` or a listener of ``events``; none by default.
+    ``settings``: what the environment says (default: read now, ``Settings.from_environ``). ``outputs``: where
+    to write the image once built (checked before building)."""
+    settings = settings or Settings.from_environ()
+    if outputs is not None:
+        outputs.check()
+    if not isinstance(progress, Progress):
+        progress = Progress(progress)
     spec = PackageSpec(
         models=tuple(Path(m) for m in models if not _registered(m)),
         model_refs=tuple(str(m) for m in models if _registered(m)),
         entry_script=Path(inference_config.entry_script),
         source_dir=Path(inference_config.source_directory) if inference_config.source_directory else None,
         environment=inference_config.environment.resolve(),
-        base=base or default_base(),
+        base=base or settings.default_base,
         name=name,
         version=None if version is None else str(version),
         platform=Platform.parse(platform),
         compression=compression,
         port=port,
         use_cache=use_cache,
-        registry=registry,
+        registry=registry or settings.registry_options(),
+        epoch=settings.source_date_epoch,
     )
-    return Package(build(spec, BlobStore(cache), progress), progress, registry)
+    store = BlobStore(Path(cache) if cache is not None else settings.cache_dir)
+    pkg = Package(build(spec, store, progress), progress, settings, registry)
+    if outputs is not None:
+        pkg.publish(outputs)
+    return pkg

@@ -1,13 +1,53 @@
-"""Progress for long steps: a live line on a terminal, plain lines otherwise (CI logs stay readable).
+"""Progress as events: library code reports what it does; whoever called it decides how to show it.
 
-Everything goes to stderr, so stdout carries only results (the digest), which scripts can capture.
+Library code gets a ``Progress`` and calls ``step``, ``warn`` and ``bytes``; each call becomes an event handed to
+the listener the caller chose (the command line renders them on stderr, ``cli.render``; the Python API drops them
+unless given one). Nothing here writes to a terminal.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .oci.digest import Stream
+
+
+@dataclass(frozen=True)
+class Step:
+    """A line worth showing: what is being done, or what was done."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Warned:
+    """Something the user should know even when they asked for quiet."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Bytes done so far of a long step (a layer written, a blob pushed)."""
+
+    label: str
+    done: int
+    total: int
+    started: float  # time.monotonic() when the step began
+
+
+@dataclass(frozen=True)
+class TransferDone:
+    label: str
+    total: int
+    seconds: float
+    note: str = ""
+
+
+Event = Step | Warned | Transfer | TransferDone
+Listener = Callable[[Event], None]
 
 
 def human_size(n: float) -> str:
@@ -20,57 +60,45 @@ def human_size(n: float) -> str:
 
 
 class Progress:
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False):
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.live = not quiet and self.stream.isatty()
+    """Where library code reports to. Without a listener, reports go nowhere."""
+
+    def __init__(self, listener: Listener | None = None):
+        self.listener = listener
+
+    def emit(self, event: Event) -> None:
+        if self.listener is not None:
+            self.listener(event)
 
     def step(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=self.stream, flush=True)
+        self.emit(Step(message))
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=self.stream, flush=True)
+        self.emit(Warned(message))
 
     def bytes(self, label: str, total: int) -> ByteCounter:
         return ByteCounter(self, label, total)
 
 
 class ByteCounter:
-    """Call with bytes done so far; on a terminal redraws at most 10 times a second. ``done()`` prints the total."""
+    """Call with the bytes done so far; ``done()`` reports the total and the time it took."""
 
     def __init__(self, progress: Progress, label: str, total: int):
-        self.p = progress
+        self.progress = progress
         self.label = label
         self.total = total
         self.start = time.monotonic()
-        self._last = 0.0
 
     def __call__(self, done: int) -> None:
-        if not self.p.live:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.1:
-            return
-        self._last = now
-        pct = f" {100 * done / self.total:3.0f}%" if self.total else ""
-        rate = done / max(now - self.start, 1e-6)
-        self.p.stream.write(f"\r{self.label}:{pct} {human_size(done)} ({human_size(rate)}/s)\x1b[K")
-        self.p.stream.flush()
+        self.progress.emit(Transfer(self.label, done, self.total, self.start))
 
-    def done(self, extra: str = "") -> None:
-        if self.p.quiet:
-            return
-        secs = time.monotonic() - self.start
-        line = f"{self.label}: {human_size(self.total)} in {secs:.1f}s{extra}"
-        self.p.stream.write(("\r" + line + "\x1b[K\n") if self.p.live else line + "\n")
-        self.p.stream.flush()
+    def done(self, note: str = "") -> None:
+        self.progress.emit(TransferDone(self.label, self.total, time.monotonic() - self.start, note))
 
 
 class Counted:
     """A stream whose reads report the running total to ``counter`` (a ``Progress.bytes`` callback)."""
 
-    def __init__(self, stream, counter):
+    def __init__(self, stream: Stream, counter: Callable[[int], None]):
         self._stream, self._counter, self._n = stream, counter, 0
 
     def read(self, n: int = -1) -> bytes:
@@ -81,3 +109,9 @@ class Counted:
 
     def close(self) -> None:
         self._stream.close()
+
+    def __enter__(self) -> Counted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -8,15 +8,29 @@ from .errors import UsageError
 from .events import human_size
 from .oci.descriptor import Platform
 from .registry.transport import RegistryOptions
-from .transports.open import resolve_base
+from .transports.location import Location
+from .transports.open import open_base
 
 
 def inspect_reference(
-    ref: str, platform: str = "linux/amd64", raw: bool = False, registry: RegistryOptions | None = None
+    ref: str,
+    platform: str = "linux/amd64",
+    raw: bool = False,
+    registry: RegistryOptions | None = None,
+    creds: str | None = None,
 ) -> str:
-    image = resolve_base(ref, Platform.parse(platform), registry=registry)
-    if image is None:
+    """What ``ref`` holds, as text (``raw``: its manifest and config as JSON). ``creds`` (``USER:PASSWORD``) are
+    for a registry ``ref``."""
+    loc = Location.parse(ref)
+    if loc.transport == "scratch":
         raise UsageError("scratch is the empty image: there is nothing to inspect")
+    registry = registry or RegistryOptions()
+    if loc.ref is not None:
+        registry = registry.for_target(loc.ref.registry, creds)
+    elif creds:
+        raise UsageError("--creds is for a registry reference; this one is local")
+    image = open_base(ref, Platform.parse(platform), options=registry)
+    image.close()
     if raw:
         return json.dumps(
             {"digest": str(image.digest), "manifest": json.loads(image.manifest.raw), "config": image.config},

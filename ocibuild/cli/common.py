@@ -1,8 +1,15 @@
-"""Options more than one command takes: registry TLS and credentials files, named as skopeo and podman name them."""
+"""What every command shares: the environment read once, registry options named as skopeo and podman name them,
+and progress rendered on stderr."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+from ..events import Progress
+from ..registry.transport import RegistryOptions
+from ..settings import Settings
+from .render import Renderer
 
 
 def registry_arguments(group) -> None:
@@ -25,11 +32,14 @@ def registry_arguments(group) -> None:
     )
 
 
-def registry_options(args):
-    from ..registry.transport import RegistryOptions
-
-    options = RegistryOptions(
+def registry_options(args: argparse.Namespace, settings: Settings) -> RegistryOptions:
+    options = settings.registry_options(
         auth_file=args.authfile, insecure=args.insecure, ca_cert=args.ca_cert, cert_dir=args.cert_dir
     )
     options.check()
     return options
+
+
+def progress(args: argparse.Namespace) -> Progress:
+    """Progress lines on stderr (only warnings with ``--quiet``)."""
+    return Progress(Renderer(quiet=getattr(args, "quiet", False)))

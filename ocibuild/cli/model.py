@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..events import Progress
-from .common import registry_arguments, registry_options
+from ..settings import Settings
+from .common import progress, registry_arguments, registry_options
 
 
 def add_parser(sub) -> None:
@@ -57,12 +57,12 @@ def add_parser(sub) -> None:
     common(show)
 
 
-def _options(args, reference: str):
+def _options(args, reference: str, settings: Settings):
     from ..models.registry import model_reference
 
     ref = model_reference(reference) if args.model_command != "list" else None
     host = ref.registry if ref else _repository_host(reference)
-    return registry_options(args).for_target(host, args.creds)
+    return registry_options(args, settings).for_target(host, args.creds)
 
 
 def _repository_host(repository: str) -> str:
@@ -74,6 +74,7 @@ def _repository_host(repository: str) -> str:
 def run(args) -> int:
     from ..models import registry as models
 
+    settings = Settings.from_environ()
     if args.model_command == "push":
         from ..oci.store import BlobStore
 
@@ -84,19 +85,20 @@ def run(args) -> int:
             version=args.version,
             framework=args.framework,
             description=args.description,
-            options=_options(args, args.reference),
-            store=BlobStore(args.cache),
-            progress=Progress(quiet=args.quiet),
+            options=_options(args, args.reference, settings),
+            store=BlobStore(args.cache or settings.cache_dir),
+            epoch=settings.source_date_epoch,
+            progress=progress(args),
         )
         print(pushed.digest)
     elif args.model_command == "pull":
         info = models.pull_model(
-            args.reference, args.directory, _options(args, args.reference), Progress(quiet=args.quiet)
+            args.reference, args.directory, _options(args, args.reference, settings), progress(args)
         )
         if not args.quiet:
             print(info.digest)
     elif args.model_command == "show":
-        info = models.show_model(args.reference, _options(args, args.reference))
+        info = models.show_model(args.reference, _options(args, args.reference, settings))
         if args.raw:
             print(info.raw.decode())
         elif args.json:
@@ -104,7 +106,7 @@ def run(args) -> int:
         else:
             print(_describe(args.reference, info))
     else:
-        listed = models.list_models(args.repository, _options(args, args.repository))
+        listed = models.list_models(args.repository, _options(args, args.repository, settings))
         if args.json:
             print(json.dumps([{"tag": x.tag, **(x.info.to_json() if x.info else {"note": x.note})}
                               for x in listed], indent=2))  # fmt: skip

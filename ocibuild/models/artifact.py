@@ -23,13 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache.layers import cached_layer, remember_layer
+from ..cache.layers import LocalLayerCache
 from ..errors import FormatError, InputError, UsageError
 from ..oci import media
 from ..oci.descriptor import Descriptor, Manifest, sniff_media_type
 from ..oci.digest import Digest
-from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
+from ..oci.image import Image, Layer
+from ..oci.layer import LayerContents, cache_key, write_layer
+from ..oci.mutate import timestamp
 from ..oci.store import BlobStore
+from ..version import __version__
 from .placement import add_model, model_dir_in_image
 
 ARTIFACT_TYPE = "application/vnd.ocibuild.model.v1"
@@ -152,9 +155,13 @@ def read_model_manifest(raw: bytes, what: str, media_type: str = "") -> ModelInf
 
 @dataclass(frozen=True)
 class BuiltArtifact:
-    manifest: Manifest
-    layer: BuiltLayer
+    image: Image  # the artifact, ready for any publisher
+    layer: Layer  # its one layer, as the image's model layer (no annotations)
     info: ModelInfo
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.image.manifest
 
 
 def layer_title(name: str, version: str, layer_media_type: str) -> str:
@@ -171,10 +178,11 @@ def build_artifact(
     description: str = "",
     progress: Callable[[int], None] | None = None,
     use_cache: bool = True,
+    epoch: int = 0,
 ) -> BuiltArtifact:
     """The model at ``path`` (a file or a folder) as an artifact: its layer in ``store`` (a derived blob when big,
-    as ``package`` does), its manifest in memory. Reproducible: the inputs alone decide every byte."""
-    from ..oci.mutate import timestamp
+    as ``package`` does), its manifest in memory. Reproducible: the inputs alone decide every byte (``epoch``:
+    the build's ``SOURCE_DATE_EPOCH``, the files' times and the ``created`` annotation)."""
 
     check_name(name)
     check_version(version)
@@ -182,15 +190,15 @@ def build_artifact(
         raise InputError(f"model {path}: no such file or directory")
     contents = LayerContents()
     add_model(contents, path, name, version)
-    key = cache_key(contents, "gzip")
-    layer = cached_layer(store, key) if use_cache else None
+    key = cache_key(contents, "gzip", mtime=epoch, tool=__version__)
+    cache = LocalLayerCache(store)
+    layer = cache.get(key) if use_cache else None
     if layer is None:
-        layer = write_layer(contents, store, "gzip", progress, derive=True)
-        remember_layer(store, key, layer)
-    store.put_bytes(EMPTY_CONFIG)
+        layer = write_layer(contents, store, "gzip", progress, mtime=epoch, derive=True)
+        cache.put(key, layer)
     folder = model_dir_in_image(name, version)
     annotations = {
-        CREATED: timestamp(),
+        CREATED: timestamp(epoch),
         TITLE: name,
         OCI_VERSION: version,
         NAME: name,
@@ -205,4 +213,5 @@ def build_artifact(
     desc = layer.descriptor.with_annotations({TITLE: layer_title(name, version, layer.descriptor.media_type)})
     manifest = Manifest.build(EMPTY_DESCRIPTOR, [desc], annotations, artifact_type=ARTIFACT_TYPE)
     info = read_model_manifest(manifest.raw, f"model {name}:{version}", media.OCI_MANIFEST)
-    return BuiltArtifact(manifest, layer, info)
+    titled = Layer(desc, layer.diff_id, layer.source)
+    return BuiltArtifact(Image(manifest, EMPTY_CONFIG, (titled,), f"model {name}:{version}"), layer, info)

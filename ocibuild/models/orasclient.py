@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import BinaryIO
 
 import oras.container
 import oras.defaults
@@ -27,7 +26,7 @@ import oras.provider
 import requests
 
 from ..oci.descriptor import Descriptor, canonical_json
-from ..oci.digest import CHUNK, Digest
+from ..oci.digest import CHUNK, Digest, Stream
 from ..oci.tempfiles import locked_temp
 from ..registry.auth import repository_scope
 from ..registry.client import RegistryClient
@@ -143,7 +142,7 @@ class OrasRegistry(oras.provider.Registry):
     def push_blob(
         self,
         desc: Descriptor,
-        open_stream: Callable[[], AbstractContextManager[BinaryIO]],
+        open_stream: Callable[[], AbstractContextManager[Stream]],
         progress: Callable[[int], None] = lambda n: None,
     ) -> str:
         """Make the blob present: "exists" when the registry has it, else "uploaded" (streamed)."""
@@ -165,7 +164,7 @@ class OrasRegistry(oras.provider.Registry):
     def chunked_upload(self, blob, container, layer, chunk_size=None) -> requests.Response:
         return self.upload_blob(blob, container, layer)
 
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
+    def open_blob(self, desc: Descriptor) -> Stream:
         """A stream of the blob that raises at its end unless it hashes to ``desc``."""
         return self.client.open_blob(desc)
 

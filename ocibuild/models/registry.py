@@ -11,23 +11,23 @@ import contextlib
 import hashlib
 import os
 import tarfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from ..errors import FormatError, InputError, OutputError, UsageError
 from ..events import Counted, Progress, human_size
 from ..oci import compress
 from ..oci.descriptor import Descriptor
-from ..oci.digest import CHUNK, Digest
-from ..oci.image import EXPANSION_ALLOWANCE, MAX_EXPANSION
-from ..oci.layer import BuiltLayer
+from ..oci.digest import CHUNK, Digest, Stream
+from ..oci.image import EXPANSION_ALLOWANCE, MAX_EXPANSION, Layer
 from ..oci.name import Reference, parse_reference
 from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
 from ..oci.tempfiles import new_directory
 from ..registry.errors import NotFoundError
+from ..registry.push import push_image
 from ..registry.source import RegistrySource
 from ..registry.transport import RegistryOptions, Transport
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
@@ -52,7 +52,7 @@ def model_reference(text: str) -> Reference:
     return parse_reference(text.removeprefix("docker://"))
 
 
-def model_registries(models: list[str]) -> list[str]:
+def model_registries(models: Sequence[str]) -> list[str]:
     """The registries the registered models among ``package``'s model arguments live on."""
     return sorted({model_reference(m).registry for m in models if is_model_reference(m)})
 
@@ -74,7 +74,6 @@ class Pushed:
     reference: Reference
     digest: Digest
     info: ModelInfo
-    blobs: dict[str, str]  # digest → "exists" | "uploaded"
 
 
 def push_model(
@@ -86,12 +85,14 @@ def push_model(
     framework: str = "",
     description: str = "",
     options: RegistryOptions | None = None,
-    store: BlobStore | None = None,
+    store: BlobStore,
+    epoch: int = 0,
     progress: Progress | None = None,
 ) -> Pushed:
     """Register the model at ``path`` as ``reference`` (``HOST/REPO[:TAG]``). Name: ``name`` or the repository's
-    last part; version: ``version`` or the reference's tag (then the tag is the version too)."""
-    progress = progress or Progress(quiet=True)
+    last part; version: ``version`` or the reference's tag (then the tag is the version too). The artifact goes
+    up as any image does (``registry.push``: present blobs skipped, uploads streamed and retried)."""
+    progress = progress or Progress()
     if not Path(path).exists():
         raise InputError(f"model {path}: no such file or directory")
     ref = parse_reference(reference.removeprefix("docker://"), default_tag=None)
@@ -109,32 +110,30 @@ def push_model(
     check_version(version)
     tag = ref.tag or version
     ref = Reference(ref.registry, ref.repository, tag)
-    store = store or BlobStore()
-    blobs: dict[str, str] = {}
     with connect(ref, options, push=True) as reg:
         # Credentials and access are checked before a (maybe multi-GB) layer is built: the config goes up first.
-        blobs[str(EMPTY_DESCRIPTOR.digest)] = reg.push_blob(
-            EMPTY_DESCRIPTOR, lambda: _bytes_stream(EMPTY_CONFIG)
-        )
-        counter = progress.bytes(f"model layer ({path.name})", _size_of(path))
-        built = build_artifact(
-            path, name, version, store, framework=framework, description=description, progress=counter
-        )
-        counter.done()
-        layer = built.layer.descriptor
-        progress.step(
-            f"model {name}:{version}: layer {layer.digest.short} ({human_size(layer.size)}, {layer.media_type})"
-        )
-        send = progress.bytes(f"pushing {layer.digest.short}", layer.size)
-        how = reg.push_blob(layer, lambda: store.open(layer.digest, layer.size), send)
-        send.done()
-        blobs[str(layer.digest)] = how
-        progress.step(f"  {layer.digest.short}  {human_size(layer.size):>9}  {how}")
-        digest = reg.put_manifest(tag, built.manifest.raw, built.manifest.media_type)
+        reg.push_blob(EMPTY_DESCRIPTOR, lambda: _bytes_stream(EMPTY_CONFIG))
+    counter = progress.bytes(f"model layer ({path.name})", _size_of(path))
+    built = build_artifact(
+        path,
+        name,
+        version,
+        store,
+        framework=framework,
+        description=description,
+        progress=counter,
+        epoch=epoch,
+    )
+    counter.done()
+    layer = built.layer.descriptor
+    progress.step(
+        f"model {name}:{version}: layer {layer.digest.short} ({human_size(layer.size)}, {layer.media_type})"
+    )
+    digest = push_image(built.image, ref, options or RegistryOptions(), progress)
     # Built here by oci.layer from the model's files alone: package needs no download to trust it.
     store.put_ref(_checked_key(built.info), {"diff_id": str(built.layer.diff_id)})
     progress.step(f"pushed model {ref.registry}/{ref.repository}:{tag} {digest}")
-    return Pushed(ref, digest, built.info, blobs)
+    return Pushed(ref, digest, built.info)
 
 
 def _bytes_stream(data: bytes):
@@ -218,7 +217,7 @@ def pull_model(
     its last byte; only then is the folder renamed to ``directory``. Entries outside the model's folder, links that
     leave it, and device files are refused.
     """
-    progress = progress or Progress(quiet=True)
+    progress = progress or Progress()
     ref = model_reference(reference)
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
@@ -237,7 +236,7 @@ def pull_model(
     return info
 
 
-def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path | None, what: str) -> Digest:
+def _unpack(blob: Stream, info: ModelInfo, dest: Path | None, what: str) -> Digest:
     """Walk the layer's entries, refusing any that is not a plain file, folder or link inside the model's folder,
     and write them under ``dest`` (or only check them, with ``dest`` None). Returns the diff_id (the sha256 of
     the uncompressed tar). Reads the blob to its end, so its digest is checked (``VerifyingReader`` raises
@@ -256,43 +255,9 @@ def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path | None, what: str) -> Di
     try:
         with tarfile.open(fileobj=raw, mode="r|", tarinfo=BoundedTarInfo) as tar:
             for member in tar:
-                name = member.name.rstrip("/")
-                if not name.startswith(prefix):
-                    if prefix.startswith(name + "/") and member.isdir():
-                        continue  # the model folder's parents
-                    raise FormatError(f"{what}: layer entry {name!r:.120} is outside the model's folder")
-                rel = PurePosixPath(name[len(prefix) :])
-                if (
-                    rel.is_absolute()
-                    or ".." in rel.parts
-                    or any(str(p) in links for p in list(rel.parents)[:-1])
-                ):
-                    raise FormatError(f"{what}: layer entry {name!r:.120} would leave the model's folder")
-                target = dest.joinpath(*rel.parts) if dest is not None else None
-                if member.isdir():
-                    if target is not None:
-                        target.mkdir(parents=True, exist_ok=True)
-                elif member.isfile() and not member.issparse():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    if target is None:
-                        while src.read(CHUNK):
-                            pass
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with open(target, "xb") as f:
-                        while data := src.read(CHUNK):
-                            f.write(data)
-                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-                elif member.issym():
-                    links[str(rel)] = member.linkname
-                    if not _stays_inside(str(rel), links):
-                        raise FormatError(f"{what}: link {name!r:.120} points outside the model's folder")
-                    if target is not None:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        os.symlink(member.linkname, target)
-                else:
-                    raise FormatError(f"{what}: layer entry {name!r:.120} is not a file, folder or link")
+                rel = _inside(member, prefix, links, what)
+                if rel is not None:
+                    _place(tar, member, rel, dest, links, what)
         for link in links:
             if not _stays_inside(link, links):
                 raise FormatError(f"{what}: link {prefix + link!r:.120} points outside the model's folder")
@@ -309,6 +274,61 @@ def _unpack(blob: BinaryIO, info: ModelInfo, dest: Path | None, what: str) -> Di
         _drain(blob)  # a corrupt blob is reported as such, not as what its bytes happened to say
         raise
     return Digest.from_hex(diff.hexdigest())
+
+
+def _inside(member: tarfile.TarInfo, prefix: str, links: dict[str, str], what: str) -> PurePosixPath | None:
+    """The entry's path inside the model's folder; None for the folder's own parents. Anything that is not
+    under the folder, climbs out of it, or goes through a link is refused."""
+    name = member.name.rstrip("/")
+    if not name.startswith(prefix):
+        if prefix.startswith(name + "/") and member.isdir():
+            return None  # the model folder's parents
+        raise FormatError(f"{what}: layer entry {name!r:.120} is outside the model's folder")
+    rel = PurePosixPath(name[len(prefix) :])
+    if rel.is_absolute() or ".." in rel.parts or any(str(p) in links for p in list(rel.parents)[:-1]):
+        raise FormatError(f"{what}: layer entry {name!r:.120} would leave the model's folder")
+    return rel
+
+
+def _place(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    rel: PurePosixPath,
+    dest: Path | None,
+    links: dict[str, str],
+    what: str,
+) -> None:
+    """Write one entry under ``dest`` (or only read it through, with ``dest`` None): a folder, a plain file or a
+    link that stays inside; anything else is refused."""
+    target = dest.joinpath(*rel.parts) if dest is not None else None
+    if member.isdir():
+        if target is not None:
+            target.mkdir(parents=True, exist_ok=True)
+    elif member.isfile() and not member.issparse():
+        src = tar.extractfile(member)
+        assert src is not None
+        if target is None:
+            while src.read(CHUNK):
+                pass
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as f:
+            while data := src.read(CHUNK):
+                f.write(data)
+        os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+    elif member.issym():
+        links[str(rel)] = member.linkname
+        if not _stays_inside(str(rel), links):
+            raise FormatError(
+                f"{what}: link {member.name.rstrip('/')!r:.120} points outside the model's folder"
+            )
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(member.linkname, target)
+    else:
+        raise FormatError(
+            f"{what}: layer entry {member.name.rstrip('/')!r:.120} is not a file, folder or link"
+        )
 
 
 def _stays_inside(link: str, links: dict[str, str]) -> bool:
@@ -341,7 +361,7 @@ def _stays_inside(link: str, links: dict[str, str]) -> bool:
 class _Hashed:
     """The uncompressed layer as read: hashed (the diff_id) and bounded (a bomb is refused, not unpacked)."""
 
-    def __init__(self, stream: BinaryIO, diff, budget: int, what: str):
+    def __init__(self, stream: Stream, diff, budget: int, what: str):
         self._stream, self._diff, self._left, self._what = stream, diff, budget, what
 
     def read(self, n: int = -1) -> bytes:
@@ -356,7 +376,7 @@ class _Hashed:
         return data
 
 
-def _drain(blob: BinaryIO) -> None:
+def _drain(blob: Stream) -> None:
     """Read to the end so a corrupt blob is reported as such (DigestMismatchError), not as a bad tar."""
     with contextlib.suppress(FormatError):
         while blob.read(CHUNK):
@@ -372,26 +392,7 @@ class ResolvedModel:
 
     reference: str  # normalised, as given (tag or digest)
     info: ModelInfo
-    layer: BuiltLayer  # descriptor without annotations, and the diff_id
-    source: ModelSource
-
-
-class ModelSource(RegistrySource):
-    """The model layer's blob from the registry, through the cache. Claims only its own blob (so it never shadows
-    the store for others), and pulls again over a stale derived recipe (a registered file edited since)."""
-
-    def has_blob(self, desc: Descriptor) -> bool:
-        return desc.digest in self.digests
-
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        if self.store.has(desc.digest) and not self.store.can_produce(desc.digest):
-            self._pull_over_recipe(desc)
-        return super().open_blob(desc)
-
-    def _pull_over_recipe(self, desc: Descriptor) -> None:
-        with self.client.open_blob(desc) as stream, self.store.writer() as w:
-            while data := stream.read(CHUNK):
-                w.write(data)
+    layer: Layer  # pulled through the cache, mountable from the model's repository
 
 
 def resolve_model(
@@ -408,19 +409,20 @@ def resolve_model(
     transport = Transport(ref.registry, options or RegistryOptions())
     reg = OrasRegistry(transport, ref.repository)
     info = fetch_model(reg, ref)
-    layer = Descriptor(info.layer.media_type, info.layer.digest, info.layer.size)
-    source = ModelSource(reg.client, store, {str(layer.digest)}, progress)
-    progress.step(f"model {ref}: {info.name}:{info.version} ({info.digest.short}, {human_size(layer.size)})")
-    return ResolvedModel(
-        str(ref), info, BuiltLayer(layer, _checked_diff_id(info, source, store, str(ref))), source
-    )
+    desc = Descriptor(info.layer.media_type, info.layer.digest, info.layer.size)
+    # Claims only its own blob, so it never stands in for the local store's; a stale derived recipe (a registered
+    # file edited since) is pulled over.
+    source = RegistrySource(reg.client, store, {str(desc.digest)}, progress)
+    progress.step(f"model {ref}: {info.name}:{info.version} ({info.digest.short}, {human_size(desc.size)})")
+    diff_id = _checked_diff_id(info, source, store, str(ref))
+    return ResolvedModel(str(ref), info, Layer(desc, diff_id, source, source.origin))
 
 
 def _checked_key(info: ModelInfo) -> str:
     return "model-layer-" + hashlib.sha256(f"{info.layer.digest}\n{info.path}".encode()).hexdigest()
 
 
-def _checked_diff_id(info: ModelInfo, source: ModelSource, store: BlobStore, what: str) -> Digest:
+def _checked_diff_id(info: ModelInfo, source: RegistrySource, store: BlobStore, what: str) -> Digest:
     key = _checked_key(info)
     if (doc := store.get_ref(key)) and isinstance(doc.get("diff_id"), str):
         return Digest(doc["diff_id"])

@@ -21,29 +21,18 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from ..errors import FormatError, InputError, OcibuildError, OutputError
 from . import compress, media
 from .descriptor import Descriptor, Index, Manifest, Platform, canonical_json, parse_json
-from .digest import CHUNK, Digest, VerifyingReader, is_digest
-from .image import BlobSource, Image, ImageIndex, images_of, load_image, load_manifest
-from .layer import source_date_epoch
-from .layout import OCI_LAYOUT_FILE, copy_blob, fetch_manifest, read_index_file, select_manifest
+from .digest import CHUNK, Digest, Stream, VerifyingReader, is_digest
+from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image
+from .index import fetch_manifest, load_entry, read_index_file, select_manifest
+from .layout import OCI_LAYOUT_FILE, copy_blob
+from .name import ImageName, parse_reference
 from .store import write_all
 from .tarsafe import BoundedTarInfo
 from .tempfiles import locked_temp, sweep
-
-
-@dataclass(frozen=True)
-class Tagged:
-    """An image (or a whole multi-platform index) and the names it goes under in an archive."""
-
-    image: Image | ImageIndex
-    repo_tag: str | None = None  # Docker's RepoTags entry, e.g. "myimage:latest"
-    ref_name: str | None = None  # org.opencontainers.image.ref.name, e.g. "latest"
-    full_name: str | None = None  # io.containerd.image.name, e.g. "docker.io/library/myimage:latest"
-
 
 # ---------------------------------------------------------------- writing
 
@@ -66,40 +55,57 @@ class _BlobPart:
     desc: Descriptor
 
 
-def _archive_parts(images: Sequence[Tagged]) -> Iterator[bytes | _BlobPart]:
+def _archive_parts(images: Sequence[Tagged], mtime: int) -> Iterator[bytes | _BlobPart]:
     """The tarball as headers and small documents (bytes) and blobs (``_BlobPart``, padding included after)."""
-    mtime = source_date_epoch()
     yield _tar_header("blobs/", 0, mtime, directory=True)
     yield _tar_header("blobs/sha256/", 0, mtime, directory=True)
     seen: set[str] = set()
     for t in images:
-        for image in images_of(t.image):
-            for desc in image.descriptors():
-                if desc.digest in seen:
-                    continue
-                seen.add(desc.digest)
-                yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
-                yield _BlobPart(image, desc)
-                if pad := -desc.size % 512:
-                    yield bytes(pad)
-            if image.digest not in seen:
-                seen.add(image.digest)
-                yield from _small(f"blobs/sha256/{image.digest.hex}", image.manifest.raw, mtime)
-        if isinstance(t.image, ImageIndex) and t.image.digest not in seen:
-            seen.add(t.image.digest)
-            yield from _small(f"blobs/sha256/{t.image.digest.hex}", t.image.index.raw, mtime)
-    index_entries = []
-    docker_entries: dict[str, dict] = {}  # one per image, all its names in RepoTags, as docker save writes
+        yield from _blob_parts(t.image, seen, mtime)
+    yield from _small("index.json", Index.build([_index_entry(t) for t in images]).raw, mtime)
+    if docker := _docker_manifest(images):
+        yield from _small("manifest.json", canonical_json(docker), mtime)
+    yield from _small("oci-layout", OCI_LAYOUT_FILE, mtime)
+    yield bytes(1024)
+
+
+def _blob_parts(entry: Image | ImageIndex, seen: set[str], mtime: int) -> Iterator[bytes | _BlobPart]:
+    """Every blob and manifest of ``entry`` not written yet (``seen``): an image's blobs, then its manifest; an
+    index's images, then the index."""
+    for image in images_of(entry):
+        for desc in image.descriptors():
+            if desc.digest in seen:
+                continue
+            seen.add(desc.digest)
+            yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
+            yield _BlobPart(image, desc)
+            if pad := -desc.size % 512:
+                yield bytes(pad)
+        if image.digest not in seen:
+            seen.add(image.digest)
+            yield from _small(f"blobs/sha256/{image.digest.hex}", image.manifest.raw, mtime)
+    if isinstance(entry, ImageIndex) and entry.digest not in seen:
+        seen.add(entry.digest)
+        yield from _small(f"blobs/sha256/{entry.digest.hex}", entry.index.raw, mtime)
+
+
+def _index_entry(t: Tagged) -> Descriptor:
+    annotations = {}
+    if t.name and t.name.full:
+        annotations[media.CONTAINERD_IMAGE_NAME] = t.name.full
+    if t.name and t.name.ref_name:
+        annotations[media.REF_NAME] = t.name.ref_name
+    return t.image.entry(annotations)
+
+
+def _docker_manifest(images: Sequence[Tagged]) -> list[dict]:
+    """Docker's ``manifest.json``: one entry per single-platform container image, all its names in ``RepoTags``
+    (as ``docker save`` writes it; two entries for one image would make ``docker load`` load it twice)."""
+    entries: dict[str, dict] = {}
     for t in images:
-        annotations = {}
-        if t.full_name:
-            annotations[media.CONTAINERD_IMAGE_NAME] = t.full_name
-        if t.ref_name:
-            annotations[media.REF_NAME] = t.ref_name
-        index_entries.append(t.image.entry(annotations))
         if not isinstance(t.image, Image) or not t.image.is_container_image:
-            continue  # Docker's manifest.json holds single-platform container images only
-        entry = docker_entries.setdefault(
+            continue
+        entry = entries.setdefault(
             t.image.digest,
             {
                 "Config": f"blobs/sha256/{t.image.manifest.config.digest.hex}",
@@ -107,22 +113,18 @@ def _archive_parts(images: Sequence[Tagged]) -> Iterator[bytes | _BlobPart]:
                 "Layers": [f"blobs/sha256/{d.digest.hex}" for d in t.image.layers],
             },
         )
-        if t.repo_tag:
-            entry["RepoTags"] = [*(entry["RepoTags"] or []), t.repo_tag]
-    yield from _small("index.json", Index.build(index_entries).raw, mtime)
-    if docker_entries:
-        yield from _small("manifest.json", canonical_json(list(docker_entries.values())), mtime)
-    yield from _small("oci-layout", OCI_LAYOUT_FILE, mtime)
-    yield bytes(1024)
+        if t.name and t.name.repo_tag:
+            entry["RepoTags"] = [*(entry["RepoTags"] or []), t.name.repo_tag]
+    return list(entries.values())
 
 
-def archive_chunks(images: Sequence[Tagged]) -> Iterator[bytes]:
+def archive_chunks(images: Sequence[Tagged], mtime: int = 0) -> Iterator[bytes]:
     """The tarball as a stream of chunks (for a file or an engine's load API); blobs verified as they pass."""
-    for part in _archive_parts(images):
+    for part in _archive_parts(images, mtime):
         if isinstance(part, bytes):
             yield part
             continue
-        with part.image.blobs.open_blob(part.desc) as src:
+        with part.image.open_blob(part.desc) as src:
             while data := src.read(CHUNK):
                 yield data
 
@@ -134,10 +136,10 @@ def _small(name: str, data: bytes, mtime: int) -> Iterator[bytes]:
         yield bytes(pad)
 
 
-def write_archive(images: Sequence[Tagged], path: Path, append: bool = False) -> None:
+def write_archive(images: Sequence[Tagged], path: Path, append: bool = False, mtime: int = 0) -> None:
     """Write the tarball to ``path`` atomically (temp file in the same directory, then rename).
 
-    Blobs take the fastest safe path (``layout.copy_blob``): a cached blob is copied by the kernel, a derived
+    ``mtime`` is every tar entry's time (the build's ``SOURCE_DATE_EPOCH``). Blobs take the fastest safe path (``layout.copy_blob``): a cached blob is copied by the kernel, a derived
     one is produced and written without a copy through Python, a foreign one is verified as it is copied.
     With ``append``, the images already in ``path`` are kept (read from the old file while the new one is
     written), except that a name given again moves to the new image, as ``docker tag`` moves it.
@@ -157,13 +159,13 @@ def write_archive(images: Sequence[Tagged], path: Path, append: bool = False) ->
     try:
         try:
             pending: list[bytes] = []
-            for part in _archive_parts(images):
+            for part in _archive_parts(images, mtime):
                 if isinstance(part, bytes):
                     pending.append(part)
                     continue
                 write_all(fd, pending)
                 pending = []
-                with part.image.blobs.open_blob(part.desc) as src:
+                with part.image.open_blob(part.desc) as src:
                     copy_blob(src, fd, part.desc, f"blob {part.desc.digest.short}")
             write_all(fd, pending)
             os.fchmod(fd, 0o644)
@@ -218,7 +220,7 @@ class ArchiveReader:
         try:
             with tarfile.open(path, "r:", tarinfo=BoundedTarInfo) as tf:
                 for m in tf:
-                    tf.members.clear()  # the index below is all we keep
+                    tf.members.clear()  # type: ignore[attr-defined] # the index below is all we keep
                     name = _clean(m.name)
                     if name is None:
                         continue
@@ -242,12 +244,13 @@ class ArchiveReader:
             # Relative to the link's folder, ".." resolved inside the archive (Docker 20.10 links a repeated layer
             # as ../<id>/layer.tar); a target that climbs out of the archive is not followed.
             joined = target if target.startswith("/") else f"{PurePosixPath(name).parent}/{target}"
-            name = _clean(posixpath.normpath(joined.lstrip("/")))
-            if name is None:
+            cleaned = _clean(posixpath.normpath(joined.lstrip("/")))
+            if cleaned is None:
                 return None
+            name = cleaned
         return None
 
-    def open(self, name: str) -> BinaryIO:
+    def open(self, name: str) -> Stream:
         real = self._resolve(name)
         if real is None:
             raise FormatError(f"{self.path}: member {name} is missing; the archive is incomplete")
@@ -276,14 +279,19 @@ def _clean(name: str) -> str | None:
 class ArchiveSource:
     """Blobs of a tarball: ``blobs/sha256/<hex>`` members, or Docker's legacy paths mapped by digest."""
 
-    def __init__(self, reader: ArchiveReader, paths: dict[str, str] | None = None):
+    origin: BlobOrigin | None = None
+
+    def __init__(self, reader: ArchiveReader, paths: dict[Digest, str] | None = None):
         self.reader = reader
         self.paths = paths or {}
+
+    def close(self) -> None:
+        pass
 
     def _name(self, desc: Descriptor) -> str:
         return self.paths.get(desc.digest, f"blobs/sha256/{desc.digest.hex}")
 
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
+    def open_blob(self, desc: Descriptor) -> Stream:
         return VerifyingReader(
             self.reader.open(self._name(desc)), desc.digest, desc.size, f"blob in {self.reader.path}"
         )
@@ -348,31 +356,16 @@ def read_archive_entries(path: Path) -> list[Tagged]:
         for desc in read_index_file(reader.read_small("index.json"), what).manifests:
             full = desc.annotations.get(media.CONTAINERD_IMAGE_NAME)
             ref_name = desc.annotations.get(media.REF_NAME)
-            out.append(Tagged(load_entry(desc, blobs, what), _familiar(full), ref_name, full))
+            out.append(Tagged(load_entry(desc, blobs, what), ImageName(_familiar(full), ref_name, full)))
         return out
     out = []
     for entry in _docker_entries(reader, what):
         image = _docker_entry_image(reader, entry, what, None)
         tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
-        out.extend(Tagged(image, t, t.rsplit(":", 1)[-1], _full(t)) for t in tags)
+        out.extend(Tagged(image, ImageName(t, t.rsplit(":", 1)[-1], _full(t))) for t in tags)
         if not tags:
             out.append(Tagged(image))
     return out
-
-
-def load_entry(desc: Descriptor, blobs: ArchiveSource | BlobSource, what: str) -> Image | ImageIndex:
-    """An ``index.json`` entry as it stands: an image, an artifact, or a whole index with all its images."""
-    raw, mt = fetch_manifest(blobs, desc, what)
-    if mt in media.INDEXES:
-        index = Index.parse(raw, f"index in {what}", mt)
-        children = []
-        for child in index.manifests:
-            child_raw, child_mt = fetch_manifest(blobs, child, what)
-            if child_mt in media.INDEXES:
-                raise FormatError(f"{what}: index {desc.digest.short} nests another index; copy one platform")
-            children.append(load_manifest(child_raw, blobs, what, child_mt))
-        return ImageIndex(index, tuple(children), what)
-    return load_manifest(raw, blobs, what, mt)
 
 
 def _without_names(old: list[Tagged], new: Sequence[Tagged]) -> list[Tagged]:
@@ -388,9 +381,11 @@ def _without_names(old: list[Tagged], new: Sequence[Tagged]) -> list[Tagged]:
 def _names(t: Tagged) -> set[str]:
     """What an entry is called: its Docker and full names; a bare OCI tag (oci-archive:FILE:TAG) only when it has
     no full name (in a docker archive, ``app:1`` and ``other:1`` share the tag ``1`` but are different names)."""
-    names = {n for n in (t.repo_tag, t.full_name) if n}
-    if not t.full_name and t.ref_name:
-        names.add("ref.name:" + t.ref_name)
+    if t.name is None:
+        return set()
+    names = {n for n in (t.name.repo_tag, t.name.full) if n}
+    if not t.name.full and t.name.ref_name:
+        names.add("ref.name:" + t.name.ref_name)
     return names
 
 
@@ -398,8 +393,6 @@ def _familiar(full: str | None) -> str | None:
     if not full:
         return None
     try:
-        from .name import parse_reference
-
         return parse_reference(full).familiar
     except OcibuildError:
         return None
@@ -407,8 +400,6 @@ def _familiar(full: str | None) -> str | None:
 
 def _full(repo_tag: str) -> str | None:
     try:
-        from .name import parse_reference
-
         return str(parse_reference(repo_tag))
     except OcibuildError:
         return None
@@ -445,28 +436,35 @@ def _docker_entry_image(reader: ArchiveReader, entry: dict, what: str, platform:
     paths = {config_digest: config_name}
     layers = []
     for name, diff_id in zip(layer_names, diff_ids, strict=True):
-        if not isinstance(name, str) or not reader.has(name):
-            raise FormatError(f"{what}: layer {name} is missing from the archive")
-        with reader.open(name) as f:
-            codec = compress.detect(f.read(4))
-        hinted = PurePosixPath(name).name
-        if codec == "none":
-            if not isinstance(diff_id, str) or not is_digest(diff_id):
-                raise FormatError(f"{what}: diff_id {diff_id!r} is not a sha256 digest")
-            digest = Digest(diff_id)  # an uncompressed layer's digest is its diff_id; verified when read
-        elif is_digest("sha256:" + hinted):
-            digest = Digest("sha256:" + hinted)
-        else:
-            raise FormatError(f"{what}: compressed layer {name} is not named by its digest; cannot verify it")
-        mt = {"gzip": media.OCI_LAYER_GZIP, "zstd": media.OCI_LAYER_ZSTD, "none": media.OCI_LAYER}[codec]
-        paths[digest] = name
-        layers.append(Descriptor(mt, digest, reader.size(name)))
+        desc = _legacy_layer(reader, name, diff_id, what)
+        paths[desc.digest] = name
+        layers.append(desc)
     blobs = ArchiveSource(reader, paths)
     if (raw := _saved_manifest(reader, config_digest, layers, what)) is not None:
         return load_image(raw, blobs, what)  # the very manifest that was saved: its digest is kept
     config_desc = Descriptor(media.OCI_CONFIG, config_digest, len(config_raw))
     manifest = Manifest.build(config_desc, layers)
     return load_image(manifest.raw, blobs, what)
+
+
+def _legacy_layer(reader: ArchiveReader, name: object, diff_id: object, what: str) -> Descriptor:
+    """The descriptor of a ``docker save`` layer member: its codec sniffed, its digest its diff_id (a plain tar)
+    or its file name (a compressed one); it is verified against that digest when read."""
+    if not isinstance(name, str) or not reader.has(name):
+        raise FormatError(f"{what}: layer {name} is missing from the archive")
+    with reader.open(name) as f:
+        codec = compress.detect(f.read(4))
+    hinted = PurePosixPath(name).name
+    if codec == "none":
+        if not isinstance(diff_id, str) or not is_digest(diff_id):
+            raise FormatError(f"{what}: diff_id {diff_id!r} is not a sha256 digest")
+        digest = Digest(diff_id)
+    elif is_digest("sha256:" + hinted):
+        digest = Digest("sha256:" + hinted)
+    else:
+        raise FormatError(f"{what}: compressed layer {name} is not named by its digest; cannot verify it")
+    mt = {"gzip": media.OCI_LAYER_GZIP, "zstd": media.OCI_LAYER_ZSTD, "none": media.OCI_LAYER}[codec]
+    return Descriptor(mt, digest, reader.size(name))
 
 
 def _saved_manifest(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Sequence
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import isal
 import zstandard
@@ -32,6 +32,7 @@ from isal import igzip, isal_zlib
 
 from ..errors import UsageError
 from . import media
+from .digest import Stream
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -212,7 +213,7 @@ def detect(head: bytes) -> str:
 class _Peeked(io.RawIOBase):
     """A stream with some already-read bytes put back in front."""
 
-    def __init__(self, head: bytes, rest: BinaryIO):
+    def __init__(self, head: bytes, rest: Stream):
         self._head = head
         self._rest = rest
 
@@ -230,7 +231,7 @@ class _Peeked(io.RawIOBase):
         return len(data)
 
 
-def decompressed(stream: BinaryIO) -> BinaryIO:
+def decompressed(stream: Stream) -> Stream:
     """The uncompressed bytes of a layer stream, whatever its codec (detected by magic, not trusted from labels)."""
     head = stream.read(4)
     raw = io.BufferedReader(_Peeked(head, stream), 1 << 20)

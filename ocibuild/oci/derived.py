@@ -29,7 +29,9 @@ def recipe_valid(doc: dict, check_sources: bool = True) -> bool:
         for e in doc["entries"] if check_sources else ():
             entry = Entry.from_json(e)
             if entry.kind == "file" and (
-                entry.ident is None or file_ident(os.lstat(entry.source)) != entry.ident
+                entry.ident is None
+                or entry.source is None
+                or file_ident(os.lstat(entry.source)) != entry.ident
             ):
                 return False
     except (OSError, KeyError, TypeError, ValueError):

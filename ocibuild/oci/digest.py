@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ..errors import DigestMismatchError
+
+
+class Stream(Protocol):
+    """What a blob is read through: ``read`` until it returns ``b""``, then ``close`` (or a ``with`` block). A
+    file, a ``VerifyingReader``, a layer being produced again: anything with these four methods."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
+
 
 _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")  # always fullmatch: "$" would accept a trailing newline
 CHUNK = 1 << 20
@@ -92,7 +106,7 @@ class VerifyingReader:
     Reading past ``size`` is refused too, so a hostile source cannot make us read forever.
     """
 
-    def __init__(self, source: BinaryIO, expected: Digest, size: int | None = None, what: str = "blob"):
+    def __init__(self, source: Stream, expected: Digest, size: int | None = None, what: str = "blob"):
         self._source = source
         self._expected = expected
         self._size = size
@@ -154,7 +168,7 @@ class VerifyingReader:
         self.close()
 
 
-def read_all(stream: BinaryIO) -> bytes:
+def read_all(stream: Stream) -> bytes:
     """Everything left in ``stream`` (for small documents only: manifests, configs, index files)."""
     parts = []
     while data := stream.read(CHUNK):
@@ -162,7 +176,7 @@ def read_all(stream: BinaryIO) -> bytes:
     return b"".join(parts)
 
 
-def copy_verified(source: BinaryIO, target: BinaryIO, expected: Digest, size: int | None, what: str) -> int:
+def copy_verified(source: Stream, target: BinaryIO, expected: Digest, size: int | None, what: str) -> int:
     """Copy ``source`` into ``target`` in chunks, verifying digest and size; returns bytes copied."""
     reader = VerifyingReader(source, expected, size, what)
     total = 0

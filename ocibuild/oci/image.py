@@ -1,9 +1,10 @@
-"""``Image``: the one model every source produces and every writer consumes.
+"""The image model: ``Image``, ``ImageIndex`` and ``Layer``, what every source produces and every publisher reads.
 
-An image is its manifest (raw bytes + parsed view), its config (raw bytes + parsed view) and a ``BlobSource`` that
-can open any of its blobs as a *verified* stream. Sources (layout, archive, registry, store) implement only
-``open_blob``; writers (layout, archive, registry push, engine load) ask only these questions. Building makes a new
-``Image`` around the old one's blobs: nothing is edited in place.
+An image is its manifest (raw bytes + parsed view), its config (raw bytes + parsed view) and its layers. A ``Layer``
+is one blob with its diff_id, the ``BlobSource`` that opens it as a *verified* stream, and where it can be mounted
+from (``BlobOrigin``). Sources (layout, archive, registry, store) implement only ``BlobSource``; publishers (layout,
+archive, registry, engine, Dockerfile context) ask an image only these questions. Changing an image
+(``oci.mutate``) makes a new ``Image`` that shares the old one's layers: nothing is edited in place.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import io
 import sys
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import BinaryIO, Protocol
+from typing import Protocol, cast
 
 import zstandard
 from isal import isal_zlib
@@ -22,7 +23,8 @@ from isal import isal_zlib
 from ..errors import FormatError
 from . import compress, media
 from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Manifest, Platform, parse_json
-from .digest import CHUNK, Digest, read_all
+from .digest import CHUNK, Digest, Stream, VerifyingReader, read_all
+from .name import ImageName
 from .store import BlobStore
 
 IMAGE_CONFIGS = frozenset({media.OCI_CONFIG, media.DOCKER_CONFIG})
@@ -32,57 +34,113 @@ IMAGE_CONFIGS = frozenset({media.OCI_CONFIG, media.DOCKER_CONFIG})
 # expand 1000 times and zstd far more, so a few MB of blob could otherwise keep a build busy for hours.
 MAX_EXPANSION = 100
 EXPANSION_ALLOWANCE = 1 << 30
+# What a corrupt compressed stream raises, by codec.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    cast(type[BaseException], isal_zlib.error),
+    zstandard.ZstdError,
+)  # isal's stub calls its error an instance; it is a class
+
+
+@dataclass(frozen=True)
+class BlobOrigin:
+    """A registry repository known to hold a blob: a push to another repository of that registry mounts it."""
+
+    registry: str
+    repository: str
 
 
 class BlobSource(Protocol):
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        """A stream of the blob's bytes that raises ``DigestMismatchError`` at its end if they do not verify."""
-        ...
+    """Where blobs come from: opens one as a stream that raises ``DigestMismatchError`` at its end if it does not
+    verify. ``origin`` is the registry repository that holds them, if any; ``close`` ends any connection."""
+
+    origin: BlobOrigin | None
+
+    def open_blob(self, desc: Descriptor) -> Stream: ...
 
     def has_blob(self, desc: Descriptor) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 class StoreSource:
+    """Blobs of the local store (``oci.store``): what a build wrote."""
+
+    origin: BlobOrigin | None = None
+
     def __init__(self, store: BlobStore):
         self.store = store
 
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
+    def open_blob(self, desc: Descriptor) -> Stream:
         return self.store.open(desc.digest, desc.size)
 
     def has_blob(self, desc: Descriptor) -> bool:
         return self.store.has(desc.digest)
 
+    def close(self) -> None:
+        pass
 
-class ChainSource:
-    """Tries each source in turn: a built image's new layers live in the store, its base layers elsewhere."""
 
-    def __init__(self, sources: Sequence[BlobSource]):
-        self.sources = list(sources)
+@dataclass(frozen=True)
+class Layer:
+    """One layer of an image: its descriptor, its diff_id (the sha256 of the uncompressed tar; None for an
+    artifact's blob), how to open its bytes, verified, and where it can be mounted from."""
 
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        for s in self.sources:
-            if s.has_blob(desc):
-                return s.open_blob(desc)
-        raise FormatError(f"blob {desc.digest} is referenced by the image but present in none of its sources")
+    descriptor: Descriptor
+    diff_id: Digest | None
+    source: BlobSource = field(compare=False, repr=False)
+    origin: BlobOrigin | None = field(default=None, compare=False)
 
-    def has_blob(self, desc: Descriptor) -> bool:
-        return any(s.has_blob(desc) for s in self.sources)
+    @property
+    def digest(self) -> Digest:
+        return self.descriptor.digest
+
+    @property
+    def size(self) -> int:
+        return self.descriptor.size
+
+    @property
+    def media_type(self) -> str:
+        return self.descriptor.media_type
+
+    def open(self) -> Stream:
+        return self.source.open_blob(self.descriptor)
+
+    def relabelled(self, media_type: str) -> Layer:
+        """The same bytes under another media type (a Docker layer type mapped to its OCI name), as a plain
+        descriptor: annotations the old manifest gave it are not carried over."""
+        desc = Descriptor(media_type, self.digest, self.size)
+        return Layer(desc, self.diff_id, self.source, self.origin)
+
+
+@dataclass(frozen=True)
+class Addendum:
+    """A layer added to an image, with the history line that says what it holds."""
+
+    layer: Layer
+    created_by: str  # e.g. "ocibuild: model ridge:1 (model.pkl)"
+    role: str = ""  # what it holds: "dependencies", "server", "model", "app"
 
 
 @dataclass(frozen=True)
 class Image:
+    """One image (or one artifact): manifest, config and layers. ``base`` and ``added`` say how ``oci.mutate``
+    made it (the base it was made from and the layers it added); an image read from somewhere has neither."""
+
     manifest: Manifest
     config_raw: bytes
-    blobs: BlobSource
-    name: str = ""  # where it came from, for messages and the base.name label
+    layers: tuple[Layer, ...]
+    name: str = ""  # where it came from, for messages
+    config_origin: BlobOrigin | None = field(default=None, compare=False)  # where its config can be mounted from
+    base: Image | None = field(default=None, compare=False, repr=False)
+    added: tuple[Addendum, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def digest(self) -> Digest:
         return self.manifest.digest
-
-    @property
-    def layers(self) -> tuple[Descriptor, ...]:
-        return self.manifest.layers
 
     @cached_property
     def config(self) -> dict:
@@ -90,30 +148,41 @@ class Image:
 
     @property
     def diff_ids(self) -> list[Digest]:
-        rootfs = self.config.get("rootfs")
-        ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(ids, list) or len(ids) != len(self.layers):
-            raise FormatError(
-                f"config of {self.name or 'image'} lists {len(ids) if isinstance(ids, list) else 'no'} diff_ids "
-                f"for {len(self.layers)} layers; the image is corrupt"
-            )
-        try:
-            return [Digest(x) for x in ids]
-        except (TypeError, ValueError):
-            raise FormatError(f"config of {self.name or 'image'} has a malformed diff_id") from None
+        return diff_ids_of(self.config, len(self.layers), self.name or "image")
 
     @property
     def platform(self) -> Platform:
         c = self.config
         return Platform(c.get("os") or "linux", c.get("architecture") or "amd64", c.get("variant") or None)
 
-    def open_uncompressed(self, layer: Descriptor) -> BinaryIO:
+    def open_blob(self, desc: Descriptor) -> Stream:
+        """Any blob of the image (its config or a layer), verified as it is read."""
+        if desc.digest == self.manifest.config.digest:
+            return VerifyingReader(io.BytesIO(self.config_raw), desc.digest, desc.size, "config")
+        return self.layer(desc.digest).open()
+
+    def layer(self, digest: Digest) -> Layer:
+        for layer in self.layers:
+            if layer.digest == digest:
+                return layer
+        raise FormatError(f"blob {digest} is not a layer of {self.name or 'the image'}")
+
+    def origin_of(self, desc: Descriptor) -> BlobOrigin | None:
+        """Where a blob of the image (its config or a layer) can be mounted from, if anywhere."""
+        if desc.digest == self.manifest.config.digest:
+            return self.config_origin
+        for layer in self.layers:
+            if layer.digest == desc.digest:
+                return layer.origin
+        return None
+
+    def open_uncompressed(self, layer: Layer) -> Stream:
         """A layer's tar stream, decompressed; closing it reads the rest, so the blob's digest is always checked.
 
         All the layers of one image, read this way, may expand to at most ``MAX_EXPANSION`` times their blobs'
         total size plus ``EXPANSION_ALLOWANCE``: past that, reading raises ``FormatError`` (a decompression bomb).
         """
-        return _Drained(self.blobs.open_blob(layer), layer, self._expansion, self.name or "image")
+        return _Drained(layer.open(), layer.descriptor, self._expansion, self.name or "image")
 
     @cached_property
     def _expansion(self) -> _Budget:
@@ -121,7 +190,7 @@ class Image:
 
     def descriptors(self) -> list[Descriptor]:
         """Every blob the image needs: config first, then layers (the order writers want)."""
-        return [self.manifest.config, *self.layers]
+        return [self.manifest.config, *(layer.descriptor for layer in self.layers)]
 
     @property
     def is_container_image(self) -> bool:
@@ -132,6 +201,11 @@ class Image:
         """This image's descriptor in an ``index.json`` (artifacts carry no platform)."""
         platform = self.platform if self.is_container_image else None
         return self.manifest.descriptor(annotations=annotations, platform=platform)
+
+    def close(self) -> None:
+        """End the connections of the sources its layers come from (a no-op for files)."""
+        for source in {id(x.source): x.source for x in self.layers}.values():
+            source.close()
 
 
 @dataclass(frozen=True)
@@ -151,10 +225,40 @@ class ImageIndex:
             self.index.media_type, self.index.digest, len(self.index.raw), annotations=annotations
         )
 
+    def close(self) -> None:
+        for image in self.images:
+            image.close()
 
-def images_of(entry: Image | ImageIndex) -> tuple[Image, ...]:
+
+Entry = Image | ImageIndex
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """An image (or a whole index) and the name it goes under in an archive, a layout or an engine."""
+
+    image: Entry
+    name: ImageName | None = None
+
+
+def images_of(entry: Entry) -> tuple[Image, ...]:
     """The single-platform images (or artifacts) whose blobs and manifests an entry needs written."""
     return entry.images if isinstance(entry, ImageIndex) else (entry,)
+
+
+def diff_ids_of(config: dict, layers: int, what: str) -> list[Digest]:
+    """The config's ``rootfs.diff_ids``, checked against the number of layers the manifest lists."""
+    rootfs = config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or len(ids) != layers:
+        raise FormatError(
+            f"config of {what} lists {len(ids) if isinstance(ids, list) else 'no'} diff_ids "
+            f"for {layers} layers; the image is corrupt"
+        )
+    try:
+        return [Digest(x) for x in ids]
+    except (TypeError, ValueError):
+        raise FormatError(f"config of {what} has a malformed diff_id") from None
 
 
 class _Budget:
@@ -168,7 +272,7 @@ class _Budget:
 class _Drained(io.RawIOBase):
     """Decompressed view of a verified blob stream that, on close, reads the blob to its end to verify it."""
 
-    def __init__(self, blob: BinaryIO, desc: Descriptor, budget: _Budget | None = None, what: str = "image"):
+    def __init__(self, blob: Stream, desc: Descriptor, budget: _Budget | None = None, what: str = "image"):
         self._blob = blob
         self._desc = desc
         self._budget = budget
@@ -185,7 +289,7 @@ class _Drained(io.RawIOBase):
     def readinto(self, buf) -> int:
         try:
             data = self._inner.read(len(buf))
-        except (OSError, EOFError, ValueError, zlib.error, isal_zlib.error, zstandard.ZstdError) as e:
+        except _DECODE_ERRORS as e:
             # Most likely the blob is corrupt: reading it to the end raises the digest mismatch, which says so.
             self._drain()
             raise FormatError(
@@ -228,21 +332,19 @@ def load_image(manifest_raw: bytes, blobs: BlobSource, name: str, media_type: st
             f"{name} is not a container image: its config is of type {manifest.config.media_type!r:.100} "
             "(an OCI artifact?); use an image as the base"
         )
-    if manifest.config.size > MAX_DOCUMENT_BYTES:
-        raise FormatError(
-            f"config of {name} declares {manifest.config.size} bytes; refusing an oversized config"
-        )
     for layer in manifest.layers:
         if layer.media_type not in media.LAYER_TO_OCI:
             raise FormatError(
                 f"{name}: layer {layer.digest.short} has unsupported media type {layer.media_type!r:.100}"
             )
-    with blobs.open_blob(manifest.config) as f:
-        raw = read_all(f)  # reading to the end verifies the digest (and the size, which bounds the read)
-    image = Image(manifest, raw, blobs, name)
-    check_config(image.config, f"config of {name}")
-    image.diff_ids  # noqa: B018 — validates the config against the manifest now, not at export
-    return image
+    raw = _read_config(manifest, blobs, name)
+    config = parse_json(raw, f"config of {name}")
+    check_config(config, f"config of {name}")
+    diff_ids = diff_ids_of(config, len(manifest.layers), name)
+    layers = tuple(
+        Layer(d, diff_id, blobs, blobs.origin) for d, diff_id in zip(manifest.layers, diff_ids, strict=True)
+    )
+    return Image(manifest, raw, layers, name, blobs.origin)
 
 
 def load_manifest(manifest_raw: bytes, blobs: BlobSource, name: str, media_type: str | None = None) -> Image:
@@ -252,20 +354,44 @@ def load_manifest(manifest_raw: bytes, blobs: BlobSource, name: str, media_type:
     known_layers = all(layer.media_type in media.LAYER_TO_OCI for layer in manifest.layers)
     if manifest.config.media_type in IMAGE_CONFIGS and known_layers:
         return load_image(manifest_raw, blobs, name, media_type)
+    raw = _read_config(manifest, blobs, name)
+    layers = tuple(Layer(d, None, blobs, blobs.origin) for d in manifest.layers)
+    return Image(manifest, raw, layers, name, blobs.origin)
+
+
+def _read_config(manifest: Manifest, blobs: BlobSource, name: str) -> bytes:
     if manifest.config.size > MAX_DOCUMENT_BYTES:
         raise FormatError(
             f"config of {name} declares {manifest.config.size} bytes; refusing an oversized config"
         )
     with blobs.open_blob(manifest.config) as f:
-        raw = read_all(f)
-    return Image(manifest, raw, blobs, name)
+        return read_all(f)  # reading to the end verifies the digest (and the size, which bounds the read)
 
 
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _string_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+# (field, test, what the spec says it is): the config fields ocibuild reads or copies.
 _STRINGS = ("os", "architecture", "variant", "created", "author", "os.version")
-_RUN_STRINGS = ("WorkingDir", "User", "StopSignal")
-_RUN_LISTS = ("Env", "OnBuild")
-_RUN_COMMANDS = ("Entrypoint", "Cmd", "Shell")  # Docker also accepts a single string for these
-_RUN_OBJECTS = ("ExposedPorts", "Volumes", "Healthcheck")
+_RUN_FIELDS: tuple[tuple[str, Callable[[object], bool], str], ...] = (
+    *((key, lambda v: isinstance(v, str), "a string") for key in ("WorkingDir", "User", "StopSignal")),
+    *((key, _strings, "a list of strings") for key in ("Env", "OnBuild")),
+    # Docker also accepts a single string for these
+    *(
+        (key, lambda v: isinstance(v, str) or _strings(v), "a list of strings")
+        for key in ("Entrypoint", "Cmd", "Shell")
+    ),
+    *(
+        (key, lambda v: isinstance(v, dict), "an object")
+        for key in ("ExposedPorts", "Volumes", "Healthcheck")
+    ),
+    ("Labels", _string_map, "an object of strings"),
+)
 _HISTORY_STRINGS = ("created", "created_by", "author", "comment")
 
 
@@ -276,43 +402,29 @@ def check_config(config: dict, what: str) -> None:
     def bad(field: str, kind: str) -> FormatError:
         return FormatError(f"{what}: {field} is not {kind}; the image is corrupt")
 
-    def strings(value: object) -> bool:
-        return isinstance(value, list) and all(isinstance(x, str) for x in value)
-
     for key in _STRINGS:
         if config.get(key) is not None and not isinstance(config[key], str):
             raise bad(key, "a string")
     run = config.get("config")
-    if run is not None:
-        if not isinstance(run, dict):
-            raise bad("config", "an object")
-        for key in _RUN_STRINGS:
-            if run.get(key) is not None and not isinstance(run[key], str):
-                raise bad(f"config.{key}", "a string")
-        for key in _RUN_LISTS:
-            if run.get(key) is not None and not strings(run[key]):
-                raise bad(f"config.{key}", "a list of strings")
-        for key in _RUN_COMMANDS:
-            if run.get(key) is not None and not (isinstance(run[key], str) or strings(run[key])):
-                raise bad(f"config.{key}", "a list of strings")
-        for key in _RUN_OBJECTS:
-            if run.get(key) is not None and not isinstance(run[key], dict):
-                raise bad(f"config.{key}", "an object")
-        labels = run.get("Labels")
-        if labels is not None and not (
-            isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
-        ):
-            raise bad("config.Labels", "an object of strings")
+    if run is not None and not isinstance(run, dict):
+        raise bad("config", "an object")
+    for key, test, kind in _RUN_FIELDS:
+        if run and run.get(key) is not None and not test(run[key]):
+            raise bad(f"config.{key}", kind)
     if config.get("rootfs") is not None and not isinstance(config["rootfs"], dict):
         raise bad("rootfs", "an object")
-    history = config.get("history")
-    if history is not None:
-        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-            raise bad("history", "a list of objects")
-        for h in history:
-            # Absent or a string: Docker omits them when empty and never writes null.
-            for key in _HISTORY_STRINGS:
-                if key in h and not isinstance(h[key], str):
-                    raise bad(f"history {key}", "a string")
-            if h.get("empty_layer") is not None and not isinstance(h["empty_layer"], bool):
-                raise bad("history empty_layer", "true or false")
+    _check_history(config.get("history"), bad)
+
+
+def _check_history(history: object, bad: Callable[[str, str], FormatError]) -> None:
+    if history is None:
+        return
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise bad("history", "a list of objects")
+    for h in history:
+        # Absent or a string: Docker omits them when empty and never writes null.
+        for key in _HISTORY_STRINGS:
+            if key in h and not isinstance(h[key], str):
+                raise bad(f"history {key}", "a string")
+        if h.get("empty_layer") is not None and not isinstance(h["empty_layer"], bool):
+            raise bad("history empty_layer", "true or false")

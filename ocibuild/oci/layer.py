@@ -16,32 +16,20 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from .. import __version__
 from ..errors import InputError
 from . import compress
 from .descriptor import Descriptor
 from .digest import Digest
+from .image import Layer, StoreSource
 from .pipeline import LAYER_FORMAT, Output, Release, pump
 from .store import BlobStore, write_all
 from .tarstream import Entry, TarStream, file_ident
 
 # Layers at least this big, whose sources outlive the build (``derive=True``), become derived blobs.
 DERIVE_MIN = 64 << 20
-
-
-def source_date_epoch() -> int:
-    """The fixed timestamp for every file and document: ``SOURCE_DATE_EPOCH`` (reproducible-builds.org) or 0."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise InputError(
-            f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; unset it or fix it"
-        ) from None
 
 
 def _image_path(path: str) -> str:
@@ -112,15 +100,16 @@ class LayerContents:
         return sum(e.size for e in self._entries.values())
 
 
-def cache_key(contents: LayerContents, codec: str) -> str:
+def cache_key(contents: LayerContents, codec: str, *, mtime: int, tool: str) -> str:
     """A key for the layer these contents make, from the inputs alone (no file is read): every entry with its
-    source's absolute path and identity (size, mtime_ns, inode, device), the codec, ``SOURCE_DATE_EPOCH``, the
-    encoding settings and library versions, and ocibuild's version. Any edit to a file changes its mtime or size."""
+    source's absolute path and identity (size, mtime_ns, inode, device), the codec, the entries' ``mtime``, the
+    encoding settings and library versions, and the version of the ``tool`` that builds it. Any edit to a file
+    changes its mtime or size."""
     doc = {
         "format": LAYER_FORMAT,
-        "ocibuild": __version__,
+        "ocibuild": tool,
         "codec": codec,
-        "mtime": source_date_epoch(),
+        "mtime": mtime,
         "entries": [e.to_json() for e in contents.entries()],
     }
     return "layer-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -140,22 +129,18 @@ def _walk_error(e: OSError) -> None:
 # ---------------------------------------------------------------- writing a layer
 
 
-@dataclass(frozen=True)
-class BuiltLayer:
-    descriptor: Descriptor
-    diff_id: Digest
-
-
 def write_layer(
     contents: LayerContents,
     store: BlobStore,
     codec: str = "gzip",
     progress: Callable[[int], None] | None = None,
     *,
+    mtime: int = 0,
     derive: bool = False,
     workers: int | None = None,
-) -> BuiltLayer:
-    """Builds the layer in one pass over the files and returns its descriptor and diff_id.
+) -> Layer:
+    """Builds the layer in one pass over the files and returns it (its blob in ``store``). Every entry's time is
+    ``mtime`` (the build's ``SOURCE_DATE_EPOCH``).
 
     A gzip layer that would not shrink by 10 % is written as a plain tar (``compress``); its descriptor says so.
     The blob is written into the store, or, with ``derive`` (the caller promises the sources outlive the build,
@@ -163,7 +148,6 @@ def write_layer(
     A file that changes while being read is an error (the layer would not match what was hashed).
     ``progress``, if given, is called with the number of bytes done so far.
     """
-    mtime = source_date_epoch()
     entries = contents.entries()
     tar = TarStream(entries, mtime, "{path} changed while being packed; rebuild when it is stable")
     if codec == "gzip" and compress.PLAIN_WHEN_INCOMPRESSIBLE:
@@ -199,7 +183,7 @@ def write_layer(
         }
         store.put_recipe(digest, recipe)
     media_type = compress.LAYER_MEDIA_TYPE[codec]
-    return BuiltLayer(Descriptor(media_type, digest, out.size), diff_id)
+    return Layer(Descriptor(media_type, digest, out.size), diff_id, StoreSource(store))
 
 
 def _capped(progress: Callable[[int], None], total: int, done: int) -> None:

@@ -13,14 +13,14 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import DigestMismatchError, FormatError, InputError, OutputError
 from . import media
 from .derived import DerivedBlob
-from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform, sniff_media_type
-from .digest import CHUNK, VerifyingReader, read_all
-from .image import BlobSource, Image, ImageIndex, images_of, load_image
+from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform
+from .digest import CHUNK, Stream, VerifyingReader
+from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image
+from .index import read_index_file, select_manifest
 from .store import StoredBlob, write_all
 from .tempfiles import new_directory
 
@@ -33,13 +33,18 @@ OCI_LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 class LayoutSource:
     """Blobs of a layout directory, verified as they are read."""
 
+    origin: BlobOrigin | None = None
+
     def __init__(self, root: Path):
         self.root = root
+
+    def close(self) -> None:
+        pass
 
     def _path(self, desc: Descriptor) -> Path:
         return self.root / "blobs" / "sha256" / desc.digest.hex
 
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
+    def open_blob(self, desc: Descriptor) -> Stream:
         try:
             f = open(self._path(desc), "rb")
         except OSError as e:
@@ -50,72 +55,6 @@ class LayoutSource:
 
     def has_blob(self, desc: Descriptor) -> bool:
         return self._path(desc).is_file()
-
-
-def select_manifest(
-    index: Index, blobs: BlobSource, ref_name: str | None, platform: Platform, what: str
-) -> tuple[bytes, str]:
-    """From a layout's ``index.json``: the raw manifest (and its media type) tagged ``ref_name`` for ``platform``.
-
-    Without a ``ref_name`` the layout must hold one image (possibly several platforms of it).
-    """
-    return resolve_platform(select_entries(index, ref_name, what), blobs, platform, what)
-
-
-def select_entries(index: Index, ref_name: str | None, what: str) -> list[Descriptor]:
-    """The ``index.json`` entries tagged ``ref_name`` (or all, when the layout holds just one image)."""
-    candidates = list(index.manifests)
-    names = sorted({d.annotations.get(media.REF_NAME, "") for d in candidates} - {""})
-    if ref_name is not None:
-        candidates = [d for d in candidates if d.annotations.get(media.REF_NAME) == ref_name]
-        if not candidates:
-            raise InputError(
-                f"{what} has no image tagged {ref_name!r}; it has: {', '.join(names) or 'no tags'}"
-            )
-    elif len(names) > 1:
-        raise InputError(f"{what} holds several images ({', '.join(names)}); name one as {what}:TAG")
-    if not candidates:
-        raise InputError(f"{what} holds no image")
-    return candidates
-
-
-def resolve_platform(
-    candidates: list[Descriptor], blobs: BlobSource, platform: Platform, what: str, depth: int = 0
-) -> tuple[bytes, str]:
-    """Pick the manifest for ``platform`` among descriptors, descending into a nested index."""
-    if len(candidates) == 1 and candidates[0].media_type not in media.MANIFESTS:
-        raw, mt = fetch_manifest(blobs, candidates[0], what)
-        if mt in media.MANIFESTS:
-            return raw, mt
-        if depth > 2:
-            raise FormatError(f"{what}: indexes nested too deep")
-        nested = Index.parse(raw, f"index in {what}", mt)
-        return resolve_platform(list(nested.manifests), blobs, platform, what, depth + 1)
-    manifests = [d for d in candidates if d.media_type in media.MANIFESTS]
-    matching = [d for d in manifests if d.platform is None or platform.matches(d.platform)]
-    if not matching:
-        have = ", ".join(str(d.platform) for d in manifests if d.platform) or "none"
-        raise InputError(
-            f"{what} has no image for platform {platform}; it has: {have} (choose with --platform)"
-        )
-    # An exact variant match beats an entry that merely does not contradict.
-    matching.sort(key=lambda d: d.platform is None or d.platform != platform)
-    return fetch_manifest(blobs, matching[0], what)
-
-
-def fetch_manifest(blobs: BlobSource, desc: Descriptor, what: str) -> tuple[bytes, str]:
-    if desc.size > 4 << 20:
-        raise FormatError(f"{what}: manifest {desc.digest.short} declares {desc.size} bytes; refusing it")
-    with blobs.open_blob(desc) as f:
-        raw = read_all(f)
-    mt = desc.media_type
-    if mt not in media.MANIFESTS and mt not in media.INDEXES:
-        mt = sniff_media_type(raw, what)
-    return raw, mt
-
-
-def read_index_file(raw: bytes, what: str) -> Index:
-    return Index.parse(raw, f"index.json of {what}", media.OCI_INDEX)
 
 
 def open_layout(root: Path, ref_name: str | None, platform: Platform) -> Image:
@@ -139,9 +78,9 @@ def read_layout_index(root: Path) -> Index:
 # ---------------------------------------------------------------- writing
 
 
-def write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | None]], root: Path) -> None:
-    """Write ``(image or index, ref_name, full_name)`` entries into the layout at ``root`` (created, or added
-    to; an entry takes its ``ref_name`` from any entry that had it, as a tag moves)."""
+def write_layout(images: Sequence[Tagged], root: Path) -> None:
+    """Write images (or indexes) into the layout at ``root`` (created, or added to), each under its name's
+    ``ref_name`` and ``full`` (an entry takes its ``ref_name`` from any entry that had it, as a tag moves)."""
     try:
         _write_layout(images, Path(root))
     except OSError as e:
@@ -152,7 +91,7 @@ def write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | No
         raise
 
 
-def _write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | None]], root: Path) -> None:
+def _write_layout(images: Sequence[Tagged], root: Path) -> None:
     is_layout = (root / "oci-layout").is_file()
     if root.exists() and not is_layout and (not root.is_dir() or any(root.iterdir())):
         raise OutputError(f"{root} exists and is not an OCI layout; choose a new or empty directory")
@@ -166,16 +105,19 @@ def _write_layout(images: Sequence[tuple[Image | ImageIndex, str | None, str | N
         _add_to_layout(images, tmp, existing=[])
 
 
-def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None) -> None:
+def _add_to_layout(images: Sequence[Tagged], root: Path, existing: list[Descriptor] | None = None) -> None:
     if existing is None:
         existing = list(read_index_file((root / "index.json").read_bytes(), str(root)).manifests)
     blob_dir = root / "blobs" / "sha256"
     blob_dir.mkdir(parents=True, exist_ok=True)
     entries = list(existing)
-    for entry, ref_name, full_name in images:
+    for tagged in images:
+        entry = tagged.image
+        ref_name = tagged.name.ref_name if tagged.name else None
+        full_name = tagged.name.full if tagged.name else None
         for image in images_of(entry):
             for desc in image.descriptors():
-                write_blob_file(image.blobs, desc, blob_dir)
+                write_blob_file(image, desc, blob_dir)
             _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
         if isinstance(entry, ImageIndex):
             _write_small(blob_dir, entry.digest.hex, entry.index.raw)
@@ -191,7 +133,7 @@ def _add_to_layout(images, root: Path, existing: list[Descriptor] | None = None)
     _write_small(root, "index.json", Index.build(entries).raw)
 
 
-def write_blob_file(blobs: BlobSource, desc: Descriptor, blob_dir: Path) -> None:
+def write_blob_file(image: Image, desc: Descriptor, blob_dir: Path) -> None:
     """Copy one blob into ``blob_dir`` under its hex name, via a temp file; skipped if present."""
     final = blob_dir / desc.digest.hex
     if final.is_file():
@@ -199,7 +141,7 @@ def write_blob_file(blobs: BlobSource, desc: Descriptor, blob_dir: Path) -> None
     fd, tmp = tempfile.mkstemp(dir=blob_dir, prefix=".tmp-")
     try:
         try:
-            with blobs.open_blob(desc) as src:
+            with image.open_blob(desc) as src:
                 copy_blob(src, fd, desc, f"blob {desc.digest.short}", whole_file=True)
             os.fchmod(fd, 0o644)
         finally:
@@ -210,7 +152,7 @@ def write_blob_file(blobs: BlobSource, desc: Descriptor, blob_dir: Path) -> None
         raise
 
 
-def copy_blob(src: BinaryIO, fd: int, desc: Descriptor, what: str, whole_file: bool = False) -> None:
+def copy_blob(src: Stream, fd: int, desc: Descriptor, what: str, whole_file: bool = False) -> None:
     """Append the blob ``src`` (opened from a ``BlobSource``) to the file ``fd``, the fastest safe way.
 
     - a blob of our own store (``StoredBlob``): cloned (reflink, when ``whole_file`` and the file system can)

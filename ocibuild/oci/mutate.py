@@ -1,8 +1,9 @@
-"""Base Image + new layers + config changes → a new Image, reproducibly.
+"""Change an image: a base ``Image`` + layers + config changes → a new ``Image``, reproducibly.
 
-The base is never modified: its config is copied and extended, its layers are referenced as they are (only
-Docker media-type labels are mapped to their OCI names; the bytes stay the same). Every timestamp is the fixed
-build time (``SOURCE_DATE_EPOCH`` or 0), and documents are canonical JSON, so the same inputs give the same digest.
+The base is never modified: its config is copied and extended, its layers are shared as they are (only Docker
+media-type labels are mapped to their OCI names; the bytes stay the same). Every timestamp is the given build time,
+and documents are canonical JSON, so the same inputs give the same digest. The new image remembers its base and
+what was added (``Image.base``, ``Image.added``), for publishers that rebuild it another way (the Dockerfile).
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import media
-from .descriptor import Descriptor, Manifest, Platform, canonical_json
-from .image import ChainSource, Image, StoreSource
-from .layer import BuiltLayer, source_date_epoch
-from .store import BlobStore
+from .descriptor import Descriptor, Manifest, canonical_json
+from .digest import Digest
+from .image import Addendum, Image
 
-
-@dataclass(frozen=True)
-class NewLayer:
-    layer: BuiltLayer
-    created_by: str  # the history line, e.g. "ocibuild: model ridge:1 (model.pkl)"
-    role: str = ""  # what it holds: "dependencies", "server", "model", "app"
+# What a base's config says about how the base itself was built: not true of the new image.
+_LEGACY_FIELDS = ("container", "container_config", "docker_version", "id", "parent")
 
 
 @dataclass(frozen=True)
@@ -35,10 +31,11 @@ class ConfigChanges:
     exposed_ports: Sequence[str] = ()
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)  # on the manifest
 
 
-def timestamp(epoch: int | None = None) -> str:
-    epoch = source_date_epoch() if epoch is None else epoch
+def timestamp(epoch: int) -> str:
+    """``epoch`` as the RFC 3339 time OCI documents carry."""
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -50,25 +47,9 @@ def _env_dict(env: list) -> dict[str, str]:
     return out
 
 
-def assemble(
-    base: Image | None,
-    layers: Sequence[NewLayer],
-    changes: ConfigChanges,
-    store: BlobStore,
-    platform: Platform,
-    base_name: str = "",
-) -> Image:
-    created = timestamp()
-    if base is not None:
-        config = copy.deepcopy(base.config)
-        base_layers = [Descriptor(media.LAYER_TO_OCI[d.media_type], d.digest, d.size) for d in base.layers]
-        diff_ids = [str(x) for x in base.diff_ids]
-    else:
-        config = {"architecture": platform.architecture, "os": platform.os}
-        if platform.variant:
-            config["variant"] = platform.variant
-        base_layers, diff_ids = [], []
-    run = dict(config.get("config") or {})
+def _run_config(base_run: dict, changes: ConfigChanges) -> dict:
+    """The base's runtime config (``config.config``) with the changes applied."""
+    run = dict(base_run)
     env = _env_dict(run.get("Env") or [])
     for key, value in changes.prepend_path.items():
         env[key] = f"{value}:{env[key]}" if env.get(key) else value
@@ -89,22 +70,31 @@ def assemble(
         run["Labels"] = {**(run.get("Labels") or {}), **changes.labels}
     if changes.stop_signal:
         run["StopSignal"] = changes.stop_signal
-    config["config"] = run
+    return run
+
+
+def mutate(base: Image, added: Sequence[Addendum], changes: ConfigChanges, created: str) -> Image:
+    """``base`` with ``added`` layers on top and ``changes`` to its config; ``created`` (``timestamp``) is the
+    time written into the config and the new history entries."""
+    config = copy.deepcopy(base.config)
+    config["config"] = _run_config(config.get("config") or {}, changes)
     config["created"] = created
-    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids + [str(x.layer.diff_id) for x in layers]}
+    diff_ids = [str(x) for x in base.diff_ids] + [str(_diff_id(x)) for x in added]
+    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     history = list(config.get("history") or [])
-    for x in layers:
-        history.append({"created": created, "created_by": x.created_by, "comment": "ocibuild"})
+    history += [{"created": created, "created_by": x.created_by, "comment": "ocibuild"} for x in added]
     config["history"] = history
-    for legacy in ("container", "container_config", "docker_version", "id", "parent"):
-        config.pop(legacy, None)  # describe how the base was built, not this image
+    for legacy in _LEGACY_FIELDS:
+        config.pop(legacy, None)
     config_raw = canonical_json(config)
-    config_desc = Descriptor(media.OCI_CONFIG, store.put_bytes(config_raw), len(config_raw))
-    annotations = {}
-    if base is not None:
-        annotations = {"org.opencontainers.image.base.digest": str(base.digest)}
-        if base_name:
-            annotations["org.opencontainers.image.base.name"] = base_name
-    manifest = Manifest.build(config_desc, base_layers + [x.layer.descriptor for x in layers], annotations)
-    sources = [StoreSource(store)] + ([base.blobs] if base is not None else [])
-    return Image(manifest, config_raw, ChainSource(sources), name="built image")
+    config_desc = Descriptor(media.OCI_CONFIG, Digest.of(config_raw), len(config_raw))
+    layers = tuple(x.relabelled(media.LAYER_TO_OCI[x.media_type]) for x in base.layers)
+    layers += tuple(x.layer for x in added)
+    manifest = Manifest.build(config_desc, [x.descriptor for x in layers], changes.annotations)
+    return Image(manifest, config_raw, layers, "built image", base=base, added=tuple(added))
+
+
+def _diff_id(addendum: Addendum) -> Digest:
+    if addendum.layer.diff_id is None:
+        raise ValueError(f"layer {addendum.layer.digest} has no diff_id; only image layers can be added")
+    return addendum.layer.diff_id

@@ -62,35 +62,40 @@ class Reference:
 def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
     """Parse ``[host[:port]/]path[:tag][@sha256:…]``; raises ``BadReferenceError`` with what is wrong."""
     original = text
-    if text.startswith("docker://"):
-        text = text[len("docker://") :]
+    text = text.removeprefix("docker://")
     if not text or text != text.strip():
         raise BadReferenceError(f"image reference {original!r} is empty or has spaces; use host/repo:tag")
-    digest = None
-    if "@" in text:
-        text, digest = text.split("@", 1)
-        if not is_digest(digest):
-            raise BadReferenceError(
-                f"image reference {original!r}: {digest!r} is not a sha256:<64 hex> digest"
-            )
-    tag = None
-    slash = text.rfind("/")
-    colon = text.rfind(":")
-    if colon > slash:
-        text, tag = text[:colon], text[colon + 1 :]
-        if not _TAG.fullmatch(tag):
-            raise BadReferenceError(
-                f"image reference {original!r}: tag {tag!r} is not valid (letters, digits, _ . -)"
-            )
+    text, at, digest = text.partition("@")
+    if at and not is_digest(digest):
+        raise BadReferenceError(f"image reference {original!r}: {digest!r} is not a sha256:<64 hex> digest")
+    text, tag = _split_tag(text, original)
+    registry, repository = _split_repository(text, original)
+    if tag is None and not digest:
+        tag = default_tag
+    return Reference(registry, repository, tag, digest or None)
+
+
+def _split_tag(text: str, original: str) -> tuple[str, str | None]:
+    """``name:tag`` → (name, tag); a colon before the last slash is a port, not a tag."""
+    slash, colon = text.rfind("/"), text.rfind(":")
+    if colon <= slash:
+        return text, None
+    tag = text[colon + 1 :]
+    if not _TAG.fullmatch(tag):
+        raise BadReferenceError(
+            f"image reference {original!r}: tag {tag!r} is not valid (letters, digits, _ . -)"
+        )
+    return text[:colon], tag
+
+
+def _split_repository(text: str, original: str) -> tuple[str, str]:
+    """The registry and the repository, normalised as Docker does (``python`` → docker.io, library/python)."""
     parts = text.split("/")
-    if len(parts) > 1 and (
-        "." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")
-    ):
-        registry, path = parts[0], parts[1:]
-        if not _HOST.fullmatch(registry):
-            raise BadReferenceError(
-                f"image reference {original!r}: {registry!r} is not a valid registry host"
-            )
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        if not _HOST.fullmatch(first):
+            raise BadReferenceError(f"image reference {original!r}: {first!r} is not a valid registry host")
+        registry, path = first, parts[1:]
     else:
         registry, path = DOCKER_HUB, parts
     if registry in ("index.docker.io", "registry-1.docker.io"):
@@ -108,9 +113,7 @@ def parse_reference(text: str, default_tag: str | None = "latest") -> Reference:
         raise BadReferenceError(
             f"image reference {original!r}: repository name is longer than 255 characters"
         )
-    if tag is None and digest is None:
-        tag = default_tag
-    return Reference(registry, repository, tag, digest)
+    return registry, repository
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,17 @@ class ImageName:
     """A name to give an image in an archive or layout: ``repo_tag`` for Docker's ``RepoTags``, ``ref_name`` and
     ``full`` for OCI's ``index.json`` (``org.opencontainers.image.ref.name``, ``io.containerd.image.name``)."""
 
-    repo_tag: str | None
-    ref_name: str | None
-    full: str | None
+    repo_tag: str | None = None
+    ref_name: str | None = None
+    full: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ImageName:
+        """``NAME[:TAG]`` as Docker reads it: all three names."""
         ref = parse_reference(text)
         return cls(repo_tag=ref.familiar, ref_name=ref.tag or "latest", full=str(ref))
+
+    @classmethod
+    def tag(cls, tag: str) -> ImageName:
+        """A bare OCI tag, as skopeo's ``oci:DIR:TAG`` names an image."""
+        return cls(ref_name=tag)

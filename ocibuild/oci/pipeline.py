@@ -71,6 +71,8 @@ class Output:
 
     @property
     def digest(self) -> Digest:
+        if self.hash is None:
+            raise ValueError("a plain tar's digest is its diff_id: this output does not hash")
         return Digest.from_hex(self.hash.hexdigest())
 
 
@@ -142,22 +144,7 @@ def _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel) -> 
     thread = threading.Thread(target=writer, name="ocibuild-write", daemon=True)
     thread.start()
     try:
-        done = 0
-        for i in range(count):
-            buf = _take(free, stopped)
-            if buf is None:
-                break
-            n = min(SEGMENT, tar.size - done)
-            shift = unaliased(buf, tar.main_file_start(done, n))
-            view = memoryview(buf)[shift : shift + n]
-            tar.readinto(view)
-            if diff is not None:
-                diff.update(view)
-            if not _put(todo, (pool.submit(encode, i, view), buf), stopped):
-                break
-            done += len(view)
-            if progress:
-                progress(done)
+        _feed(tar, count, free, todo, lambda i, view: pool.submit(encode, i, view), diff, progress, stopped)
     except BaseException:
         stop.set()
         raise
@@ -169,6 +156,26 @@ def _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel) -> 
         raise failure[0]
     if cancel.is_set():
         raise Cancelled()
+
+
+def _feed(tar, count, free, todo, submit, diff, progress, stopped) -> None:
+    """Read the tar segment by segment into free buffers, hash it, and queue each segment's encoding in order."""
+    done = 0
+    for i in range(count):
+        buf = _take(free, stopped)
+        if buf is None:
+            return
+        n = min(SEGMENT, tar.size - done)
+        shift = unaliased(buf, tar.main_file_start(done, n))
+        view = memoryview(buf)[shift : shift + n]
+        tar.readinto(view)
+        if diff is not None:
+            diff.update(view)
+        if not _put(todo, (submit(i, view), buf), stopped):
+            return
+        done += len(view)
+        if progress:
+            progress(done)
 
 
 PAGE = 4096

@@ -25,23 +25,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import DigestMismatchError, FormatError, OutputError
-from .digest import CHUNK, Digest, HashingWriter, copy_verified
+from .digest import CHUNK, Digest, HashingWriter, Stream, copy_verified
 from .tempfiles import locked_temp, sweep
 
 
-def default_root() -> Path:
-    if env := os.environ.get("OCIBUILD_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ocibuild"
-
-
 class BlobStore:
-    def __init__(self, root: Path | str | None = None):
-        self.root = Path(root) if root is not None else default_root()
+    """The cache folder ``root`` (the caller decides where: ``settings.Settings.cache_dir`` by default)."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
         self._blobs = self.root / "blobs" / "sha256"
         self._tmp = self.root / "tmp"
         self._refs = self.root / "refs"
@@ -143,9 +137,10 @@ class BlobStore:
                 w.write(data)
         return digest
 
-    def ingest(self, source: BinaryIO, digest: Digest, size: int | None, what: str) -> None:
-        """Copy a stream into the store, verifying it; nothing enters the store unless it verifies."""
-        if self.has(digest):
+    def ingest(self, source: Stream, digest: Digest, size: int | None, what: str) -> None:
+        """Copy a stream into the store, verifying it; nothing enters the store unless it verifies. A derived blob
+        whose sources changed since (a registered model's file edited after ``model push``) is stored over."""
+        if self.can_produce(digest):
             return
         fd, tmp = locked_temp(self._tmp, "blob-")
         try:

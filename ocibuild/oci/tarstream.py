@@ -8,6 +8,7 @@ hold bytes other than those its recipe names.
 from __future__ import annotations
 
 import bisect
+import io
 import itertools
 import os
 import tarfile
@@ -104,7 +105,7 @@ class TarStream:
         self._changed = changed
         self._i = 0  # current span
         self._o = 0  # offset in it
-        self._f = None
+        self._f: io.FileIO | None = None
 
     def readinto(self, view: memoryview) -> None:
         """Fill ``view`` entirely with the next bytes of the stream (the caller never asks past the end)."""
@@ -124,7 +125,7 @@ class TarStream:
             k = min(want - n, span.size - self._o)
             if k:
                 try:
-                    got = self._f.readinto(view[n : n + k])
+                    got = self._f.readinto(view[n : n + k]) or 0
                 except OSError as e:
                     self.close()
                     raise InputError(f"{span.source}: {e.strerror}") from None
@@ -137,7 +138,8 @@ class TarStream:
                 self._finish(span)
                 self._i, self._o = self._i + 1, 0
 
-    def _open(self, e: Entry):
+    def _open(self, e: Entry) -> io.FileIO:
+        assert e.source is not None  # files have a source
         try:
             f = open(e.source, "rb", buffering=0)
         except OSError as err:
@@ -149,6 +151,7 @@ class TarStream:
 
     def _finish(self, e: Entry) -> None:
         f, self._f = self._f, None
+        assert f is not None
         try:
             grew = f.read(1)
             now = file_ident(os.fstat(f.fileno()))
@@ -194,6 +197,7 @@ class TarStream:
             if isinstance(span, bytes):
                 parts.append(span[within : within + k])
             elif k > 0:
+                assert span.source is not None
                 if span.source not in files:
                     files[span.source] = os.open(span.source, os.O_RDONLY)
                 data = os.pread(files[span.source], k, within)

@@ -1,13 +1,13 @@
-"""Package a model: base + dependencies + scoring server + model + app → an Image (DESIGN §2, §3).
+"""Package a model: base + dependencies + scoring server + model + app → an Image.
 
 Layers go from least to most often changed (base, dependencies, server, model, app), so editing ``score.py``
 changes only the last layer, and a registry or cache already holds everything below it. The paths and variables
-inside the image are Azure ML's, so entry scripts written for Azure run unchanged.
+inside the image are Azure ML's, so entry scripts written for Azure run unchanged. Building only makes the
+``Image``; where it goes is the publishers' business (``transports.publish``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -15,32 +15,38 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import __version__
-from ..cache.layers import cached_layer, remember_layer
+from ..cache.layers import LayerCache, LocalLayerCache
 from ..errors import InputError, UsageError
 from ..events import Progress
 from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
 from ..oci import compress
 from ..oci.descriptor import Platform
 from ..oci.digest import Digest
-from ..oci.image import ChainSource, Image
-from ..oci.layer import BuiltLayer, LayerContents, cache_key, write_layer
-from ..oci.mutate import ConfigChanges, NewLayer, assemble
+from ..oci.empty import is_empty
+from ..oci.image import Addendum, Image, Layer
+from ..oci.layer import LayerContents, cache_key, write_layer
+from ..oci.mutate import ConfigChanges, mutate, timestamp
 from ..oci.store import BlobStore
 from ..oci.tempfiles import remove_tree
 from ..registry.transport import RegistryOptions
-from ..transports.open import resolve_base
+from ..transports.open import open_base
+from ..version import __version__
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .pyenv import TargetPython, detect_target_python
 from .wheels import install_dependencies
+
+if TYPE_CHECKING:
+    from ..models.registry import ResolvedModel
 
 APP_ROOT = "var/azureml-app"
 SERVER_DIR = "opt/ocibuild/server"
 SITE_PACKAGES = "opt/ocibuild/site-packages"
 SERVER_PACKAGE = "ocibuild_serving"
 DEFAULT_PORT = 5001
+TOOL = f"ocibuild {__version__}"  # in cache keys: another version of ocibuild may build other bytes
 _SERVING_SOURCE = Path(__file__).resolve().parent.parent / "serving"
 
 
@@ -58,18 +64,20 @@ class PackageSpec:
     port: int = DEFAULT_PORT
     # False (--no-cache): every layer is built from its inputs again; the results still go to the cache.
     use_cache: bool = True
-    registry: RegistryOptions | None = None  # credentials and TLS for a registry base (and registered models)
+    registry: RegistryOptions = field(
+        default_factory=RegistryOptions
+    )  # for a registry base and registered models
     # Registered models (``ocibuild model push``): registry references whose artifact layer becomes the image's
     # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
     model_refs: tuple[str, ...] = ()
+    epoch: int = 0  # SOURCE_DATE_EPOCH: every time in the image
+    workers: int | None = None  # cores used to compress a layer (None: all of them)
 
 
 @dataclass(frozen=True)
 class BuildResult:
-    image: Image
-    base: Image | None
+    image: Image  # its ``base`` and ``added`` say what it was built on and what this build added
     base_ref: str
-    layers: tuple[NewLayer, ...]  # the layers this build added, bottom first
     target: TargetPython
     model_name: str
     model_dir: str  # AZUREML_MODEL_DIR inside the image
@@ -78,6 +86,17 @@ class BuildResult:
     @property
     def digest(self) -> Digest:
         return self.image.digest
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The models of one build: their layers, what they are called, and where the image finds them."""
+
+    added: list[Addendum]
+    name: str
+    version: str
+    model_dir: str
+    labels: dict[str, str]
 
 
 def validate(spec: PackageSpec) -> None:
@@ -110,43 +129,74 @@ def validate(spec: PackageSpec) -> None:
         raise UsageError(f"--model-version {spec.version!r}: use letters, digits, '.', '_' or '-'")
 
 
-def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResult:
+def build(
+    spec: PackageSpec, store: BlobStore, progress: Progress, cache: LayerCache | None = None
+) -> BuildResult:
+    """Build the image for ``spec``: layers come from ``cache`` (default: the local store's) when their inputs
+    made them before, else are built into ``store``."""
     validate(spec)
+    cache = cache or LocalLayerCache(store)
     registered = _resolve_registered(spec, store, progress)
     progress.step(f"base: {spec.base}")
-    base = resolve_base(spec.base, spec.platform, store, spec.registry, progress)
+    base = open_base(spec.base, spec.platform, options=spec.registry, store=store, progress=progress)
     target = _detect_python(base, spec, store, progress)
     if spec.environment.python_version:
         check_python_version(spec.environment, target)
 
-    layers: list[NewLayer] = []
+    added: list[Addendum] = []
     if not spec.environment.is_empty():
-        layers.append(_dependencies_layer(spec, target, store, progress))
-    layers.append(
-        NewLayer(_server_layer(store, spec.compression), f"ocibuild {__version__}: scoring server", "server")
-    )
+        added.append(_dependencies_layer(spec, target, store, cache, progress))
+    added.append(Addendum(_server_layer(spec, store), f"{TOOL}: scoring server", "server"))
+    models = _model_layers(spec, registered, store, cache, progress)
+    added += models.added
+    app, script_rel = _app_layer(spec, store)
+    added.append(app)
+    changes = _config_changes(spec, base, target, models, script_rel)
+    image = mutate(base, added, changes, timestamp(spec.epoch))
+    return BuildResult(image, spec.base, target, models.name, models.model_dir, spec.environment.requirements)
 
+
+def _model_layers(
+    spec: PackageSpec,
+    registered: list[ResolvedModel],
+    store: BlobStore,
+    cache: LayerCache,
+    progress: Progress,
+) -> _Models:
+    """The model layer of the local models (one, for all of them) and each registered model's own layer."""
     version = spec.version or "1"
     multi = len(spec.models) + len(registered) > 1
     names = _model_names(spec, multi)
     _check_distinct(names + [m.info.name for m in registered])
+    added = []
     if spec.models:
-        model_contents = LayerContents()
+        contents = LayerContents()
         for path, name in zip(spec.models, names, strict=True):
-            add_model(model_contents, path, name, version)
-        model_layer = _files_layer(model_contents, spec, store, progress, "model layer", derive=True)
+            add_model(contents, path, name, version)
+        layer = _files_layer(contents, spec, store, cache, progress, "model layer", derive=True)
         listing = ", ".join(p.name for p in spec.models)
-        layers.append(
-            NewLayer(
-                model_layer,
-                f"ocibuild: model {names[0] if len(names) == 1 else 'set'}:{version} ({listing})",
-                "model",
-            )
-        )
+        label = names[0] if len(names) == 1 else "set"
+        added.append(Addendum(layer, f"ocibuild: model {label}:{version} ({listing})", "model"))
     for m in registered:
         created_by = f"ocibuild: model {m.info.name}:{m.info.version} from {m.reference} ({m.info.digest})"
-        layers.append(NewLayer(m.layer, created_by, "model"))
+        added.append(Addendum(m.layer, created_by, "model"))
+    if multi:
+        model_dir, name = f"/{MODELS_ROOT}", spec.name or (names or [registered[0].info.name])[0]
+    elif registered:  # the files stay where the artifact put them; --name/--model-version name the image
+        model_dir, name = registered[0].info.path, spec.name or registered[0].info.name
+        version = spec.version or registered[0].info.version
+    else:
+        model_dir, name = f"/{model_dir_in_image(names[0], version)}", names[0]
+    labels = {}
+    for m in registered:  # which artifact each registered model came from
+        suffix = f".{m.info.name}" if multi else ""
+        labels[f"io.ocibuild.model.source{suffix}"] = m.reference
+        labels[f"io.ocibuild.model.digest{suffix}"] = str(m.info.digest)
+    return _Models(added, name, version, model_dir, labels)
 
+
+def _app_layer(spec: PackageSpec, store: BlobStore) -> tuple[Addendum, str]:
+    """The entry script (or the whole ``--source-dir``) at the app root, and the script's path there."""
     app = LayerContents()
     if spec.source_dir is not None:
         app.add_tree(spec.source_dir, APP_ROOT)
@@ -156,41 +206,36 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
     else:
         script_rel = spec.entry_script.name
         app.add_file(spec.entry_script, f"{APP_ROOT}/{script_rel}")
-    app_layer = write_layer(app, store, spec.compression)
-    layers.append(NewLayer(app_layer, f"ocibuild: app ({script_rel})", "app"))
+    layer = write_layer(app, store, spec.compression, mtime=spec.epoch, workers=spec.workers)
+    return Addendum(layer, f"ocibuild: app ({script_rel})", "app"), script_rel
 
-    if multi:
-        model_dir = f"/{MODELS_ROOT}"
-        name = spec.name or (names or [registered[0].info.name])[0]
-    elif registered:  # the files stay where the artifact put them; --name/--model-version name the image
-        model_dir = registered[0].info.path
-        name = spec.name or registered[0].info.name
-        version = spec.version or registered[0].info.version
-    else:
-        model_dir = f"/{model_dir_in_image(names[0], version)}"
-        name = names[0]
+
+def _config_changes(
+    spec: PackageSpec, base: Image, target: TargetPython, models: _Models, script_rel: str
+) -> ConfigChanges:
+    """How the image runs: the server as entrypoint, Azure ML's variables, labels saying what is inside."""
     labels = {
-        "org.opencontainers.image.title": name,
-        "org.opencontainers.image.version": version,
-        "io.ocibuild.model.name": name,
-        "io.ocibuild.model.version": version,
+        "org.opencontainers.image.title": models.name,
+        "org.opencontainers.image.version": models.version,
+        "io.ocibuild.model.name": models.name,
+        "io.ocibuild.model.version": models.version,
         "io.ocibuild.entry-script": script_rel,
+        **models.labels,
     }
-    for m in registered:  # which artifact each registered model came from
-        suffix = f".{m.info.name}" if multi else ""
-        labels[f"io.ocibuild.model.source{suffix}"] = m.reference
-        labels[f"io.ocibuild.model.digest{suffix}"] = str(m.info.digest)
-    if base is not None:
+    annotations = {}
+    if not is_empty(base):
         labels["org.opencontainers.image.base.digest"] = str(base.digest)
         labels["org.opencontainers.image.base.name"] = spec.base
-    changes = ConfigChanges(
+        annotations = {"org.opencontainers.image.base.digest": str(base.digest)}
+        annotations["org.opencontainers.image.base.name"] = spec.base
+    return ConfigChanges(
         entrypoint=[target.executable, "-m", SERVER_PACKAGE],
         env={
             "AZUREML_ENTRY_SCRIPT": script_rel,
-            "AZUREML_MODEL_DIR": model_dir,
+            "AZUREML_MODEL_DIR": models.model_dir,
             "OCIBUILD_PORT": str(spec.port),
-            "OCIBUILD_MODEL_NAME": name,  # the KServe V2 model name
-            "OCIBUILD_MODEL_VERSION": version,
+            "OCIBUILD_MODEL_NAME": models.name,  # the KServe V2 model name
+            "OCIBUILD_MODEL_VERSION": models.version,
             "PYTHONUNBUFFERED": "1",
         },
         prepend_path={"PYTHONPATH": f"/{SERVER_DIR}:/{SITE_PACKAGES}"},
@@ -198,12 +243,7 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
         exposed_ports=[f"{spec.port}/tcp"],
         labels=labels,
         stop_signal="SIGTERM",
-    )
-    image = assemble(base, layers, changes, store, spec.platform, base_name=spec.base)
-    if registered:  # their blobs come from the registry (through the cache), which lets a push mount them
-        image = dataclasses.replace(image, blobs=ChainSource([*(m.source for m in registered), image.blobs]))
-    return BuildResult(
-        image, base, spec.base, tuple(layers), target, name, model_dir, spec.environment.requirements
+        annotations=annotations,
     )
 
 
@@ -223,38 +263,33 @@ def _check_distinct(names: list[str]) -> None:
         )
 
 
-def _resolve_registered(spec: PackageSpec, store: BlobStore, progress: Progress) -> list:
+def _resolve_registered(spec: PackageSpec, store: BlobStore, progress: Progress) -> list[ResolvedModel]:
     if not spec.model_refs:
         return []
-    from ..models.registry import resolve_model
+    from ..models.registry import resolve_model  # oras-py is imported only when a registered model is used
 
     return [resolve_model(ref, store, spec.registry, progress) for ref in spec.model_refs]
 
 
-def _detect_python(
-    base: Image | None, spec: PackageSpec, store: BlobStore, progress: Progress
-) -> TargetPython:
+def _detect_python(base: Image, spec: PackageSpec, store: BlobStore, progress: Progress) -> TargetPython:
     what = f"base image {spec.base}"
-    if base is None:
-        detect_target_python(
-            [], spec.platform.architecture, spec.platform.variant, what=what
-        )  # raises: no Python
     key = "pyenv-" + hashlib.sha256(json.dumps([str(d.digest) for d in base.layers]).encode()).hexdigest()
-    if (cached := store.get_ref(key)) is not None:
+    if base.layers and (cached := store.get_ref(key)) is not None:
         try:
             return _target_from_json(cached)
         except (TypeError, KeyError, ValueError):
             pass
-    progress.step("reading the base image's layers to find its Python")
-    openers = [partial(base.open_uncompressed, d) for d in base.layers]
+    if base.layers:
+        progress.step("reading the base image's layers to find its Python")
+    openers = [partial(base.open_uncompressed, layer) for layer in base.layers]
     target = detect_target_python(openers, base.platform.architecture, base.platform.variant, what=what)
     store.put_ref(key, asdict(target))
     return target
 
 
 def _dependencies_layer(
-    spec: PackageSpec, target: TargetPython, store: BlobStore, progress: Progress
-) -> NewLayer:
+    spec: PackageSpec, target: TargetPython, store: BlobStore, cache: LayerCache, progress: Progress
+) -> Addendum:
     env = spec.environment
     key_doc = {
         "requirements": requirements_texts(env.requirements),  # with the files they include (-r, -c)
@@ -268,9 +303,9 @@ def _dependencies_layer(
     created_by = (
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
-    if spec.use_cache and (cached := cached_layer(store, key)) is not None:
+    if spec.use_cache and (cached := cache.get(key)) is not None:
         progress.step(f"dependencies: cached ({summary})")
-        return NewLayer(cached, created_by, "dependencies")
+        return Addendum(cached, created_by, "dependencies")
     progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
     try:
@@ -282,41 +317,46 @@ def _dependencies_layer(
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES)
         counter = progress.bytes("dependencies layer", contents.total_size)
-        layer = write_layer(contents, store, spec.compression, counter)
+        layer = write_layer(
+            contents, store, spec.compression, counter, mtime=spec.epoch, workers=spec.workers
+        )
         counter.done()
     finally:
         remove_tree(tmp)
-    remember_layer(store, key, layer)
-    return NewLayer(layer, created_by, "dependencies")
+    cache.put(key, layer)
+    return Addendum(layer, created_by, "dependencies")
 
 
 def _files_layer(
     contents: LayerContents,
     spec: PackageSpec,
     store: BlobStore,
+    cache: LayerCache,
     progress: Progress,
     label: str,
     derive: bool = False,
-) -> BuiltLayer:
+) -> Layer:
     """A layer of host files, from the cache when the same files (same path, size, mtime, inode, device) made it
     before with the same settings: then not one byte of them is read. ``derive``: the files outlive the build,
     so a big layer is kept as a derived blob (``oci.store``) rather than copied into the cache."""
-    key = cache_key(contents, spec.compression)
-    if spec.use_cache and (cached := cached_layer(store, key)) is not None:
-        progress.step(f"{label}: cached ({cached.descriptor.digest.short})")
+    key = cache_key(contents, spec.compression, mtime=spec.epoch, tool=__version__)
+    if spec.use_cache and (cached := cache.get(key)) is not None:
+        progress.step(f"{label}: cached ({cached.digest.short})")
         return cached
     counter = progress.bytes(label, contents.total_size)
-    layer = write_layer(contents, store, spec.compression, counter, derive=derive)
+    layer = write_layer(
+        contents, store, spec.compression, counter, mtime=spec.epoch, derive=derive, workers=spec.workers
+    )
     counter.done()
-    remember_layer(store, key, layer)
+    cache.put(key, layer)
     return layer
 
 
-def _server_layer(store: BlobStore, codec: str) -> BuiltLayer:
+def _server_layer(spec: PackageSpec, store: BlobStore) -> Layer:
     contents = LayerContents()
     for src in sorted(_SERVING_SOURCE.glob("*.py")):
         contents.add_file(src, f"{SERVER_DIR}/{SERVER_PACKAGE}/{src.name}")
-    return write_layer(contents, store, codec)
+    return write_layer(contents, store, spec.compression, mtime=spec.epoch, workers=spec.workers)
 
 
 def _target_from_json(doc: dict) -> TargetPython:

@@ -46,43 +46,42 @@ def parse_challenges(header: str) -> list[Challenge]:
     """
     out: list[Challenge] = []
     i, n = 0, len(header)
-
-    def skip(chars: str) -> None:
-        nonlocal i
-        while i < n and header[i] in chars:
-            i += 1
-
     while i < n:
-        skip(" \t,")
+        i = _skip(header, i, " \t,")
         m = _TOKEN_RE.match(header, i)
         if not m:
             break
-        scheme, i = m.group(0).lower(), m.end()
-        params: dict[str, str] = {}
-        skip(" \t")
+        scheme, i = m.group(0).lower(), _skip(header, m.end(), " \t")
         t68 = _TOKEN68.match(header, i)
         if t68 and t68.group(0).endswith("=") and _at_end_of_item(header, t68.end()):
-            params[""] = t68.group(0)
-            i = t68.end()
+            params, i = {"": t68.group(0)}, t68.end()
         else:
-            while i < n:
-                skip(" \t,")
-                m = _TOKEN_RE.match(header, i)
-                if not m:
-                    break
-                j = m.end()
-                while j < n and header[j] in " \t":
-                    j += 1
-                if j >= n or header[j] != "=":
-                    break  # a bare token: the next challenge's scheme
-                name = m.group(0).lower()
-                j += 1
-                while j < n and header[j] in " \t":
-                    j += 1
-                value, i = _value(header, j)
-                params[name] = value
+            params, i = _params(header, i)
         out.append(Challenge(scheme, params))
     return out
+
+
+def _skip(s: str, i: int, chars: str) -> int:
+    while i < len(s) and s[i] in chars:
+        i += 1
+    return i
+
+
+def _params(header: str, i: int) -> tuple[dict[str, str], int]:
+    """``name=value`` pairs from ``i`` on, up to a bare token (the next challenge's scheme) or the end."""
+    params: dict[str, str] = {}
+    n = len(header)
+    while i < n:
+        i = _skip(header, i, " \t,")
+        m = _TOKEN_RE.match(header, i)
+        if not m:
+            break
+        j = _skip(header, m.end(), " \t")
+        if j >= n or header[j] != "=":
+            break  # a bare token: the next challenge's scheme
+        value, i = _value(header, _skip(header, j + 1, " \t"))
+        params[m.group(0).lower()] = value
+    return params, i
 
 
 def _at_end_of_item(s: str, i: int) -> bool:
@@ -184,27 +183,7 @@ class Authenticator:
 
     def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...], what: str) -> tuple[str, float]:
         realm = challenge.params["realm"]
-        service = challenge.params.get("service")
-        creds = self.credentials
-        kwargs: dict[str, Any] = {"allow_redirects": True}
-        if creds is not None and creds.identity_token:
-            # OAuth2 refresh-token grant, as Docker does for an ``identitytoken`` from config.json.
-            form = {"grant_type": "refresh_token", "refresh_token": creds.secret, "client_id": "ocibuild"}
-            if service:
-                form["service"] = service
-            if scopes:
-                form["scope"] = " ".join(scopes)
-            response = self._fetch("POST", realm, data=form, **kwargs)
-        else:
-            params: list[tuple[str, str]] = []
-            if service:
-                params.append(("service", service))
-            params += [("scope", s) for s in scopes]
-            if creds is not None:
-                params.append(("account", creds.username))
-                # Our own header, UTF-8 as Docker sends it: requests' ``auth=`` would encode as Latin-1.
-                kwargs["headers"] = {"Authorization": basic_authorization(creds)}
-            response = self._fetch("GET", realm, params=params, **kwargs)
+        response = self._ask_token_server(realm, challenge.params.get("service"), scopes)
         with response:
             if response.status_code == 401:
                 raise self.failure(what)
@@ -225,6 +204,27 @@ class Authenticator:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{what}: token server {realm.split('?')[0]} gave no token")
         return token, max(lifetime, TOKEN_MIN_LIFETIME)
+
+    def _ask_token_server(
+        self, realm: str, service: str | None, scopes: tuple[str, ...]
+    ) -> requests.Response:
+        creds = self.credentials
+        if creds is not None and creds.identity_token:
+            # OAuth2 refresh-token grant, as Docker does for an ``identitytoken`` from config.json.
+            form = {"grant_type": "refresh_token", "refresh_token": creds.secret, "client_id": "ocibuild"}
+            if service:
+                form["service"] = service
+            if scopes:
+                form["scope"] = " ".join(scopes)
+            return self._fetch("POST", realm, data=form, allow_redirects=True)
+        params: list[tuple[str, str]] = [("service", service)] if service else []
+        params += [("scope", s) for s in scopes]
+        kwargs: dict[str, Any] = {"allow_redirects": True}
+        if creds is not None:
+            params.append(("account", creds.username))
+            # Our own header, UTF-8 as Docker sends it: requests' ``auth=`` would encode as Latin-1.
+            kwargs["headers"] = {"Authorization": basic_authorization(creds)}
+        return self._fetch("GET", realm, params=params, **kwargs)
 
     def failure(self, what: str) -> AuthenticationError:
         """The one-line error for a 401 that a fresh attempt did not cure."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import BinaryIO
 from urllib.parse import urlencode, urljoin
 
 import requests
@@ -21,7 +20,7 @@ import urllib3
 from ..errors import DigestMismatchError, FormatError
 from ..oci import media
 from ..oci.descriptor import MAX_DOCUMENT_BYTES, Descriptor
-from ..oci.digest import CHUNK, Digest, VerifyingReader, is_digest
+from ..oci.digest import CHUNK, Digest, Stream, VerifyingReader, is_digest
 from .auth import repository_scope
 from .errors import AccessDeniedError, NotFoundError, RegistryError, TransientError
 from .transport import StaleToken, Transport, reason, registry_errors, retry_delay, status_error
@@ -64,6 +63,7 @@ class RegistryClient:
         what = self.what + ("@" if is_digest(reference) else ":") + reference
         policy = self.transport.options.retry
         attempt = 0
+        mt = header = ""
         while True:
             attempt += 1
             response = self._request(
@@ -133,7 +133,7 @@ class RegistryClient:
                 raise self._denied(self.what, f"read {self.repository}")
             raise status_error(response, self.what, f"checking blob {digest.short}")
 
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
+    def open_blob(self, desc: Descriptor) -> Stream:
         """A stream of the blob (redirects followed) that raises ``DigestMismatchError`` at its end if wrong."""
         response = self._request("GET", f"/v2/{self.repository}/blobs/{desc.digest}", stream=True)
         if response.status_code != 200:
@@ -182,7 +182,7 @@ class RegistryClient:
     def upload_blob(
         self,
         desc: Descriptor,
-        open_stream: Callable[[], AbstractContextManager[BinaryIO]],
+        open_stream: Callable[[], AbstractContextManager[Stream]],
         progress: Progress,
         location: str | None = None,
         chunk_size: int = MIN_CHUNK,
@@ -289,11 +289,17 @@ class _Body:
     def close(self) -> None:
         self._response.close()
 
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class _Upload:
     """A blob stream of known length, for requests: sent with Content-Length, in blocks, counted as it goes."""
 
-    def __init__(self, stream: BinaryIO, size: int, progress: Progress):
+    def __init__(self, stream: Stream, size: int, progress: Progress):
         self._stream = stream
         self._size = size
         self._progress = progress
@@ -309,7 +315,7 @@ class _Upload:
         return data
 
 
-def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+def _read_exactly(stream: Stream, n: int) -> bytes:
     parts, got = [], 0
     while got < n:
         data = stream.read(min(n - got, CHUNK))

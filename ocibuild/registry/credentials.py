@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,20 +50,15 @@ def parse_creds(text: str, source: str = "--creds") -> Credentials:
     return Credentials(user, secret, source=source)
 
 
-def env_credentials() -> Credentials | None:
-    """``OCIBUILD_REGISTRY_USER``/``OCIBUILD_REGISTRY_PASSWORD`` (CI secrets), or None when neither is set."""
-    user, secret = os.environ.get(ENV_USER), os.environ.get(ENV_PASSWORD)
+def env_credentials(user: str | None, secret: str | None) -> Credentials | None:
+    """The values of ``OCIBUILD_REGISTRY_USER``/``OCIBUILD_REGISTRY_PASSWORD`` (CI secrets) as credentials, or None
+    when neither is set (``settings`` reads them)."""
     if not user and not secret:
         return None
     if not user or not secret:
         missing = ENV_USER if not user else ENV_PASSWORD
         raise UsageError(f"{missing} is not set; set both {ENV_USER} and {ENV_PASSWORD}, or neither")
     return Credentials(user, secret, source=f"${ENV_USER}")
-
-
-def explicit_credentials(creds: str | None) -> Credentials | None:
-    """``--creds`` if given, else the environment variables, else None."""
-    return parse_creds(creds) if creds else env_credentials()
 
 
 def normalise_host(key: str) -> str:
@@ -78,29 +74,31 @@ def normalise_host(key: str) -> str:
     return f"{host}/{path}" if path else host
 
 
-def docker_config_path() -> Path:
-    base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-    return Path(base) / "config.json"
-
-
-def auth_files(auth_file: Path | None = None) -> list[Path]:
-    """The files searched, in order (existing or not)."""
+def auth_files(
+    auth_file: Path | None,
+    *,
+    registry_auth_file: str | None,
+    runtime_dir: str | None,
+    config_home: Path,
+    docker_config: Path,
+) -> tuple[Path, ...]:
+    """The files searched, in order (existing or not): ``--authfile`` else ``$REGISTRY_AUTH_FILE``, podman's
+    ``auth.json`` (runtime, then config), Docker's ``config.json``."""
     files: list[Path] = []
     if auth_file is not None:
         files.append(Path(auth_file))
-    elif env := os.environ.get("REGISTRY_AUTH_FILE"):
-        files.append(Path(env))
-    if runtime := os.environ.get("XDG_RUNTIME_DIR"):
-        files.append(Path(runtime) / "containers" / "auth.json")
-    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    files.append(Path(config_home) / "containers" / "auth.json")
-    files.append(docker_config_path())
-    return files
+    elif registry_auth_file:
+        files.append(Path(registry_auth_file))
+    if runtime_dir:
+        files.append(Path(runtime_dir) / "containers" / "auth.json")
+    files.append(config_home / "containers" / "auth.json")
+    files.append(docker_config)
+    return tuple(files)
 
 
-def lookup(host: str, auth_file: Path | None = None) -> Credentials | None:
-    """Stored credentials for ``host`` (see the module docstring for the order), or None."""
-    for path in auth_files(auth_file):
+def lookup(host: str, files: Sequence[Path]) -> Credentials | None:
+    """Stored credentials for ``host`` in the first of ``files`` that has some (``auth_files``), or None."""
+    for path in files:
         doc = _read_config(path)
         if doc is None:
             continue
@@ -214,17 +212,17 @@ def helper_store(name: str, host: str, creds: Credentials) -> None:
         )
 
 
-def save_login(host: str, creds: Credentials, auth_file: Path | None = None) -> str:
+def save_login(host: str, creds: Credentials, auth_file: Path | None, docker_config: Path) -> str:
     """Store credentials the way ``docker login`` does; returns where (a file or a helper's name).
 
-    Without ``auth_file``: Docker's config.json, through its credential helper for ``host`` or its ``credsStore``
-    when one is configured, else base64 in ``auths``. The file is replaced atomically and is 0600.
+    Without ``auth_file``: Docker's ``docker_config`` (config.json), through its credential helper for ``host`` or
+    its ``credsStore`` when one is configured, else base64 in ``auths``. The file is replaced atomically, 0600.
     """
-    path = Path(auth_file) if auth_file is not None else docker_config_path()
+    path = Path(auth_file) if auth_file is not None else docker_config
     doc = _read_config(path) or {}
     key = _server_url(host)
-    auths = doc.get("auths") if isinstance(doc.get("auths"), dict) else {}
-    auths = {k: v for k, v in auths.items() if normalise_host(k) != host}
+    known = doc.get("auths")
+    auths = {k: v for k, v in known.items() if normalise_host(k) != host} if isinstance(known, dict) else {}
     helper = _host_entry(doc.get("credHelpers"), host) or doc.get("credsStore")
     if auth_file is None and isinstance(helper, str) and helper:
         helper_store(helper, host, creds)

@@ -21,10 +21,11 @@ def registry_host(text: str) -> str:
 
 
 def login(
-    host: str, creds: Credentials, options: RegistryOptions | None = None, auth_file: Path | None = None
+    host: str, creds: Credentials, options: RegistryOptions, auth_file: Path | None, docker_config: Path
 ) -> str:
-    """Verify ``creds`` with ``host`` (a Basic request, or a token grant) and store them; returns where."""
-    options = (options or RegistryOptions()).with_credentials(host, creds)
+    """Verify ``creds`` with ``host`` (a Basic request, or a token grant) and store them (in ``auth_file``, else
+    Docker's ``docker_config``); returns where."""
+    options = options.with_credentials(host, creds)
     transport = Transport(host, options)
     try:
         response = transport.request("GET", "/v2/", what=host, scopes=())
@@ -33,4 +34,4 @@ def login(
                 raise status_error(response, host, "logging in")
     finally:
         transport.close()
-    return save_login(host, creds, auth_file)
+    return save_login(host, creds, auth_file, docker_config)

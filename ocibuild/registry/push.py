@@ -1,10 +1,12 @@
-"""Push an ``Image`` to a registry: every blob made present (skip, mount or stream), then the manifest's bytes.
+"""Push an ``Image`` or an ``ImageIndex`` to a registry: every blob made present (skip, mount or stream), then
+the manifests' bytes.
 
-Per blob, in a small thread pool: HEAD, and skip it if the registry has it; else mount it when it came from
-another repository of the same registry (its source says so through ``blob_origin``); else upload it streamed
-from ``image.blobs`` (memory stays flat whatever the layer size). A blob upload that fails transiently is started
-over, a bounded number of times. Only when every blob is confirmed does the manifest go up, as the exact bytes of
-``image.digest``, under the reference's tag (and any extra tags).
+Per blob, in a small thread pool: HEAD, and skip it if the registry has it; else mount it when its layer says it
+lives in another repository of the same registry (``Layer.origin``); else upload it streamed from the image
+(memory stays flat whatever the layer size). A blob upload that fails transiently is started over, a bounded
+number of times. Only when every blob is confirmed does the manifest go up, as the exact bytes of
+``image.digest``, under the reference's tag (and any extra tags); an index goes up only after all its images.
+Container images, registered models and other artifacts all go up this way.
 """
 
 from __future__ import annotations
@@ -18,19 +20,17 @@ from ..errors import UsageError
 from ..events import Progress, human_size
 from ..oci.descriptor import Descriptor
 from ..oci.digest import Digest
-from ..oci.image import Image
+from ..oci.image import Image, ImageIndex
 from ..oci.name import Reference
 from .client import RegistryClient
 from .errors import TransientError
-from .source import blob_origin
 from .transport import RegistryOptions, Transport, retry_delay
 
-WORKERS = 4
 BLOB_ATTEMPTS = 3
 
 
 class _Tally:
-    """Bytes done across parallel blobs, for one live progress line; per-blob lines are printed as they end."""
+    """Bytes done across parallel blobs, for one progress count; per-blob lines are reported as they end."""
 
     def __init__(self, progress: Progress, label: str, total: int):
         self.progress = progress
@@ -44,10 +44,7 @@ class _Tally:
             self.counter(self.done)
 
     def line(self, text: str) -> None:
-        with self.lock:
-            if self.progress.live:
-                self.progress.stream.write("\r\x1b[K")
-            self.progress.step(text)
+        self.progress.step(text)
 
 
 def push_image(
@@ -56,11 +53,11 @@ def push_image(
     options: RegistryOptions | None = None,
     progress: Progress | None = None,
     tags: Sequence[str] = (),
-    workers: int = WORKERS,
 ) -> Digest:
-    """Push ``image`` as ``ref`` (and ``tags`` in the same repository); returns the manifest digest."""
+    """Push ``image`` as ``ref`` (and ``tags`` in the same repository); returns the manifest digest. Blobs go up
+    ``options.workers`` at a time."""
     options = options or RegistryOptions()
-    progress = progress or Progress(quiet=True)
+    progress = progress or Progress()
     if ref.digest and ref.digest != image.digest:
         raise UsageError(f"{ref}: the image's digest is {image.digest}; push it by tag or by that digest")
     client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
@@ -70,7 +67,7 @@ def push_image(
         progress.step(f"pushing {len(blobs)} blobs ({human_size(total)}) to {ref.registry}/{ref.repository}")
         tally = _Tally(progress, f"pushing to {ref.registry}/{ref.repository}", total)
         with ThreadPoolExecutor(
-            max_workers=max(1, min(workers, len(blobs))), thread_name_prefix="push"
+            max_workers=max(1, min(options.workers, len(blobs))), thread_name_prefix="push"
         ) as pool:
             futures = [pool.submit(_push_blob, client, image, d, tally) for d in blobs]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -97,7 +94,7 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
         tally.line(f"{label}  exists")
         return "exists"
     location = None
-    origin = blob_origin(image.blobs, desc)
+    origin = image.origin_of(desc)
     if origin and origin.registry == client.transport.host and origin.repository != client.repository:
         location = client.mount_blob(desc.digest, origin.repository)
         if location is None:
@@ -114,7 +111,7 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
 
         start = time.monotonic()
         try:
-            how = client.upload_blob(desc, lambda: image.blobs.open_blob(desc), on_bytes, location=location)
+            how = client.upload_blob(desc, lambda: image.open_blob(desc), on_bytes, location=location)
         except TransientError as e:
             tally.add(-sent[0])
             delay = retry_delay(attempt, e.retry_after, policy)  # a 429's Retry-After too
@@ -129,3 +126,29 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
         tally.line(f"{label}  uploaded{extra}{rate}")
         return "uploaded"
     raise AssertionError("unreachable")
+
+
+def push_index(
+    index: ImageIndex,
+    ref: Reference,
+    options: RegistryOptions | None = None,
+    progress: Progress | None = None,
+    tags: Sequence[str] = (),
+) -> Digest:
+    """Push every image of ``index`` by digest, then the index's exact bytes as ``ref`` (and ``tags``)."""
+    options = options or RegistryOptions()
+    progress = progress or Progress()
+    if ref.digest and ref.digest != index.digest:
+        raise UsageError(f"{ref}: the index's digest is {index.digest}; push it by tag or by that digest")
+    for image in index.images:  # children first, by digest: the index may only name what is there
+        push_image(image, Reference(ref.registry, ref.repository, None, str(image.digest)), options, progress)
+    client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
+    try:
+        raw, media_type = index.index.raw, index.index.media_type
+        digest = client.put_manifest(ref.tag or ref.digest or "latest", raw, media_type)
+        for tag in tags:
+            client.put_manifest(tag, raw, media_type)
+    finally:
+        client.transport.close()
+    progress.step(f"pushed index {ref} {digest} ({len(index.images)} images)")
+    return digest

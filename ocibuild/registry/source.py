@@ -1,9 +1,10 @@
-"""An image in a registry as an ``Image``: manifest (or index → platform), config, and blobs through the cache.
+"""Blobs and manifests of one registry repository as a ``BlobSource``, and an image in a registry as an ``Image``.
 
-``open_registry_image`` fetches only the manifest and the config; a layer is downloaded the first time it is
-opened, verified on its way into the local ``BlobStore`` (nothing enters the store unless it verifies), and served
-from the store from then on, so a second build pulls nothing but the manifest. The source remembers where each of
-its blobs lives (``blob_origin``), which lets a push to another repository of the same registry mount them.
+One source for every reader: with a ``BlobStore`` a blob is downloaded the first time it is opened, verified on its
+way into the store (nothing enters the store unless it verifies) and served from the store from then on, so a
+second build pulls nothing but the manifest; without one (``copy``) blobs stream straight through, verified. Either
+way the source knows where its blobs live (``origin``), which lets a push to another repository of the same
+registry mount them instead of uploading them.
 """
 
 from __future__ import annotations
@@ -11,71 +12,76 @@ from __future__ import annotations
 import io
 import threading
 import time
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections.abc import Iterable
 
 from ..events import Counted, Progress
 from ..oci import media
 from ..oci.descriptor import Descriptor, Index, Manifest, Platform, sniff_media_type
-from ..oci.digest import VerifyingReader
-from ..oci.image import Image, load_image
-from ..oci.layout import resolve_platform
+from ..oci.digest import Digest, Stream, VerifyingReader
+from ..oci.image import BlobOrigin, Image, load_image
+from ..oci.index import resolve_platform
 from ..oci.name import Reference
 from ..oci.store import BlobStore
 from .client import RegistryClient
 from .errors import TransientError
 from .transport import RegistryOptions, Transport, retry_delay
 
-
-@dataclass(frozen=True)
-class BlobOrigin:
-    """A registry repository known to hold a blob."""
-
-    registry: str
-    repository: str
-
-
-def blob_origin(source: object, desc: Descriptor) -> BlobOrigin | None:
-    """Where ``source`` (any ``BlobSource``) got ``desc`` from, if it knows: sources may offer
-    ``blob_origin(desc)``; a chain of sources (``.sources``) is asked member by member."""
-    ask = getattr(source, "blob_origin", None)
-    if callable(ask):
-        return ask(desc)
-    for member in getattr(source, "sources", ()) or ():
-        if (found := blob_origin(member, desc)) is not None:
-            return found
-    return None
+PULL_ATTEMPTS = 3
 
 
 class RegistrySource:
-    """Blobs of one repository, pulled into the store on first use (in parallel callers, each blob once)."""
+    """The blobs and child manifests of one repository.
 
-    def __init__(self, client: RegistryClient, store: BlobStore, digests: set[str], progress: Progress):
+    ``store``: pull each blob into it on first use (parallel callers pull each blob once), else stream.
+    ``digests``: the blobs this source answers for (``has_blob``), when it must not claim any other (a registered
+    model's source sits beside the local store's); None claims every blob. Manifests fetched already (the top one,
+    reached by tag) are served from memory (``remember``)."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        store: BlobStore | None = None,
+        digests: Iterable[str] | None = None,
+        progress: Progress | None = None,
+    ):
         self.client = client
         self.store = store
-        self.digests = set(digests)  # the blobs this image's manifest names: all the registry is asked for
-        self.progress = progress
+        self.digests = None if digests is None else set(digests)
+        self.progress = progress or Progress()
+        self.origin: BlobOrigin | None = BlobOrigin(client.transport.host, client.repository)
+        self._manifests: dict[Digest, bytes] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
+    def remember(self, raw: bytes) -> None:
+        """A manifest or index already fetched (by tag): served from memory when asked for by digest."""
+        self._manifests[Digest.of(raw)] = raw
+
     def has_blob(self, desc: Descriptor) -> bool:
-        return desc.digest in self.digests or self.store.has(desc.digest)
+        if self.digests is None or desc.digest in self.digests:
+            return True
+        return self.store is not None and self.store.has(desc.digest)
 
-    def blob_origin(self, desc: Descriptor) -> BlobOrigin | None:
-        if desc.digest in self.digests:
-            return BlobOrigin(self.client.transport.host, self.client.repository)
-        return None
-
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        if not self.store.has(desc.digest):
+    def open_blob(self, desc: Descriptor) -> Stream:
+        if desc.media_type in media.MANIFESTS or desc.media_type in media.INDEXES:
+            raw = self._manifests.get(desc.digest)
+            if raw is None:
+                raw, _ = self.client.get_manifest(desc.digest)  # verified against the digest
+            return VerifyingReader(io.BytesIO(raw), desc.digest, desc.size, f"manifest in {self.client.what}")
+        if self.store is None:
+            return self.client.open_blob(desc)
+        if not self.store.can_produce(desc.digest):
             with self._guard:
                 lock = self._locks.setdefault(desc.digest, threading.Lock())
             with lock:
-                if not self.store.has(desc.digest):
-                    self._pull(desc)
+                if not self.store.can_produce(desc.digest):
+                    self._pull(desc, self.store)
         return self.store.open(desc.digest, desc.size)
 
-    def _pull(self, desc: Descriptor) -> None:
+    def close(self) -> None:
+        self.client.transport.close()
+
+    def _pull(self, desc: Descriptor, store: BlobStore) -> None:
         policy = self.client.transport.options.retry
         counter = self.progress.bytes(f"pulling {desc.digest.short} from {self.client.what}", desc.size)
         attempt = 0
@@ -83,57 +89,34 @@ class RegistrySource:
             attempt += 1
             try:
                 with self.client.open_blob(desc) as stream:
-                    self.store.ingest(
+                    store.ingest(
                         Counted(stream, counter), desc.digest, desc.size, f"blob from {self.client.what}"
                     )
                 break
             except TransientError:
-                if attempt >= 3:
+                if attempt >= PULL_ATTEMPTS:
                     raise
                 time.sleep(retry_delay(attempt, None, policy))
         if desc.size > 64 << 10:
             counter.done()
 
 
-class RegistryStream:
-    """Blobs and child manifests of one repository, streamed from the registry and verified, never cached (a
-    copy passes them straight on; ``resolve_platform`` reads an index's children through it). Knows where they
-    live, so a push to the same registry mounts them."""
-
-    def __init__(self, client: RegistryClient):
-        self.client = client
-
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        if desc.media_type in media.MANIFESTS or desc.media_type in media.INDEXES:
-            raw, _ = self.client.get_manifest(desc.digest)  # verified against the digest
-            return VerifyingReader(io.BytesIO(raw), desc.digest, desc.size, f"manifest in {self.client.what}")
-        return self.client.open_blob(desc)
-
-    def has_blob(self, desc: Descriptor) -> bool:
-        return True
-
-    def blob_origin(self, desc: Descriptor) -> BlobOrigin:
-        return BlobOrigin(self.client.transport.host, self.client.repository)
-
-
 def open_registry_image(
     ref: Reference,
     platform: Platform,
-    options: RegistryOptions | None = None,
-    store: BlobStore | None = None,
+    options: RegistryOptions,
+    store: BlobStore,
     progress: Progress | None = None,
 ) -> Image:
-    """The image ``ref`` names for ``platform``; its config is fetched and verified, its layers on demand."""
-    options = options or RegistryOptions()
-    store = store or BlobStore()
-    progress = progress or Progress(quiet=True)
+    """The image ``ref`` names for ``platform``, its blobs pulled through ``store``: the config is fetched and
+    verified now, the layers when first opened."""
     client = RegistryClient(Transport(ref.registry, options), ref.repository)
     what = str(ref)
     raw, mt = client.get_manifest(ref.reference)
     mt = mt or sniff_media_type(raw, f"manifest of {what}")
     if mt in media.INDEXES:
         index = Index.parse(raw, f"index of {what}", mt)
-        raw, mt = resolve_platform(list(index.manifests), RegistryStream(client), platform, what)
+        raw, mt = resolve_platform(list(index.manifests), RegistrySource(client), platform, what)
     manifest = Manifest.parse(raw, f"manifest of {what}", mt)
     digests = {str(manifest.config.digest), *(str(d.digest) for d in manifest.layers)}
     source = RegistrySource(client, store, digests, progress)

@@ -34,9 +34,9 @@ import requests.adapters
 import requests.auth
 import urllib3
 
-from .. import __version__
 from ..errors import UsageError
 from ..oci.name import DOCKER_HUB
+from ..version import __version__
 from .auth import Authenticator
 from .credentials import Credentials, env_credentials, lookup, parse_creds
 from .errors import RegistryError, TLSError, TransientError, UnreachableError
@@ -84,11 +84,16 @@ class RegistryOptions:
     """How to reach registries: credentials bound to hosts, an auth file, TLS trust, retries."""
 
     credentials: Mapping[str, Credentials] = field(default_factory=dict, hash=False)
-    auth_file: Path | None = None
+    auth_file: Path | None = None  # --authfile: checked to exist; it is also the first of ``auth_files``
+    auth_files: tuple[Path, ...] = ()  # where stored credentials are looked up, in order
+    env_user: str | None = field(default=None, repr=False)  # $OCIBUILD_REGISTRY_USER
+    env_password: str | None = field(default=None, repr=False)  # $OCIBUILD_REGISTRY_PASSWORD
     insecure: bool = False
     ca_cert: Path | None = None
     cert_dir: Path | None = None
+    ca_bundle: str | None = None  # the default trust ($REQUESTS_CA_BUNDLE) that --ca-cert adds to
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    workers: int = 4  # blobs transferred at once by a push
 
     def with_credentials(self, host: str, creds: Credentials | None) -> RegistryOptions:
         """A copy where ``creds`` (if any) are used for ``host`` only."""
@@ -103,10 +108,10 @@ class RegistryOptions:
             return self.with_credentials(host, parse_creds(creds, option))
         if host in self.credentials:
             return self
-        return self.with_credentials(host, env_credentials())
+        return self.with_credentials(host, env_credentials(self.env_user, self.env_password))
 
     def credentials_for(self, host: str) -> Credentials | None:
-        return self.credentials.get(host) or lookup(host, self.auth_file)
+        return self.credentials.get(host) or lookup(host, self.auth_files)
 
     def check(self) -> None:
         """Fail fast on options naming files that are not there."""
@@ -151,11 +156,11 @@ class _Adapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def default_ca_bundle() -> str:
-    """What requests would trust: ``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE`` if set, else certifi's."""
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        if (path := os.environ.get(var)) and os.path.isfile(path):
-            return path
+def default_ca_bundle(bundle: str | None) -> str:
+    """What requests would trust: ``bundle`` (``$REQUESTS_CA_BUNDLE``, read by ``settings``) if it is a file,
+    else certifi's."""
+    if bundle and os.path.isfile(bundle):
+        return bundle
     return requests.certs.where()
 
 
@@ -163,12 +168,13 @@ _bundles: dict[tuple[str, ...], str] = {}
 _bundles_lock = threading.Lock()
 
 
-def _trust_bundle(extra: tuple[str, ...]) -> str:
+def _trust_bundle(default: str | None, extra: tuple[str, ...]) -> str:
     """A PEM file with the default CAs plus ``extra`` (removed when the process exits)."""
+    key = (default or "", *extra)
     with _bundles_lock:
-        if extra in _bundles:
-            return _bundles[extra]
-        parts = [Path(default_ca_bundle()).read_text()]
+        if key in _bundles:
+            return _bundles[key]
+        parts = [Path(default_ca_bundle(default)).read_text()]
         for path in extra:
             try:
                 parts.append(Path(path).read_text())
@@ -178,7 +184,7 @@ def _trust_bundle(extra: tuple[str, ...]) -> str:
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(parts))
         atexit.register(lambda: Path(name).unlink(missing_ok=True))
-        _bundles[extra] = name
+        _bundles[key] = name
         return name
 
 
@@ -200,7 +206,7 @@ def tls_settings(host: str, options: RegistryOptions) -> tuple[bool | str, tuple
                 key = cert.with_suffix(".key")
                 if key.is_file() and client is None:
                     client = (str(cert), str(key))
-    return (_trust_bundle(tuple(cas)) if cas else True), client
+    return (_trust_bundle(options.ca_bundle, tuple(cas)) if cas else True), client
 
 
 def reason(exc: BaseException) -> str:

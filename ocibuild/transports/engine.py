@@ -1,8 +1,9 @@
-"""Load an image straight into a running Docker or podman engine over its API (``POST /images/load``).
+"""``EnginePublisher``: load an image straight into a running Docker or podman engine (``POST /images/load``).
 
 What ko's ``--local`` and Jib's ``dockerBuild`` do: the tarball is produced as a stream and sent chunked, so no
 file is written in between and memory stays flat. The engine is found as Docker's CLI finds it (``DOCKER_HOST``),
-then podman's (``CONTAINER_HOST``), then the usual sockets. Only plain local sockets and tcp:// are supported.
+then podman's (``CONTAINER_HOST``), then the usual sockets (the caller passes what the environment says). Only
+plain local sockets and tcp:// are supported.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import json
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from ..errors import EngineError
-from ..oci.archive import Tagged, archive_chunks
+from ..errors import EngineError, UsageError
+from ..events import Progress
+from ..oci.archive import archive_chunks
+from ..oci.digest import Digest
+from ..oci.image import Entry, Image, Tagged
+from ..oci.name import ImageName
 
 SEND_CHUNK = 1 << 20
 
@@ -31,14 +37,12 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def engine_candidates() -> list[str]:
-    found = []
-    for var in ("DOCKER_HOST", "CONTAINER_HOST"):
-        if os.environ.get(var):
-            found.append(os.environ[var])
-    found.append("unix:///var/run/docker.sock")
-    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
-        found.append(f"unix://{xdg}/podman/podman.sock")
+def engine_candidates(hosts: Sequence[str] = (), runtime_dir: str | None = None) -> list[str]:
+    """Where to look for an engine: ``hosts`` (``$DOCKER_HOST``, ``$CONTAINER_HOST``) first, then Docker's socket,
+    then podman's (the user's own under ``runtime_dir``, then the system's)."""
+    found = [*hosts, "unix:///var/run/docker.sock"]
+    if runtime_dir:
+        found.append(f"unix://{runtime_dir}/podman/podman.sock")
     found.append("unix:///run/podman/podman.sock")
     return found
 
@@ -67,14 +71,37 @@ def _rechunk(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-def load_into_engine(images: Sequence[Tagged]) -> str:
-    """Send the images; returns the engine's own summary (e.g. ``Loaded image: name:tag``)."""
-    for url in engine_candidates():
+@dataclass(frozen=True)
+class EnginePublisher:
+    """``--load``: the image, under ``names``, into the first engine that answers."""
+
+    names: tuple[ImageName, ...] = ()
+    hosts: tuple[str, ...] = ()
+    runtime_dir: str | None = None
+    mtime: int = 0
+    destination: str = "--load"
+
+    def check(self, entry: Entry) -> None:
+        if not isinstance(entry, Image) or not entry.is_container_image:
+            raise UsageError(
+                "--load takes a single-platform image; write an index with --oci-layout or --push"
+            )
+
+    def publish(self, entry: Entry, progress: Progress) -> Digest:
+        tagged = [Tagged(entry, n) for n in self.names] or [Tagged(entry)]
+        progress.step(load_into_engine(tagged, engine_candidates(self.hosts, self.runtime_dir), self.mtime))
+        return entry.digest
+
+
+def load_into_engine(images: Sequence[Tagged], candidates: Sequence[str], mtime: int = 0) -> str:
+    """Send the images to the first of ``candidates`` that answers; returns the engine's own summary (e.g.
+    ``Loaded image: name:tag``)."""
+    for url in candidates:
         conn = _connect(url)
         if conn is None:
             continue
         try:
-            return _load(conn, images, url)
+            return _load(conn, images, url, mtime)
         except (ConnectionRefusedError, FileNotFoundError):
             continue
         finally:
@@ -85,13 +112,13 @@ def load_into_engine(images: Sequence[Tagged]) -> str:
     )
 
 
-def _load(conn: http.client.HTTPConnection, images: Sequence[Tagged], url: str) -> str:
+def _load(conn: http.client.HTTPConnection, images: Sequence[Tagged], url: str, mtime: int) -> str:
     conn.putrequest("POST", "/images/load?quiet=0")
     conn.putheader("Content-Type", "application/x-tar")
     conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()
     try:
-        for chunk in _rechunk(archive_chunks(images)):
+        for chunk in _rechunk(archive_chunks(images, mtime)):
             conn.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
         conn.send(b"0\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):

@@ -30,10 +30,11 @@ def split_path_and_name(rest: str) -> tuple[Path, str | None]:
 
 @dataclass(frozen=True)
 class Location:
-    """A parsed ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]`` or registry
-    reference (``docker://HOST/REPO:TAG``, or bare): what ``--base`` and ``copy`` read and write."""
+    """A parsed ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]``, ``scratch`` or
+    registry reference (``docker://HOST/REPO:TAG``, or bare): what ``--base``, ``copy`` and ``inspect`` read and
+    ``copy`` and ``package`` write."""
 
-    transport: str  # "docker", "oci", "oci-archive", "docker-archive"
+    transport: str  # "docker", "oci", "oci-archive", "docker-archive", "scratch"
     text: str
     path: Path | None = None
     name: str | None = None  # the tag (oci, oci-archive) or NAME:TAG (docker-archive) after the path
@@ -48,19 +49,26 @@ class Location:
             if text.startswith(transport + ":"):
                 path, name = split_path_and_name(text[len(transport) + 1 :])
                 return cls(transport, text, path, name)
+        if text == SCRATCH:
+            return cls("scratch", text)
         scheme = text.split(":", 1)[0]
-        if scheme in OTHER_TRANSPORTS or text == SCRATCH:
+        if scheme in OTHER_TRANSPORTS:
             raise BadReferenceError(
                 f"{role} {text!r}: transport {scheme!r} is not supported (not a transport ocibuild reads); use "
                 "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG] or docker://HOST/REPO:TAG"
             )
         return cls("docker", text, ref=parse_reference(text))
 
+    @property
+    def is_local(self) -> bool:
+        """A file or folder of this machine (or scratch): no registry to log in to."""
+        return self.ref is None
+
 
 def registry_reference(ref: str) -> Reference | None:
     """The registry reference a ``--base`` names, or None for local transports and scratch (for binding
     credentials to the base's registry)."""
-    if ref == SCRATCH or ref.split(":", 1)[0] in OTHER_TRANSPORTS:
+    if ref.split(":", 1)[0] in OTHER_TRANSPORTS:
         return None
     return Location.parse(ref, "base").ref
 

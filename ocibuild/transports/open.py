@@ -1,137 +1,118 @@
-"""Open what a ``Location`` names: an ``Image`` or a whole ``ImageIndex``, for any transport.
+"""Open what a ``Location`` names: an ``Image``, or a whole ``ImageIndex``, for any transport.
 
-The one opener: ``package --base``, ``copy``, ``inspect`` and the model commands all come through here. Layouts and
-archives are read in place; a registry image is fetched manifest first, its blobs on demand.
+The one opener: ``package --base``, ``copy`` and ``inspect`` come through here, and a new transport is one more
+branch here plus its reader. Layouts and archives are read in place; a registry image is fetched manifest first,
+its blobs when they are opened (through the cache when a ``BlobStore`` is given, else streamed); ``scratch`` is
+the empty image.
 """
 
 from __future__ import annotations
 
-import io
-from typing import BinaryIO
-
-from ..errors import BaseImageError, InputError, UsageError
+from ..errors import BaseImageError, FormatError, InputError, UsageError
 from ..events import Progress
 from ..oci import media
-from ..oci.archive import ArchiveReader, ArchiveSource, load_entry, open_docker_archive, open_oci_archive
+from ..oci.archive import ArchiveReader, ArchiveSource, open_docker_archive
 from ..oci.descriptor import Descriptor, Platform, sniff_media_type
-from ..oci.digest import Digest, VerifyingReader
-from ..oci.image import BlobSource, Image, ImageIndex, load_manifest
-from ..oci.layout import (
-    LayoutSource,
-    open_layout,
-    read_index_file,
-    read_layout_index,
-    resolve_platform,
-    select_entries,
-)
+from ..oci.digest import Digest
+from ..oci.empty import empty_image
+from ..oci.image import BlobSource, Entry, Image, load_image, load_manifest
+from ..oci.index import load_entry, read_index_file, resolve_platform, select_entries
+from ..oci.layout import LayoutSource, read_layout_index
 from ..oci.store import BlobStore
 from ..registry.client import RegistryClient
-from ..registry.source import RegistryStream
+from ..registry.source import RegistrySource
 from ..registry.transport import RegistryOptions, Transport
-from .location import SCRATCH, Location
+from .location import Location
 
-Entry = Image | ImageIndex
-
-
-def resolve_base(
-    ref: str,
-    platform: Platform,
-    store: BlobStore | None = None,
-    registry: RegistryOptions | None = None,
-    progress: Progress | None = None,
-) -> Image | None:
-    """The base image for ``ref`` (None for ``scratch``), for ``platform``.
-
-    A registry base is pulled through ``store`` (default: the user's cache), layers on first use, with
-    ``registry``'s credentials and TLS settings.
-    """
-    if ref == SCRATCH:
-        return None
-    loc = Location.parse(ref, "base")
-    if loc.transport == "oci":
-        image = open_layout(loc.path, loc.name, platform)
-    elif loc.transport == "oci-archive":
-        image = open_oci_archive(loc.path, loc.name, platform)
-    elif loc.transport == "docker-archive":
-        image = open_docker_archive(loc.path, loc.name, platform)
-    else:
-        from ..registry.source import open_registry_image
-
-        image = open_registry_image(loc.ref, platform, registry, store or BlobStore(), progress)
-    if not platform.matches(image.platform):
-        raise BaseImageError(
-            f"base {ref} is for {image.platform}, not {platform}; pass --platform {image.platform} or another base"
-        )
-    return image
+DEFAULT_PLATFORM = Platform("linux", "amd64")
 
 
-
-def open_source(
+def open_location(
     loc: Location,
-    platform: Platform | None,
-    all_platforms: bool,
-    options: RegistryOptions,
+    platform: Platform | None = None,
+    *,
+    all_platforms: bool = False,
+    images_only: bool = False,
+    options: RegistryOptions | None = None,
+    store: BlobStore | None = None,
+    progress: Progress | None = None,
 ) -> Entry:
-    """What ``loc`` names: a whole index with ``all_platforms``, else one image (``platform``'s when it is an
-    index; any single image as it is when no platform was asked for)."""
+    """What ``loc`` names: the whole index with ``all_platforms``; else one image: ``platform``'s when it is an
+    index (linux/amd64 when none is given), any single image or artifact as it is.
+
+    ``images_only``: refuse artifacts and layers of unknown types (a base, an image to inspect). ``store``: pull a
+    registry image's blobs through it (a base is built on; a copy only passes through)."""
+    if loc.transport == "scratch":
+        if all_platforms:
+            raise UsageError("scratch is the empty image of one platform; drop --all-platforms")
+        return empty_image(platform or DEFAULT_PLATFORM)
     if loc.transport == "docker-archive":
         if all_platforms:
             raise UsageError(
                 f"{loc.text}: a docker archive holds single-platform images; drop --all-platforms"
             )
-        image = open_docker_archive(loc.path, loc.name, platform or Platform("linux", "amd64"))
-        if platform is not None and not platform.matches(image.platform):
-            raise InputError(f"{loc.text} is an image for {image.platform}, not {platform}; drop --platform")
-        return image
-    if loc.transport == "docker":
-        client = RegistryClient(Transport(loc.ref.registry, options), loc.ref.repository)
-        blobs: BlobSource = RegistryStream(client)
-        raw, mt = client.get_manifest(loc.ref.reference)
-        mt = mt or sniff_media_type(raw, f"manifest of {loc.ref}")
-        top = Descriptor(mt, Digest.of(raw), len(raw))
-        candidates = [top]
-        blobs = _Prefetched(blobs, top, raw)
-        what = str(loc.ref)
-    else:
-        if loc.transport == "oci":
-            index, blobs = read_layout_index(loc.path), LayoutSource(loc.path)
-        else:
-            if not loc.path.is_file():
-                raise InputError(f"{loc.path}: no such file")
-            reader = ArchiveReader(loc.path)
-            if not reader.has("index.json"):
-                raise InputError(
-                    f"{loc.path} is not an OCI archive (no index.json); for a docker save file use docker-archive:"
-                )
-            index, blobs = read_index_file(reader.read_small("index.json"), loc.text), ArchiveSource(reader)
-        what = loc.text
-        candidates = select_entries(index, loc.name, what)
+        assert loc.path is not None
+        return open_docker_archive(loc.path, loc.name, platform or DEFAULT_PLATFORM)
+    candidates, source, what = _entries(loc, options or RegistryOptions(), store, progress)
     single = len(candidates) == 1 and candidates[0].media_type not in media.INDEXES
-    if all_platforms or (platform is None and single):
+    if all_platforms or (platform is None and single and not images_only):
         if len(candidates) > 1:
             raise InputError(f"{what} lists {len(candidates)} images under that name; name one by its tag")
-        return load_entry(candidates[0], blobs, what)
-    wanted = platform or Platform("linux", "amd64")
-    raw, mt = resolve_platform(candidates, blobs, wanted, what)
-    image = load_manifest(raw, blobs, what, mt)
-    if platform is not None and image.is_container_image and not platform.matches(image.platform):
-        raise InputError(
-            f"{what} is an image for {image.platform}, not {platform}; drop --platform to copy it"
+        return load_entry(candidates[0], source, what)
+    raw, mt = resolve_platform(candidates, source, platform or DEFAULT_PLATFORM, what)
+    return load_image(raw, source, what, mt) if images_only else load_manifest(raw, source, what, mt)
+
+
+def open_base(
+    text: str,
+    platform: Platform,
+    *,
+    options: RegistryOptions | None = None,
+    store: BlobStore | None = None,
+    progress: Progress | None = None,
+) -> Image:
+    """The image a ``--base`` names, for ``platform`` (checked: an image built for another platform is refused)."""
+    loc = Location.parse(text, "base")
+    image = open_location(loc, platform, images_only=True, options=options, store=store, progress=progress)
+    assert isinstance(image, Image)
+    if not image.is_container_image:
+        raise FormatError(
+            f"{image.name} is not a container image: its config is of type "
+            f"{image.manifest.config.media_type!r:.100} (an OCI artifact?); use an image as the base"
+        )
+    if not platform.matches(image.platform):
+        raise BaseImageError(
+            f"base {text} is for {image.platform}, not {platform}; pass --platform {image.platform} or another base"
         )
     return image
 
 
-class _Prefetched:
-    """A source that already holds the top manifest it was reached through (fetched once, by tag)."""
-
-    def __init__(self, inner: BlobSource, desc: Descriptor, raw: bytes):
-        self.inner, self.digest, self.raw = inner, desc.digest, raw
-        self.sources = [inner]
-
-    def open_blob(self, desc: Descriptor) -> BinaryIO:
-        if desc.digest == self.digest:
-            return VerifyingReader(io.BytesIO(self.raw), desc.digest, desc.size, "manifest")
-        return self.inner.open_blob(desc)
-
-    def has_blob(self, desc: Descriptor) -> bool:
-        return True
+def _entries(
+    loc: Location, options: RegistryOptions, store: BlobStore | None, progress: Progress | None
+) -> tuple[list[Descriptor], BlobSource, str]:
+    """The descriptors ``loc`` names (one top manifest or index for a registry; the ``index.json`` entries under
+    its tag for a layout or an OCI archive), the source of their blobs, and how to name them in messages."""
+    if loc.transport == "docker":
+        assert loc.ref is not None
+        client = RegistryClient(Transport(loc.ref.registry, options), loc.ref.repository)
+        source = RegistrySource(client, store, progress=progress)
+        raw, mt = client.get_manifest(loc.ref.reference)
+        mt = mt or sniff_media_type(raw, f"manifest of {loc.ref}")
+        source.remember(raw)
+        return [Descriptor(mt, Digest.of(raw), len(raw))], source, str(loc.ref)
+    assert loc.path is not None
+    blobs: BlobSource
+    if loc.transport == "oci":
+        index, blobs = read_layout_index(loc.path), LayoutSource(loc.path)
+        what = f"oci:{loc.path}"
+    else:
+        if not loc.path.is_file():
+            raise InputError(f"{loc.path}: no such file")
+        reader = ArchiveReader(loc.path)
+        if not reader.has("index.json"):
+            raise InputError(
+                f"{loc.path} is not an OCI archive (no index.json); for a docker save file use docker-archive:"
+            )
+        index, blobs = read_index_file(reader.read_small("index.json"), loc.text), ArchiveSource(reader)
+        what = f"oci-archive:{loc.path}"
+    return select_entries(index, loc.name, what), blobs, what

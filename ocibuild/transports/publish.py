@@ -1,118 +1,179 @@
-"""Write an image or an index to where a ``Location`` names: a registry, an OCI layout or an archive.
+"""Publishers: where an image or an index is written. One protocol, one implementation per destination.
 
-(From ``ocibuild copy``:) move an image between registries, OCI layouts, OCI archives and docker archives, unchanged.
+``LayoutPublisher`` (an OCI layout), ``ArchivePublisher`` (the tarball that ``docker load``, podman and skopeo
+read), ``RegistryPublisher`` (any OCI registry, images and indexes), ``transports.engine.EnginePublisher`` (a
+running Docker or podman) and ``packaging.dockerfile.DockerfilePublisher`` (a ``docker build`` context) all answer
+``check`` (can this entry go there? asked of every output before anything is written) and ``publish``.
+``publisher_for`` is the one place that turns a destination ``Location`` into its publisher; ``publish_all``
+writes one entry to several.
 
-The air-gapped path (build on one side, carry a tarball, push on the other) only works if the digest survives:
-signatures and deployments pinned by digest must still hold. So a copy never re-encodes anything: manifests and
-indexes travel as their exact bytes and blobs as they are (compressed ones stay compressed), each verified against
-its digest as it streams from the source straight into the destination (registry to registry, nothing lands on
-disk). A destination is only named (tagged, ``index.json`` entry, archive renamed into place) after every blob it
-needs is there, so a corrupt source leaves nothing tagged behind.
+Nothing is re-encoded on the way: manifests and indexes go out as their exact bytes and blobs as they are, each
+verified as it streams from its source. A destination is only named (tagged, ``index.json`` entry, archive renamed
+into place) after every blob it needs is there, so a failed write leaves nothing half-written behind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from ..errors import UsageError
+from ..errors import OcibuildError, OutputError, UsageError
 from ..events import Progress
-from ..oci.archive import Tagged, write_archive
+from ..oci.archive import write_archive
 from ..oci.digest import Digest
-from ..oci.image import Image, ImageIndex, images_of
-from ..oci.layout import (
-    write_layout,
-)
+from ..oci.image import Entry, Image, ImageIndex, Tagged, images_of
+from ..oci.layout import write_layout
 from ..oci.name import ImageName, Reference, parse_reference
-from ..registry.client import RegistryClient
-from ..registry.transport import RegistryOptions, Transport
+from ..registry.push import push_image, push_index
+from ..registry.transport import RegistryOptions
 from .location import Location
 
-Entry = Image | ImageIndex
+
+class Publisher(Protocol):
+    @property
+    def destination(self) -> str:
+        """How the user named it, for messages: ``--output image.tar``, ``oci:./layout``."""
+        ...
+
+    def check(self, entry: Entry) -> None:
+        """Raise (``UsageError``) if ``entry`` cannot go there, before anything is written anywhere."""
+        ...
+
+    def publish(self, entry: Entry, progress: Progress) -> Digest:
+        """Write ``entry``; returns the digest it has there (its own)."""
+        ...
 
 
-# ---------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class LayoutPublisher:
+    root: Path
+    names: tuple[ImageName, ...] = ()
+    destination: str = ""
+
+    def check(self, entry: Entry) -> None:
+        pass
+
+    def publish(self, entry: Entry, progress: Progress) -> Digest:
+        write_layout([Tagged(entry, n) for n in self.names] or [Tagged(entry)], self.root)
+        progress.step(f"wrote OCI layout {self.root}")
+        return entry.digest
 
 
-# ---------------------------------------------------------------- destinations
+@dataclass(frozen=True)
+class ArchivePublisher:
+    """The combined docker/OCI tarball. ``docker``: the destination was named as a docker archive, which holds
+    single-platform container images only."""
 
+    path: Path
+    names: tuple[ImageName, ...] = ()
+    append: bool = False
+    docker: bool = False
+    mtime: int = 0
+    destination: str = ""
 
-def copy_to(
-    entry: Entry,
-    dest: Location,
-    tags: Sequence[str] = (),
-    options: RegistryOptions | None = None,
-    progress: Progress | None = None,
-    source_name: str | None = None,
-    append: bool = False,
-) -> Digest:
-    """Write ``entry`` to ``dest`` (and under the extra ``tags``); returns the digest it has there (its own)."""
-    options = options or RegistryOptions()
-    progress = progress or Progress(quiet=True)
-    if dest.transport == "docker":
-        return _push(entry, dest.ref, tags, options, progress)
-    if dest.transport == "docker-archive":
+    def check(self, entry: Entry) -> None:
+        if not self.docker:
+            return
         if isinstance(entry, ImageIndex):
             raise UsageError(
-                f"{dest.text}: Docker archives hold single-platform images; copy one with --platform, or use "
-                "oci-archive: for the whole index"
+                f"{self.destination}: Docker archives hold single-platform images; copy one with --platform, "
+                "or use oci-archive: for the whole index"
             )
         if not entry.is_container_image:
             raise UsageError(
-                f"{dest.text}: {entry.name} is an OCI artifact, not an image; use oci-archive: or oci:"
+                f"{self.destination}: {entry.name} is an OCI artifact, not an image; use oci-archive: or oci:"
             )
-    if append and dest.transport != "docker-archive" and dest.transport != "oci-archive":
-        raise UsageError("--append is for archive destinations (oci-archive:, docker-archive:)")
-    primary = dest.name or (source_name if dest.transport == "docker-archive" else None)
-    named = [_names(dest, n) for n in ([primary] if primary else []) + list(tags)]
-    if dest.transport == "oci":
-        write_layout([(entry, n.ref_name, n.full) for n in named] or [(entry, None, None)], dest.path)
-    else:
+
+    def publish(self, entry: Entry, progress: Progress) -> Digest:
         size = sum(d.size for image in images_of(entry) for d in image.descriptors())
-        counter = progress.bytes(f"writing {dest.path}", size)
-        tagged = [Tagged(entry, n.repo_tag, n.ref_name, n.full) for n in named] or [Tagged(entry)]
-        write_archive(tagged, dest.path, append=append)
+        counter = progress.bytes(f"writing {self.path}", size)
+        tagged = [Tagged(entry, n) for n in self.names] or [Tagged(entry)]
+        write_archive(tagged, self.path, append=self.append, mtime=self.mtime)
         counter.done()
-    return entry.digest
+        return entry.digest
 
 
-def _names(dest: Location, name: str) -> ImageName:
-    if dest.transport == "docker-archive" or "/" in name or ":" in name:
-        return ImageName.parse(name)
-    return ImageName(None, name, None)  # an OCI tag, as skopeo's oci:DIR:TAG
+@dataclass(frozen=True)
+class RegistryPublisher:
+    """A push: ``ref`` and extra ``tags`` in its repository; blobs skipped, mounted or streamed."""
+
+    ref: Reference
+    tags: tuple[str, ...] = ()
+    options: RegistryOptions = RegistryOptions()
+    destination: str = ""
+
+    def __post_init__(self) -> None:
+        for tag in self.tags:  # a bad tag fails before any upload
+            parse_reference(f"{self.ref.registry}/{self.ref.repository}:{tag}")
+
+    def check(self, entry: Entry) -> None:
+        if self.ref.digest and self.ref.digest != entry.digest:
+            kind = "index" if isinstance(entry, ImageIndex) else "image"
+            raise UsageError(
+                f"{self.ref}: the {kind}'s digest is {entry.digest}; push it by tag or by that digest"
+            )
+
+    def publish(self, entry: Entry, progress: Progress) -> Digest:
+        if isinstance(entry, Image):
+            return push_image(entry, self.ref, self.options, progress, self.tags)
+        return push_index(entry, self.ref, self.options, progress, self.tags)
 
 
-def _push(
-    entry: Entry, ref: Reference, tags: Sequence[str], options: RegistryOptions, progress: Progress
-) -> Digest:
-    from ..registry.push import push_image
+def publisher_for(
+    dest: Location,
+    names: Sequence[str] = (),
+    *,
+    options: RegistryOptions | None = None,
+    append: bool = False,
+    mtime: int = 0,
+) -> Publisher:
+    """The publisher for ``dest``, the image going under ``names`` there: tags of the destination repository for a
+    registry; ``NAME:TAG`` (or a bare OCI tag) in a layout or an archive."""
+    if dest.transport == "scratch":
+        raise UsageError("scratch is the empty image, not a destination; name a registry, layout or archive")
+    if append and dest.transport not in ("oci-archive", "docker-archive"):
+        raise UsageError("--append is for archive destinations (oci-archive:, docker-archive:)")
+    if dest.transport == "docker":
+        assert dest.ref is not None
+        return RegistryPublisher(dest.ref, tuple(names), options or RegistryOptions(), dest.text)
+    assert dest.path is not None
+    docker = dest.transport == "docker-archive"
+    named = tuple(ImageName.parse(n) if docker or "/" in n or ":" in n else ImageName.tag(n) for n in names)
+    if dest.transport == "oci":
+        return LayoutPublisher(dest.path, named, dest.text)
+    return ArchivePublisher(dest.path, named, append, docker, mtime, dest.text)
 
-    for tag in tags:
-        parse_reference(f"{ref.registry}/{ref.repository}:{tag}")  # a bad tag fails before any upload
-    if isinstance(entry, Image):
-        return push_image(entry, ref, options, progress, tags)
-    if ref.digest and ref.digest != entry.digest:
-        raise UsageError(f"{ref}: the index's digest is {entry.digest}; push it by tag or by that digest")
-    for image in entry.images:  # children first, by digest: the index may only name what is there
-        push_image(image, Reference(ref.registry, ref.repository, None, str(image.digest)), options, progress)
-    client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
-    try:
-        digest = client.put_manifest(
-            ref.tag or ref.digest or "latest", entry.index.raw, entry.index.media_type
-        )
-        for tag in tags:
-            client.put_manifest(tag, entry.index.raw, entry.index.media_type)
-    finally:
-        client.transport.close()
-    progress.step(f"pushed index {ref} {digest} ({len(entry.images)} images)")
+
+def publish_all(entry: Entry, publishers: Sequence[Publisher], progress: Progress) -> Digest:
+    """Write ``entry`` to every publisher, in order, after checking that it can go to each. A failure names the
+    output it happened at (and those already written, which are whole); that output holds nothing of it."""
+    for publisher in publishers:
+        publisher.check(entry)
+    digest = entry.digest
+    done: list[str] = []
+    for publisher in publishers:
+        try:
+            digest = publisher.publish(entry, progress)
+        except (OcibuildError, OSError) as e:
+            if len(publishers) == 1:
+                raise
+            raise _failed_at(publisher.destination, e, done) from None
+        done.append(publisher.destination)
     return digest
 
 
-def source_name(loc: Location) -> str | None:
-    """The name an image read from ``loc`` goes under in a Docker archive when the destination names none."""
-    if loc.transport == "docker":
-        return f"{loc.ref.registry}/{loc.ref.repository}:{loc.ref.tag}" if loc.ref.tag else None
-    if loc.transport == "docker-archive" and loc.name:
-        return loc.name
-    return None
-
-
+def _failed_at(destination: str, error: OcibuildError | OSError, done: list[str]) -> OcibuildError:
+    """One of several outputs failed: the error, naming that output and those already written."""
+    if isinstance(error, OSError):
+        text = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+    else:
+        text = str(error)
+    text = f"{destination}: {text}"
+    if done:
+        text += f" (already written, and whole: {', '.join(done)})"
+    failed = OutputError(text)
+    if isinstance(error, OcibuildError):
+        failed.exit_code = error.exit_code
+    return failed

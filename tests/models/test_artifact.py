@@ -53,11 +53,10 @@ def test_same_model_same_digest_in_any_cache(model_file, tmp_path):
     assert len({a.info.digest, c.info.digest, d.info.digest}) == 3
 
 
-def test_created_follows_source_date_epoch(model_file, tmp_path, monkeypatch):
+def test_created_follows_source_date_epoch(model_file, tmp_path):
     a = build_artifact(model_file, "ridge", "3", BlobStore(tmp_path / "c"))
     assert a.manifest.annotations["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    b = build_artifact(model_file, "ridge", "3", BlobStore(tmp_path / "c"))
+    b = build_artifact(model_file, "ridge", "3", BlobStore(tmp_path / "c"), epoch=1700000000)
     assert b.manifest.annotations["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
     assert b.info.digest != a.info.digest
 

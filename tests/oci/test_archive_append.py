@@ -10,13 +10,15 @@ import pytest
 
 from ocibuild.errors import BadReferenceError
 from ocibuild.oci import media
-from ocibuild.oci.archive import Tagged, open_docker_archive, read_archive_entries, write_archive
+from ocibuild.oci.archive import open_docker_archive, read_archive_entries, write_archive
 from ocibuild.oci.descriptor import Descriptor, Index, Manifest, Platform
 from ocibuild.oci.digest import Digest
-from ocibuild.oci.image import Image, ImageIndex
+from ocibuild.oci.empty import empty_image
+from ocibuild.oci.image import Addendum, Image, ImageIndex, Tagged
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import LayoutSource, open_layout, read_layout_index, write_layout
-from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
+from ocibuild.oci.mutate import ConfigChanges, mutate, timestamp
+from ocibuild.oci.name import ImageName
 from ocibuild.oci.store import BlobStore
 from ocibuild.transports.location import Location
 
@@ -29,8 +31,8 @@ def _image(tmp_path, seed: int, platform: Platform = AMD64):
     f.write_bytes(os.urandom(1000) + bytes([seed]))
     c = LayerContents()
     c.add_file(f, "data/file")
-    layer = NewLayer(write_layer(c, store), "layer")
-    return assemble(None, [layer], ConfigChanges(entrypoint=[f"/bin/{seed}"]), store, platform)
+    layer = Addendum(write_layer(c, store), "layer")
+    return mutate(empty_image(platform), [layer], ConfigChanges(entrypoint=[f"/bin/{seed}"]), timestamp(0))
 
 
 def _names(path):
@@ -43,9 +45,9 @@ def _names(path):
 def test_append_keeps_images_merges_repo_tags_and_moves_a_name(tmp_path):
     a, b = _image(tmp_path, 1), _image(tmp_path, 2)
     out = tmp_path / "multi.tar"
-    write_archive([Tagged(a, "app:1", "1", "docker.io/library/app:1")], out)
-    write_archive([Tagged(a, "app:latest", "latest", "docker.io/library/app:latest")], out, append=True)
-    write_archive([Tagged(b, "app:2", "2", "docker.io/library/app:2")], out, append=True)
+    write_archive([Tagged(a, ImageName("app:1", "1", "docker.io/library/app:1"))], out)
+    write_archive([Tagged(a, ImageName("app:latest", "latest", "docker.io/library/app:latest"))], out, append=True)
+    write_archive([Tagged(b, ImageName("app:2", "2", "docker.io/library/app:2"))], out, append=True)
     docker, index = _names(out)
     tags = {e["Config"]: sorted(e["RepoTags"]) for e in docker}
     assert tags == {
@@ -55,20 +57,20 @@ def test_append_keeps_images_merges_repo_tags_and_moves_a_name(tmp_path):
     assert len(index) == 3
     assert open_docker_archive(out, "app:2", Platform()).digest == b.digest
     # app:1 given again, to b: the name moves; a keeps app:latest, so it stays.
-    write_archive([Tagged(b, "app:1", "1", "docker.io/library/app:1")], out, append=True)
+    write_archive([Tagged(b, ImageName("app:1", "1", "docker.io/library/app:1"))], out, append=True)
     assert open_docker_archive(out, "app:1", Platform()).digest == b.digest
     assert open_docker_archive(out, "app:latest", Platform()).digest == a.digest
     # Without append the file is replaced.
-    write_archive([Tagged(b, "app:9", "9", "docker.io/library/app:9")], out)
-    assert [t.repo_tag for t in read_archive_entries(out)] == ["app:9"]
+    write_archive([Tagged(b, ImageName("app:9", "9", "docker.io/library/app:9"))], out)
+    assert [t.name.repo_tag for t in read_archive_entries(out)] == ["app:9"]
 
 
 def test_read_entries_keep_names_and_digests(tmp_path):
     a = _image(tmp_path, 1)
     out = tmp_path / "one.tar"
-    write_archive([Tagged(a, "team/app:3", "3", "docker.io/team/app:3")], out)
+    write_archive([Tagged(a, ImageName("team/app:3", "3", "docker.io/team/app:3"))], out)
     [entry] = read_archive_entries(out)
-    assert (entry.image.digest, entry.repo_tag, entry.ref_name, entry.full_name) == (
+    assert (entry.image.digest, entry.name.repo_tag, entry.name.ref_name, entry.name.full) == (
         a.digest, "team/app:3", "3", "docker.io/team/app:3",
     )  # fmt: skip
 
@@ -80,7 +82,7 @@ def test_an_index_is_written_whole_to_archives_and_layouts(tmp_path):
     )
     whole = ImageIndex(index, (amd, arm))
     out = tmp_path / "index.tar"
-    write_archive([Tagged(whole, None, "1", None)], out)
+    write_archive([Tagged(whole, ImageName(None, "1", None))], out)
     docker, entries = _names(out)
     assert docker == []  # no manifest.json entry: Docker's list holds single-platform images only
     assert [(e["mediaType"], e["digest"]) for e in entries] == [(media.OCI_INDEX, str(index.digest))]
@@ -90,7 +92,7 @@ def test_an_index_is_written_whole_to_archives_and_layouts(tmp_path):
         arm.digest,
     ]
     layout = tmp_path / "layout"
-    write_layout([(whole, "multi", None)], layout)
+    write_layout([Tagged(whole, ImageName(None, "multi", None))], layout)
     [top] = read_layout_index(layout).manifests
     assert top.digest == index.digest and top.annotations[media.REF_NAME] == "multi"
     assert open_layout(layout, "multi", Platform("linux", "arm64")).digest == arm.digest
@@ -120,20 +122,21 @@ def test_location_parse_registry_and_refusals():
         "team/app",
         "1",
     )
-    for bad in ("dir:/tmp/x", "containers-storage:app", "scratch", "UPPER/case:1"):
+    for bad in ("dir:/tmp/x", "containers-storage:app", "UPPER/case:1"):
         with pytest.raises(BadReferenceError):
             Location.parse(bad)
+    assert Location.parse("scratch").transport == "scratch"
 
 
 def test_oci_archive_append_keeps_other_tags_and_moves_a_tag_given_again(tmp_path):
     """oci-archive:FILE:TAG names carry only a ref.name (no Docker name): they are names all the same."""
     a, b = _image(tmp_path, 1), _image(tmp_path, 2)
     out = tmp_path / "oci.tar"
-    write_archive([Tagged(a, None, "v1", None)], out)
-    write_archive([Tagged(a, None, "v2", None)], out, append=True)  # same image, another tag: v1 stays
-    assert sorted(t.ref_name for t in read_archive_entries(out)) == ["v1", "v2"]
-    write_archive([Tagged(b, None, "v1", None)], out, append=True)  # v1 again, another image: it moves
-    entries = {t.ref_name: t.image.digest for t in read_archive_entries(out)}
+    write_archive([Tagged(a, ImageName(None, "v1", None))], out)
+    write_archive([Tagged(a, ImageName(None, "v2", None))], out, append=True)  # same image, another tag: v1 stays
+    assert sorted(t.name.ref_name for t in read_archive_entries(out)) == ["v1", "v2"]
+    write_archive([Tagged(b, ImageName(None, "v1", None))], out, append=True)  # v1 again, another image: it moves
+    entries = {t.name.ref_name: t.image.digest for t in read_archive_entries(out)}
     assert entries == {"v1": b.digest, "v2": a.digest}
     from ocibuild.oci.archive import open_oci_archive
 
@@ -143,8 +146,8 @@ def test_oci_archive_append_keeps_other_tags_and_moves_a_tag_given_again(tmp_pat
 def test_docker_archive_names_match_in_any_spelling(tmp_path):
     a = _image(tmp_path, 1)
     ours, theirs = tmp_path / "ours.tar", tmp_path / "theirs.tar"
-    write_archive([Tagged(a, "app:1", "1", "docker.io/library/app:1")], ours)  # Docker's familiar form
-    write_archive([Tagged(a, "docker.io/library/app:1", "1", None)], theirs)  # skopeo's full form
+    write_archive([Tagged(a, ImageName("app:1", "1", "docker.io/library/app:1"))], ours)  # Docker's familiar form
+    write_archive([Tagged(a, ImageName("docker.io/library/app:1", "1", None))], theirs)  # skopeo's full form
     for path in (ours, theirs):
         for name in ("app:1", "library/app:1", "docker.io/library/app:1", "docker.io/app:1"):
             assert open_docker_archive(path, name, AMD64).digest == a.digest, (path.name, name)
@@ -178,14 +181,14 @@ def test_docker_archive_keeps_the_digest_when_index_json_lists_an_index(tmp_path
     plain = _image(tmp_path, 1)
     # A manifest that a reader could not rebuild from manifest.json alone (it has annotations).
     manifest = Manifest.build(
-        plain.manifest.config, list(plain.layers), annotations={"built.by": "another tool"}
+        plain.manifest.config, [x.descriptor for x in plain.layers], annotations={"built.by": "another tool"}
     )
-    a = Image(manifest, plain.config_raw, plain.blobs)
+    a = Image(manifest, plain.config_raw, plain.layers)
     other = Platform("linux", "arm64")
     absent = Descriptor(a.manifest.media_type, Digest.of(b"not in the file"), 10, platform=other)
     index = Index.build([a.manifest.descriptor(platform=a.platform), absent])
     out = tmp_path / "d25.tar"
-    write_archive([Tagged(a, "app:1", "1", "docker.io/library/app:1")], out)
+    write_archive([Tagged(a, ImageName("app:1", "1", "docker.io/library/app:1"))], out)
     # Rewrite index.json to point at an index holding the manifest, as containerd's exporter does.
     with tarfile.open(out) as tf:
         members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
@@ -206,8 +209,8 @@ def test_docker_archive_keeps_the_digest_when_index_json_lists_an_index(tmp_path
 def test_copying_untagged_into_a_layout_twice_adds_one_entry(tmp_path):
     a = _image(tmp_path, 1)
     layout = tmp_path / "layout"
-    write_layout([(a, None, None)], layout)
-    write_layout([(a, None, None)], layout)
-    write_layout([(a, "v1", None)], layout)
+    write_layout([Tagged(a, ImageName(None, None, None))], layout)
+    write_layout([Tagged(a, ImageName(None, None, None))], layout)
+    write_layout([Tagged(a, ImageName(None, "v1", None))], layout)
     entries = read_layout_index(layout).manifests
     assert sorted(d.annotations.get(media.REF_NAME, "") for d in entries) == ["", "v1"]

@@ -43,14 +43,13 @@ def test_layer_is_deterministic_across_paths_times_and_owners(tmp_path):
     assert built[0] == built[1]
 
 
-def test_layer_entries_sorted_parents_first_with_fixed_metadata(tmp_path, monkeypatch):
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+def test_layer_entries_sorted_parents_first_with_fixed_metadata(tmp_path):
     src = _tree(tmp_path / "src", {"x-y": b"1", "x/y": b"2", "run.sh": b"#!/bin/sh\n"})
     os.chmod(src / "run.sh", 0o700)
     c = LayerContents()
     c.add_tree(src, "opt/app")
     store = BlobStore(tmp_path / "cache")
-    members = _members(store, write_layer(c, store))
+    members = _members(store, write_layer(c, store, mtime=1700000000))
     names = [m.name for m, _ in members]
     assert names == ["opt", "opt/app", "opt/app/run.sh", "opt/app/x", "opt/app/x/y", "opt/app/x-y"]
     for m, _ in members:

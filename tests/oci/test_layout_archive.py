@@ -8,12 +8,15 @@ import pytest
 
 from ocibuild.errors import DigestMismatchError, InputError, OutputError
 from ocibuild.oci import media
-from ocibuild.oci.archive import Tagged, open_docker_archive, open_oci_archive, write_archive
+from ocibuild.oci.archive import open_docker_archive, open_oci_archive, write_archive
 from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import read_all
+from ocibuild.oci.empty import empty_image
+from ocibuild.oci.image import Addendum, Tagged
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import open_layout, write_layout
-from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
+from ocibuild.oci.mutate import ConfigChanges, mutate, timestamp
+from ocibuild.oci.name import ImageName
 from ocibuild.oci.store import BlobStore
 
 AMD64 = Platform()
@@ -28,23 +31,23 @@ def image(tmp_path):
         f.write_bytes(os.urandom(2000) + bytes(i))
         c = LayerContents()
         c.add_file(f, f"data/file{i}")
-        layers.append(NewLayer(write_layer(c, store), f"layer {i}"))
+        layers.append(Addendum(write_layer(c, store), f"layer {i}"))
     changes = ConfigChanges(entrypoint=["/bin/true"], env={"A": "1"}, exposed_ports=["5001/tcp"])
-    return assemble(None, layers, changes, store, AMD64)
+    return mutate(empty_image(AMD64), layers, changes, timestamp(0))
 
 
 def _blobs(img):
-    return [read_all(img.blobs.open_blob(d)) for d in img.descriptors()]
+    return [read_all(img.open_blob(d)) for d in img.descriptors()]
 
 
 def test_layout_round_trip_and_add_tag(tmp_path, image):
     out = tmp_path / "layout"
-    write_layout([(image, "v1", "example.com/x:v1")], out)
+    write_layout([Tagged(image, ImageName(None, "v1", "example.com/x:v1"))], out)
     back = open_layout(out, "v1", AMD64)
     assert back.digest == image.digest and back.manifest.raw == image.manifest.raw
     assert _blobs(back) == _blobs(image)
     assert json.loads((out / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
-    write_layout([(image, "v2", None)], out)  # adding to an existing layout keeps the old tag
+    write_layout([Tagged(image, ImageName(None, "v2", None))], out)  # adding to an existing layout keeps the old tag
     assert open_layout(out, "v1", AMD64).digest == open_layout(out, "v2", AMD64).digest
     with pytest.raises(InputError, match="several images"):
         open_layout(out, None, AMD64)
@@ -57,15 +60,15 @@ def test_layout_refuses_non_layout_dir_and_leaves_nothing(tmp_path, image):
     d.mkdir()
     (d / "x").write_text("user data")
     with pytest.raises(OutputError, match="not an OCI layout"):
-        write_layout([(image, "v1", None)], d)
+        write_layout([Tagged(image, ImageName(None, "v1", None))], d)
     assert os.listdir(d) == ["x"]
     with pytest.raises(OutputError, match="does not exist"):
-        write_layout([(image, "v1", None)], tmp_path / "missing" / "layout")
+        write_layout([Tagged(image, ImageName(None, "v1", None))], tmp_path / "missing" / "layout")
 
 
 def test_archive_reads_back_as_oci_and_docker_archive(tmp_path, image):
     out = tmp_path / "image.tar"
-    write_archive([Tagged(image, "myimage:1", "1", "docker.io/library/myimage:1")], out)
+    write_archive([Tagged(image, ImageName("myimage:1", "1", "docker.io/library/myimage:1"))], out)
     as_oci = open_oci_archive(out, "1", AMD64)
     assert as_oci.digest == image.digest and _blobs(as_oci) == _blobs(image)
     as_docker = open_docker_archive(out, "myimage:1", AMD64)
@@ -84,13 +87,13 @@ def test_archive_reads_back_as_oci_and_docker_archive(tmp_path, image):
 def test_archive_is_reproducible(tmp_path, image):
     a, b = tmp_path / "a.tar", tmp_path / "b.tar"
     for p in (a, b):
-        write_archive([Tagged(image, "x:1", "1", "docker.io/library/x:1")], p)
+        write_archive([Tagged(image, ImageName("x:1", "1", "docker.io/library/x:1"))], p)
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_corrupt_blob_fails_export_and_leaves_nothing(tmp_path, image):
     layout = tmp_path / "layout"
-    write_layout([(image, "v1", None)], layout)
+    write_layout([Tagged(image, ImageName(None, "v1", None))], layout)
     victim = layout / "blobs" / "sha256" / image.layers[0].digest.hex
     data = bytearray(victim.read_bytes())
     data[100] ^= 0xFF
@@ -98,7 +101,7 @@ def test_corrupt_blob_fails_export_and_leaves_nothing(tmp_path, image):
     src = open_layout(layout, "v1", AMD64)
     out = tmp_path / "out.tar"
     with pytest.raises(DigestMismatchError, match=image.layers[0].digest.short):
-        write_archive([Tagged(src, "x:1")], out)
+        write_archive([Tagged(src, ImageName("x:1", None, None))], out)
     assert not out.exists()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.tar")]
 
@@ -128,4 +131,4 @@ def test_legacy_docker_save_layout_is_read(tmp_path, image):
         tf.add(tmp_path / "m", "manifest.json")
     img = open_docker_archive(archive, "old:1", AMD64)
     assert img.layers[0].digest == built.diff_id and img.layers[0].media_type == media.OCI_LAYER
-    assert read_all(img.blobs.open_blob(img.layers[0])) == store.path(built.descriptor.digest).read_bytes()
+    assert read_all(img.open_blob(img.layers[0])) == store.path(built.descriptor.digest).read_bytes()

@@ -17,11 +17,15 @@ import pytest
 
 from ocibuild.errors import DigestMismatchError, InputError
 from ocibuild.oci import compress, layer, media, pipeline
-from ocibuild.oci.archive import Tagged, open_oci_archive, write_archive
+from ocibuild.oci.archive import open_oci_archive, write_archive
 from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import Digest, read_all
+from ocibuild.oci.empty import empty_image
+from ocibuild.oci.image import Addendum, Tagged
 from ocibuild.oci.layer import LayerContents, write_layer
 from ocibuild.oci.layout import open_layout, write_layout
+from ocibuild.oci.mutate import ConfigChanges, mutate, timestamp
+from ocibuild.oci.name import ImageName
 from ocibuild.oci.store import BlobStore
 from ocibuild.oci.tarstream import TarStream
 
@@ -246,7 +250,6 @@ def test_derived_blob_closed_early_stops_its_threads(tmp_path, small_derive):
 
 
 def test_export_of_derived_and_stored_blobs_round_trips(tmp_path, small_derive, mixed_tree):
-    from ocibuild.oci.mutate import ConfigChanges, NewLayer, assemble
 
     store = BlobStore(tmp_path / "cache")
     big = write_layer(_contents(mixed_tree), store, "gzip", derive=True)
@@ -256,16 +259,16 @@ def test_export_of_derived_and_stored_blobs_round_trips(tmp_path, small_derive, 
     c.add_file(small, "app/app.py")
     app = write_layer(c, store)
     assert not store.is_stored(big.descriptor.digest) and store.is_stored(app.descriptor.digest)
-    image = assemble(None, [NewLayer(big, "model"), NewLayer(app, "app")], ConfigChanges(), store, Platform())
+    image = mutate(empty_image(Platform()), [Addendum(big, "model"), Addendum(app, "app")], ConfigChanges(), timestamp(0))
     tar = tmp_path / "image.tar"
-    write_archive([Tagged(image, "x:1", "1")], tar)
+    write_archive([Tagged(image, ImageName("x:1", "1", None))], tar)
     back = open_oci_archive(tar, "1", Platform())
     assert back.digest == image.digest
-    assert [read_all(back.blobs.open_blob(d)) for d in back.layers] == [_blob(store, big), _blob(store, app)]
+    assert [read_all(back.open_blob(d)) for d in back.layers] == [_blob(store, big), _blob(store, app)]
     out = tmp_path / "layout"
-    write_layout([(image, "1", None)], out)
+    write_layout([Tagged(image, ImageName(None, "1", None))], out)
     again = open_layout(out, "1", Platform())
-    assert [read_all(again.blobs.open_blob(d)) for d in again.layers] == [
+    assert [read_all(again.open_blob(d)) for d in again.layers] == [
         _blob(store, big),
         _blob(store, app),
     ]

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from ocibuild.cache.layers import LocalLayerCache
 from ocibuild.events import Progress
 from ocibuild.oci.layer import LayerContents, cache_key
 from ocibuild.oci.store import BlobStore
 from ocibuild.packaging import package
 from ocibuild.packaging.package import PackageSpec, _files_layer
+
+
+def _key(contents: LayerContents, codec: str = "gzip", mtime: int = 0, tool: str = "1.0") -> str:
+    return cache_key(contents, codec, mtime=mtime, tool=tool)
 
 
 def _contents(path: Path, dest: str = "var/azureml-app/azureml-models/m/1/model.bin") -> LayerContents:
@@ -32,43 +37,40 @@ def _spec(model: Path, **kw) -> PackageSpec:
 
 
 def test_key_is_stable_for_the_same_inputs(model):
-    assert cache_key(_contents(model), "gzip") == cache_key(_contents(model), "gzip")
+    assert _key(_contents(model)) == _key(_contents(model))
 
 
 def test_touched_file_is_a_miss(model):
-    before = cache_key(_contents(model), "gzip")
+    before = _key(_contents(model))
     os.utime(model)  # same bytes, new mtime
-    assert cache_key(_contents(model), "gzip") != before
+    assert _key(_contents(model)) != before
 
 
 def test_same_size_edit_with_a_new_mtime_is_a_miss(model):
-    before = cache_key(_contents(model), "gzip")
+    before = _key(_contents(model))
     data = bytearray(model.read_bytes())
     data[0] ^= 1
     model.write_bytes(bytes(data))  # same size, mtime now
     assert model.stat().st_size == 4096
-    assert cache_key(_contents(model), "gzip") != before
+    assert _key(_contents(model)) != before
 
 
 def test_replaced_file_with_the_same_bytes_and_mtime_is_a_miss(model, tmp_path):
     """A new inode (e.g. the file was copied over) is not trusted to be the same file."""
-    before = cache_key(_contents(model), "gzip")
+    before = _key(_contents(model))
     copy = tmp_path / "copy.bin"
     shutil.copy2(model, copy)
     os.replace(copy, model)
     assert model.stat().st_mtime_ns == 1_700_000_000_000_000_000
-    assert cache_key(_contents(model), "gzip") != before
+    assert _key(_contents(model)) != before
 
 
-def test_settings_are_part_of_the_key(model, monkeypatch):
-    base = cache_key(_contents(model), "gzip")
-    assert cache_key(_contents(model), "zstd") != base
-    assert cache_key(_contents(model, "elsewhere/model.bin"), "gzip") != base
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    assert cache_key(_contents(model), "gzip") != base
-    monkeypatch.setattr("ocibuild.oci.layer.__version__", "99.0")
-    monkeypatch.delenv("SOURCE_DATE_EPOCH")
-    assert cache_key(_contents(model), "gzip") != base
+def test_settings_are_part_of_the_key(model):
+    base = _key(_contents(model))
+    assert _key(_contents(model), "zstd") != base
+    assert _key(_contents(model, "elsewhere/model.bin")) != base
+    assert _key(_contents(model), mtime=1700000000) != base
+    assert _key(_contents(model), tool="99.0") != base
 
 
 def _count_writes(monkeypatch) -> list:
@@ -86,25 +88,39 @@ def _count_writes(monkeypatch) -> list:
 def test_hit_reads_nothing_and_miss_rebuilds(model, tmp_path, monkeypatch):
     store = BlobStore(tmp_path / "cache")
     calls = _count_writes(monkeypatch)
-    quiet = Progress(quiet=True)
-    first = _files_layer(_contents(model), _spec(model), store, quiet, "model layer", derive=True)
+    quiet = Progress()
+    first = _files_layer(
+        _contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer", derive=True
+    )
     assert len(calls) == 1
-    assert _files_layer(_contents(model), _spec(model), store, quiet, "model layer", derive=True) == first
+    assert (
+        _files_layer(
+            _contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer", derive=True
+        )
+        == first
+    )
     assert len(calls) == 1  # a hit: the layer writer (the only reader of model bytes) was not called
     os.utime(model)
-    again = _files_layer(_contents(model), _spec(model), store, quiet, "model layer", derive=True)
+    again = _files_layer(
+        _contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer", derive=True
+    )
     assert len(calls) == 2 and again == first  # same bytes, same layer, but they had to be read to know it
 
 
 def test_no_cache_rebuilds_and_a_missing_blob_is_a_miss(model, tmp_path, monkeypatch):
     store = BlobStore(tmp_path / "cache")
     calls = _count_writes(monkeypatch)
-    quiet = Progress(quiet=True)
-    built = _files_layer(_contents(model), _spec(model), store, quiet, "model layer")
-    _files_layer(_contents(model), _spec(model, use_cache=False), store, quiet, "model layer")
+    quiet = Progress()
+    built = _files_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer")
+    _files_layer(
+        _contents(model), _spec(model, use_cache=False), store, LocalLayerCache(store), quiet, "model layer"
+    )
     assert len(calls) == 2
-    store.path(built.descriptor.digest).unlink()  # the cache was cleaned: the ref alone is not enough
-    assert _files_layer(_contents(model), _spec(model), store, quiet, "model layer") == built
+    store.path(built.digest).unlink()  # the cache was cleaned: the ref alone is not enough
+    assert (
+        _files_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer")
+        == built
+    )
     assert len(calls) == 3
 
 
@@ -123,8 +139,8 @@ def test_editing_an_included_requirements_file_rebuilds_the_dependencies(tmp_pat
         env = Environment(pip_requirements=tmp_path / "requirements.txt")
         pkg = api_package([example_model.model], InferenceConfig(example_model.score, environment=env), base_ref,
                           cache=tmp_path / "cache")  # fmt: skip
-        [deps] = [n for n in pkg.result.layers if n.role == "dependencies"]
-        return str(deps.layer.descriptor.digest)
+        [deps] = [n for n in pkg.image.added if n.role == "dependencies"]
+        return str(deps.layer.digest)
 
     first = deps_digest()
     assert deps_digest() == first  # unchanged inputs: the cached layer

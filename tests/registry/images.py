@@ -7,9 +7,9 @@ import os
 import uuid
 
 from ocibuild.oci import media
-from ocibuild.oci.descriptor import Descriptor, Manifest, canonical_json
+from ocibuild.oci.descriptor import Descriptor, canonical_json
 from ocibuild.oci.digest import Digest
-from ocibuild.oci.image import Image, StoreSource
+from ocibuild.oci.image import Image, StoreSource, load_image
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.transport import RegistryOptions, RetryPolicy
 
@@ -37,4 +37,4 @@ def make_image(store: BlobStore, sizes, arch="amd64", media_type=media.OCI_MANIF
         "layers": [x.to_json() for x in layers],
     }
     raw = (json.dumps(doc, indent=3) + "\n").encode() if pretty else canonical_json(doc)
-    return Image(Manifest.parse(raw), config, StoreSource(store), name="test image")
+    return load_image(raw, StoreSource(store), "test image")

@@ -4,6 +4,7 @@ are reused, Docker's ``identitytoken`` (OAuth2 refresh-token grant), and Basic o
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from ocibuild.registry.errors import AuthenticationError
 from ocibuild.registry.push import push_image
 from ocibuild.registry.source import open_registry_image
 from ocibuild.registry.transport import RegistryOptions
+from ocibuild.settings import Settings
 from tests.conftest import REGISTRY_REFRESH_TOKEN
 from tests.registry.images import FAST, make_image, repo
 
@@ -35,6 +37,11 @@ def no_stored_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
     return tmp_path / "docker" / "config.json"
+
+
+def from_environment(options: RegistryOptions = FAST) -> RegistryOptions:
+    """``options`` looking up stored credentials where the environment (HOME, DOCKER_CONFIG, ...) says."""
+    return dataclasses.replace(options, auth_files=Settings.from_environ().registry_options().auth_files)
 
 
 def with_creds(reg, options: RegistryOptions = FAST) -> RegistryOptions:
@@ -59,7 +66,7 @@ def test_pull_asks_pull_only(token, tmp_path, no_stored_credentials):
     pulled = open_registry_image(
         parse_reference(token.ref(f"{name}:1")), Platform(), with_creds(token), BlobStore(tmp_path / "b")
     )
-    pulled.blobs.open_blob(pulled.layers[0]).close()
+    pulled.open_blob(pulled.layers[0]).close()
     assert token.tokens.scopes_asked() == [f"repository:{name}:pull"]
 
 
@@ -71,7 +78,7 @@ def test_docker_identity_token_is_traded_with_a_refresh_grant(token, tmp_path, n
     no_stored_credentials.parent.mkdir()
     no_stored_credentials.write_text(json.dumps({"auths": {token.host: {
         "auth": base64.b64encode(b"<token>:").decode(), "identitytoken": REGISTRY_REFRESH_TOKEN}}}))  # fmt: skip
-    pulled = open_registry_image(ref, Platform(), FAST, BlobStore(tmp_path / "b"))
+    pulled = open_registry_image(ref, Platform(), from_environment(), BlobStore(tmp_path / "b"))
     assert pulled.digest == image.digest
     assert [(r.account, r.granted) for r in token.tokens.requests] == [(token.user, True)]
 
@@ -82,7 +89,7 @@ def test_stored_credentials_are_used_and_wrong_ones_named(token, tmp_path, no_st
         "auth": base64.b64encode(f"{token.user}:wrong".encode()).decode()}}}))  # fmt: skip
     image = make_image(BlobStore(tmp_path), [10])
     with pytest.raises(AuthenticationError) as e:
-        push_image(image, parse_reference(token.ref(f"{repo()}:1")), FAST)
+        push_image(image, parse_reference(token.ref(f"{repo()}:1")), from_environment())
     assert f"user {token.user} (from {no_stored_credentials})" in str(e.value)
     assert "wrong" not in str(e.value)
 

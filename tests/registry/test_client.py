@@ -81,7 +81,7 @@ def test_monolithic_upload_is_one_streamed_put(plain, tmp_path):
     image = make_image(BlobStore(tmp_path), [3 << 20])
     layer = image.layers[0]
     client = client_for(plain, repo())
-    how = client.upload_blob(layer, lambda: image.blobs.open_blob(layer), lambda n: None)
+    how = client.upload_blob(layer, lambda: image.open_blob(layer), lambda n: None)
     assert how == "monolithic"
     puts = [r for r in plain.proxy.snapshot() if r.method == "PUT"]
     assert [r.body_bytes for r in puts] == [layer.size] and puts[0].status == 201
@@ -96,7 +96,7 @@ def test_chunked_fallback_when_an_ingress_refuses_large_bodies(plain, tmp_path):
     plain.proxy.max_body = MIN_CHUNK + (1 << 20)  # like nginx's client_max_body_size
     client = client_for(plain, repo())
     seen = []
-    assert client.upload_blob(layer, lambda: image.blobs.open_blob(layer), seen.append) == "chunked"
+    assert client.upload_blob(layer, lambda: image.open_blob(layer), seen.append) == "chunked"
     records = plain.proxy.snapshot()
     assert [(r.method, r.status) for r in records if r.method in ("PUT", "PATCH")] == [
         ("PUT", 413), ("PATCH", 202), ("PATCH", 202), ("PATCH", 202), ("PUT", 201)
@@ -186,7 +186,7 @@ def test_pulled_blobs_enter_the_store_once_verified_and_are_served_from_it(plain
     layer = pulled.layers[0]
     assert not cache.has(layer.digest)  # layers are pulled when first opened, not before
     for _ in range(2):
-        with pulled.blobs.open_blob(layer) as f:
+        with pulled.open_blob(layer) as f:
             assert Digest.of(read_all(f)) == layer.digest
     gets = [r.path for r in plain.proxy.snapshot() if r.method == "GET" and "/blobs/" in r.path]
     assert gets.count(f"/v2/{ref.repository}/blobs/{layer.digest}") == 1
@@ -206,7 +206,7 @@ def test_a_corrupt_blob_in_the_registry_never_enters_the_store(plain, tmp_path):
     cache = BlobStore(tmp_path / "cache")
     pulled = open_registry_image(ref, Platform(), FAST, cache)
     with pytest.raises(DigestMismatchError):
-        pulled.blobs.open_blob(layer)
+        pulled.open_blob(layer)
     assert not cache.has(layer.digest)
     assert not list((cache.root / "tmp").iterdir())
 

@@ -15,6 +15,7 @@ import pytest
 from ocibuild.errors import UsageError
 from ocibuild.registry import credentials as c
 from ocibuild.registry.errors import RegistryError
+from ocibuild.settings import Settings
 
 HELPER = """#!/bin/sh
 # A docker credential helper speaking the real protocol: `get` reads a server URL on stdin, prints JSON.
@@ -32,6 +33,15 @@ case "$1" in
   *) exit 2 ;;
 esac
 """
+
+
+def lookup(host: str, auth_file: Path | None = None):
+    """Stored credentials for ``host``, looked up where the environment says (``settings``)."""
+    return c.lookup(host, Settings.from_environ().registry_options(auth_file=auth_file).auth_files)
+
+
+def save_login(host: str, creds, auth_file: Path | None = None) -> str:
+    return c.save_login(host, creds, auth_file, Settings.from_environ().docker_config)
 
 
 @pytest.fixture
@@ -81,14 +91,19 @@ def test_secret_is_not_in_repr():
     assert "hunter2" not in repr(c.Credentials("alice", "hunter2"))
 
 
+def _for_target(creds: str | None = None):
+    """The credentials ``--creds`` (else the environment) bind to a registry, as the commands read them."""
+    return Settings.from_environ().registry_options().for_target("r.example", creds).credentials.get("r.example")
+
+
 def test_env_credentials(home, monkeypatch):
-    assert c.env_credentials() is None
+    assert _for_target() is None
     monkeypatch.setenv(c.ENV_USER, "ci")
     with pytest.raises(UsageError, match=c.ENV_PASSWORD):
-        c.env_credentials()
+        _for_target()
     monkeypatch.setenv(c.ENV_PASSWORD, "tok")
-    assert (c.env_credentials().username, c.env_credentials().secret) == ("ci", "tok")
-    assert c.explicit_credentials("x:y").username == "x"  # --creds wins over the environment
+    assert (_for_target().username, _for_target().secret) == ("ci", "tok")
+    assert _for_target("x:y").username == "x"  # --creds wins over the environment
 
 
 @pytest.mark.parametrize(
@@ -109,10 +124,10 @@ def test_normalise_host(key, host):
 def test_docker_config_auths(home):
     write(home / ".docker/config.json", {"auths": {"https://index.docker.io/v1/": {"auth": b64("hub:pw")},
                                                      "reg.example:5000": {"auth": b64("bob:s:3")}}})  # fmt: skip
-    hub = c.lookup("docker.io")
+    hub = lookup("docker.io")
     assert (hub.username, hub.secret) == ("hub", "pw")
-    assert c.lookup("reg.example:5000").secret == "s:3"
-    assert c.lookup("other.example") is None
+    assert lookup("reg.example:5000").secret == "s:3"
+    assert lookup("other.example") is None
 
 
 def test_identity_token(home):
@@ -120,31 +135,31 @@ def test_identity_token(home):
         home / ".docker/config.json",
         {"auths": {"acr.example": {"auth": b64("00000000-0000:"), "identitytoken": "rt"}}},
     )
-    got = c.lookup("acr.example")
+    got = lookup("acr.example")
     assert got.identity_token and got.secret == "rt"
 
 
 def test_malformed_auth_entry_says_so_without_the_secret(home):
     write(home / ".docker/config.json", {"auths": {"r.example": {"auth": "!!!notbase64"}}})
     with pytest.raises(RegistryError, match="r.example.*log in again"):
-        c.lookup("r.example")
+        lookup("r.example")
 
 
 def test_order_authfile_then_podman_then_docker(home, monkeypatch):
     write(home / ".docker/config.json", {"auths": {"r.example": {"auth": b64("docker:1")}}})
-    assert c.lookup("r.example").username == "docker"
+    assert lookup("r.example").username == "docker"
     write(home / ".config/containers/auth.json", {"auths": {"r.example": {"auth": b64("podman-home:1")}}})
-    assert c.lookup("r.example").username == "podman-home"
+    assert lookup("r.example").username == "podman-home"
     write(home / "run/containers/auth.json", {"auths": {"r.example": {"auth": b64("podman-run:1")}}})
-    assert c.lookup("r.example").username == "podman-run"
+    assert lookup("r.example").username == "podman-run"
     monkeypatch.setenv(
         "REGISTRY_AUTH_FILE", str(write(home / "a.json", {"auths": {"r.example": {"auth": b64("env:1")}}}))
     )
-    assert c.lookup("r.example").username == "env"
+    assert lookup("r.example").username == "env"
     explicit = write(home / "b.json", {"auths": {"r.example": {"auth": b64("flag:1")}}})
-    assert c.lookup("r.example", explicit).username == "flag"
+    assert lookup("r.example", explicit).username == "flag"
     # --authfile replaces $REGISTRY_AUTH_FILE; a file that does not know the host is passed over.
-    assert c.lookup("r.example", write(home / "c.json", {"auths": {}})).username == "podman-run"
+    assert lookup("r.example", write(home / "c.json", {"auths": {}})).username == "podman-run"
 
 
 def test_cred_helpers_and_creds_store_through_a_real_helper_program(home, helper):
@@ -155,20 +170,20 @@ def test_cred_helpers_and_creds_store_through_a_real_helper_program(home, helper
         json.dumps({"ServerURL": "https://index.docker.io/v1/", "Username": "<token>", "Secret": "refresh"})
     )
     write(home / ".docker/config.json", {"credHelpers": {"reg.example": "test"}})
-    got = c.lookup("reg.example")
+    got = lookup("reg.example")
     assert (got.username, got.secret, got.source) == ("hh", "s1", "docker-credential-test")
-    assert c.lookup("docker.io") is None  # no helper for it, no credsStore
+    assert lookup("docker.io") is None  # no helper for it, no credsStore
     write(home / ".docker/config.json", {"credsStore": "test", "auths": {"https://index.docker.io/v1/": {}}})
-    hub = c.lookup("docker.io")
+    hub = lookup("docker.io")
     assert hub.identity_token and hub.secret == "refresh"
-    assert c.lookup("unknown.example") is None  # "credentials not found" is not an error
+    assert lookup("unknown.example") is None  # "credentials not found" is not an error
     assert "get https://index.docker.io/v1/" in (helper.parent / "helper-store.log").read_text()
 
 
 def test_missing_helper_is_one_clear_error(home):
     write(home / ".docker/config.json", {"credsStore": "does-not-exist"})
     with pytest.raises(RegistryError, match="docker-credential-does-not-exist .* is not installed"):
-        c.lookup("r.example")
+        lookup("r.example")
 
 
 def test_save_login_writes_docker_config_0600_and_keeps_other_entries(home):
@@ -176,35 +191,35 @@ def test_save_login_writes_docker_config_0600_and_keeps_other_entries(home):
         home / ".docker/config.json", {"auths": {"other.example": {"auth": b64("o:p")}}, "psFormat": "x"}
     )
     os.chmod(cfg, 0o644)
-    where = c.save_login("docker.io", c.Credentials("me", "pw"))
+    where = save_login("docker.io", c.Credentials("me", "pw"))
     assert where == str(cfg)
     doc = json.loads(cfg.read_text())
     assert doc["psFormat"] == "x"
     assert doc["auths"]["https://index.docker.io/v1/"] == {"auth": b64("me:pw")}
     assert doc["auths"]["other.example"] == {"auth": b64("o:p")}
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
-    assert c.lookup("docker.io").secret == "pw"
+    assert lookup("docker.io").secret == "pw"
     assert not [p for p in cfg.parent.iterdir() if p.name != "config.json"]  # no temp file left
 
 
 def test_save_login_replaces_an_old_key_for_the_same_host(home):
     write(home / ".docker/config.json", {"auths": {"http://reg.example:5000/v2/": {"auth": b64("old:1")}}})
-    c.save_login("reg.example:5000", c.Credentials("new", "2"))
+    save_login("reg.example:5000", c.Credentials("new", "2"))
     assert list(json.loads((home / ".docker/config.json").read_text())["auths"]) == ["reg.example:5000"]
 
 
 def test_save_login_through_creds_store(home, helper):
     write(home / ".docker/config.json", {"credsStore": "test"})
-    assert c.save_login("reg.example", c.Credentials("hs", "sec")) == "docker-credential-test"
+    assert save_login("reg.example", c.Credentials("hs", "sec")) == "docker-credential-test"
     doc = json.loads((home / ".docker/config.json").read_text())
     assert doc["auths"] == {"reg.example": {}}  # the secret is in the helper, not the file
     assert "sec" not in (home / ".docker/config.json").read_text()
-    assert c.lookup("reg.example").secret == "sec"
+    assert lookup("reg.example").secret == "sec"
 
 
 def test_concurrent_logins_leave_valid_json(home):
     threads = [
-        threading.Thread(target=c.save_login, args=(f"r{i}.example", c.Credentials("u", "p")))
+        threading.Thread(target=save_login, args=(f"r{i}.example", c.Credentials("u", "p")))
         for i in range(8)
     ]
     for t in threads:

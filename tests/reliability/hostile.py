@@ -158,20 +158,7 @@ def image_config(diff_ids: Sequence[str], **extra) -> dict:
     return doc
 
 
-def write_layout(
-    root: Path,
-    layers: Sequence[bytes],
-    *,
-    diff_ids: Sequence[str] | None = None,
-    layer_media_type: str = media.OCI_LAYER_GZIP,
-    config: dict | None = None,
-    config_raw: bytes | None = None,
-    config_media_type: str = media.OCI_CONFIG,
-    manifest: Callable[[dict], dict] | None = None,
-    manifest_raw: bytes | None = None,
-    entry: Callable[[dict], dict] | None = None,
-    tag: str = "t",
-) -> Built:
+def write_layout(root: Path, layers: Sequence[bytes], *, diff_ids: Sequence[str] | None = None, layer_media_type: str = media.OCI_LAYER_GZIP, config: dict | None = None, config_raw: bytes | None = None, config_media_type: str = media.OCI_CONFIG, manifest: Callable[[dict], dict] | None = None, manifest_raw: bytes | None = None, entry: Callable[[dict], dict] | None = None, tag: str = "t") -> Built:
     """An OCI layout at ``root`` of one image tagged ``tag``. The keyword arguments replace or edit each
     document (``manifest``/``entry`` edit the manifest and its index.json descriptor), so digests can lie."""
     blobs = root / "blobs" / "sha256"

@@ -30,7 +30,7 @@ from ocibuild.oci import media
 from ocibuild.oci.archive import ArchiveReader, open_docker_archive, open_oci_archive
 from ocibuild.oci.descriptor import Descriptor, Index, Manifest, Platform, sniff_media_type
 from ocibuild.oci.digest import Digest, VerifyingReader, is_digest
-from ocibuild.oci.image import Image, check_config
+from ocibuild.oci.image import Image, Layer, check_config
 from ocibuild.oci.name import parse_reference
 from ocibuild.packaging.pyenv import detect_target_python
 from ocibuild.registry.auth import parse_challenges
@@ -193,12 +193,11 @@ def test_any_config_gives_an_image_or_one_line(layout_dir, config):
     assert code == (0 if ok else 1), err.getvalue()
     assert err.getvalue().count("ocibuild: error:") == (0 if ok else 1)
     if ok:
-        from ocibuild.oci.mutate import ConfigChanges, assemble
-        from ocibuild.oci.store import BlobStore
-        from ocibuild.transports.open import resolve_base
+        from ocibuild.oci.mutate import ConfigChanges, mutate, timestamp
+        from ocibuild.transports.open import open_base
 
-        base = resolve_base(built.ref, Platform())
-        image = assemble(base, [], ConfigChanges(env={"A": "1"}, labels={"x": "y"}), BlobStore(root / "cache"), base.platform)  # fmt: skip
+        base = open_base(built.ref, Platform())
+        image = mutate(base, [], ConfigChanges(env={"A": "1"}, labels={"x": "y"}), timestamp(0))  # fmt: skip
         check_config(image.config, "assembled")
 
 
@@ -305,8 +304,13 @@ def _flip(data: bytes, flips) -> bytes:
 class _Blobs:
     """A blob source over bytes in memory, verified like every other source."""
 
+    origin = None
+
     def __init__(self, blobs: dict[str, bytes]):
         self.blobs = blobs
+
+    def close(self):
+        pass
 
     def open_blob(self, desc):
         return VerifyingReader(io.BytesIO(self.blobs[desc.digest]), desc.digest, desc.size)
@@ -320,7 +324,8 @@ def _image_of(layers: list[bytes]) -> Image:
     config = canonical(image_config([sha256(b"")] * len(layers)))
     cdesc = Descriptor(media.OCI_CONFIG, Digest(sha256(config)), len(config))
     blobs = {d.digest: b for d, b in zip(descs, layers, strict=True)} | {cdesc.digest: config}
-    return Image(Manifest.build(cdesc, descs), config, _Blobs(blobs), "fuzzed")
+    source = _Blobs(blobs)
+    return Image(Manifest.build(cdesc, descs), config, tuple(Layer(d, None, source) for d in descs), "fuzzed")
 
 
 @SLOWER

@@ -157,6 +157,9 @@ def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, 
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A test run started in the background of a non-interactive shell inherits SIGINT ignored, and Python
+        # then keeps ignoring it: give the build the default disposition a user's terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)

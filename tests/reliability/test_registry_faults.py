@@ -277,7 +277,7 @@ def pull(ref: Reference, store: BlobStore) -> Image:
     """What a build does with a registry base: the manifest and config, then every layer into the store."""
     image = open_registry_image(ref, Platform(), OPTS, store)
     for layer in image.layers:
-        with image.blobs.open_blob(layer) as f:
+        with image.open_blob(layer) as f:
             assert Digest.of(read_all(f)) == layer.digest
     return image
 

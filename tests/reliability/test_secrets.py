@@ -345,7 +345,7 @@ def test_api_with_debug_logging_right_and_wrong(reg, home, secrets, debug_logs, 
     right = options.with_credentials(reg.host, Credentials(USER, PASSWORD, source="--creds"))
     assert push_image(image, ref, right) == image.digest
     pulled = open_registry_image(ref, Platform(), right, BlobStore(tmp_path / "cache"))
-    pulled.blobs.open_blob(pulled.layers[0]).close()
+    pulled.open_blob(pulled.layers[0]).close()
     secrets.check(repr(right) + repr(right.credentials_for(reg.host)), "RegistryOptions' repr")
     for creds in (Credentials(USER, WRONG, source="--creds"), None):
         wrong = options.with_credentials(reg.host, creds)

@@ -35,14 +35,19 @@ with atheris.instrument_imports():
         sniff_media_type,
     )
     from ocibuild.oci.digest import Digest, VerifyingReader
-    from ocibuild.oci.image import Image, check_config
+    from ocibuild.oci.image import Image, Layer, check_config
     from ocibuild.packaging.pyenv import detect_target_python
     from ocibuild.registry.auth import parse_challenges
 
 
 class _Blobs:
+    origin = None
+
     def __init__(self, blobs):
         self.blobs = blobs
+
+    def close(self):
+        pass
 
     def open_blob(self, desc):
         return VerifyingReader(io.BytesIO(self.blobs[desc.digest]), desc.digest, desc.size)
@@ -58,10 +63,9 @@ def layer(data: bytes) -> None:
     )
     ldesc = Descriptor(media.OCI_LAYER_GZIP, Digest.of(data), len(data))
     cdesc = Descriptor(media.OCI_CONFIG, Digest.of(config), len(config))
-    image = Image(
-        Manifest.build(cdesc, [ldesc]), config, _Blobs({ldesc.digest: data, cdesc.digest: config}), "f"
-    )
-    detect_target_python([partial(image.open_uncompressed, ldesc)], "amd64")
+    source = _Blobs({ldesc.digest: data, cdesc.digest: config})
+    image = Image(Manifest.build(cdesc, [ldesc]), config, (Layer(ldesc, None, source),), "f")
+    detect_target_python([partial(image.open_uncompressed, image.layers[0])], "amd64")
 
 
 def document(data: bytes) -> None:

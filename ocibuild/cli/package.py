@@ -1,0 +1,156 @@
+"""``ocibuild package``: its arguments, and the digest printed last."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..settings import Settings
+from .common import progress, registry_arguments, registry_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("package", help="package a model into a runnable scoring image")
+    p.set_defaults(handler=run)
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL",
+        help="model file(s) or folder(s), or registered models: docker://HOST/REPO:VERSION or HOST/REPO@sha256:…",
+    )  # fmt: skip
+    p.add_argument(
+        "--entry-script", required=True, type=Path, help="score.py defining init() and run(raw_data)"
+    )
+    p.add_argument(
+        "--source-dir", type=Path, help="folder copied as the app root; the entry script is inside it"
+    )
+    p.add_argument(
+        "--requirements", action="append", default=[], type=Path, help="requirements.txt (repeatable)"
+    )
+    p.add_argument(
+        "--pip", action="append", default=[], metavar="SPEC", help="extra pip requirement (repeatable)"
+    )
+    p.add_argument(
+        "--conda-file", type=Path, help="conda environment.yml (its python version and pip: section)"
+    )
+    p.add_argument(
+        "--base",
+        help="base image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, REF, scratch "
+        "(default: $OCIBUILD_BASE or python:<host version>-slim)",
+    )
+    p.add_argument("--name", help="model name (default: the model file's name)")
+    p.add_argument("--model-version", help="model version (default: 1, or a registered model's own version)")
+    p.add_argument(
+        "--tag", help="image name for --output/--oci-layout/--load, e.g. myimage:1 (default NAME:VERSION)"
+    )
+    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default: linux/amd64)")
+    p.add_argument(
+        "--compression",
+        default="gzip",
+        choices=["gzip", "zstd", "none"],
+        help="new layers' compression (default gzip; zstd is not readable by Docker before 23)",
+    )
+    p.add_argument(
+        "--port", type=int, default=5001, help="port the scoring server listens on (default: 5001)"
+    )
+    p.add_argument(
+        "--cache", type=Path, help="blob cache directory (default: $OCIBUILD_CACHE or ~/.cache/ocibuild)"
+    )
+    p.add_argument(
+        "--no-cache", dest="use_cache", action="store_false",
+        help="build every layer from its inputs again (results still go to the cache)",
+    )  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    out = p.add_argument_group(
+        "outputs (at least one; each may be repeated; one build, the same digest in all)"
+    )
+    out.add_argument(
+        "--output", action="append", default=[], type=Path, metavar="FILE",
+        help="tarball for docker load / podman load / skopeo",
+    )  # fmt: skip
+    out.add_argument(
+        "--append", action="store_true",
+        help="with --output: add the image to the tarball's images instead of replacing the file",
+    )  # fmt: skip
+    out.add_argument(
+        "--oci-layout", action="append", default=[], type=Path, metavar="DIR", help="OCI image layout"
+    )
+    out.add_argument(
+        "--push", action="append", default=[], metavar="REF",
+        help="push to a registry, e.g. registry.example.com/team/app:1",
+    )  # fmt: skip
+    out.add_argument("--load", action="store_true", help="load into the local Docker or podman engine")
+    out.add_argument(
+        "--dockerfile",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="write a Dockerfile build context",
+    )
+    reg = p.add_argument_group("registries (--push and a registry --base)")
+    reg.add_argument(
+        "--creds",
+        metavar="USER:PASSWORD",
+        help="for the --push registry (without --push: the --base one); default $OCIBUILD_REGISTRY_USER and "
+        "$OCIBUILD_REGISTRY_PASSWORD, then what ocibuild/docker/podman login stored",
+    )
+    reg.add_argument(
+        "--base-creds", metavar="USER:PASSWORD", help="for the --base registry when it is not the --push one"
+    )
+    reg.add_argument(
+        "--additional-tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="also tag the pushed image (repeatable)",
+    )
+    registry_arguments(reg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import Environment, InferenceConfig, Outputs, bind_credentials, package
+
+    settings = Settings.from_environ()
+    outputs = Outputs(
+        archives=args.output,
+        layouts=args.oci_layout,
+        pushes=args.push,
+        load=args.load,
+        dockerfiles=args.dockerfile,
+        tag=args.tag,
+        additional_tags=args.additional_tag,
+        append=args.append,
+    )
+    registry = bind_credentials(
+        registry_options(args, settings),
+        base=args.base or settings.default_base,
+        pushes=args.push,
+        models=args.models,
+        creds=args.creds,
+        base_creds=args.base_creds,
+    )
+    env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
+    report = progress(args)
+    if args.compression == "zstd":
+        report.warn(
+            "zstd layers cannot be read by Docker before 23.0 (load or pull); podman and containerd can"
+        )
+    pkg = package(
+        args.models,
+        InferenceConfig(args.entry_script, args.source_dir, env),
+        args.base,
+        name=args.name,
+        version=args.model_version,
+        platform=args.platform,
+        compression=args.compression,
+        port=args.port,
+        cache=args.cache,
+        use_cache=args.use_cache,
+        progress=report,
+        registry=registry,
+        settings=settings,
+        outputs=outputs,
+    )
+    for path in args.output:
+        report.step(f"wrote {path}; load it with: docker load -i {path}")
+    print(pkg.digest)
+    return 0
