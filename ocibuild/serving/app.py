@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import parse_qs
 
-from . import __version__, multipart, v2
+from . import __version__, multipart, v2, wsgi
 from .entry import OBJECT, RAW, EntryScript, InputError
 from .log import logger
 from .metrics import Metrics
@@ -177,6 +177,8 @@ class App:
         assert self.entry is not None
         from . import swagger
 
+        if self.entry.style == RAW:
+            wsgi.request_class()  # import Flask/werkzeug now, if the image has them, not on the first request
         dirs = [os.getcwd(), os.path.dirname(self.entry.path)]
         try:
             self.swagger = swagger.build(self.entry.run_function, self.entry.module, dirs, os.environ)

@@ -6,10 +6,12 @@ installed in the image, ``install_shims()`` provides the same names (``rawhttp``
 so such a script imports unchanged; when they are installed, the real ones are used, and a Flask ``Response`` that
 ``run()`` returns is understood too (anything with ``status_code``, ``headers`` and ``get_data()``).
 
-``run(request)`` gets ``RawRequest``, a standard-library imitation of the Flask ``Request`` that Azure hands the
-script. A multipart/form-data body is parsed before ``run()``: a malformed one is answered 400 (and too many
-parts or a too large text field 413), see ``multipart``. Supported, with Flask's names and meanings: ``method``,
-``path`` (percent-decoded), ``full_path``, ``url``, ``base_url``, ``host``, ``host_url``, ``scheme``, ``query_string``
+Which request object ``run(request)`` gets (``make_request``): where the image has Flask or werkzeug installed (a
+script's requirements pulled them in), their own ``Request``, as Azure hands the script Flask's (see ``wsgi``);
+otherwise ``RawRequest``, a standard-library imitation of Flask's ``Request``. Either way a multipart/form-data body
+is checked before ``run()``: a malformed one is answered 400 (and too many parts or a too large text field 413),
+see ``multipart``. ``RawRequest`` supports, with Flask's names and meanings: ``method``, ``path``
+(percent-decoded), ``full_path``, ``url``, ``base_url``, ``host``, ``host_url``, ``scheme``, ``query_string``
 (bytes), ``args``, ``form`` (multipart and URL-encoded bodies) and ``files`` (multipart uploads; ``FileStorage``
 objects with ``filename``, ``name``, ``content_type``, ``mimetype``, ``headers``, ``stream``, ``read()``,
 ``save(dst)``), all three MultiDicts (mapping access to a key's first value, ``get(key, default, type)``,
@@ -18,7 +20,7 @@ objects with ``filename``, ``name``, ``content_type``, ``mimetype``, ``headers``
 works), ``data`` (empty for form bodies, as in Flask), ``get_data(cache=True, as_text=False)`` (the raw body,
 multipart ones too), ``get_json(force=False, silent=False)``, ``json``, ``is_json``, ``mimetype``,
 ``content_type``, ``content_length``, ``mimetype_params``, ``stream``, ``cookies``, ``remote_addr``, ``close()``.
-Not supported: ``environ``, sessions, ``authorization``, ``user_agent``.
+Not supported: ``environ``, sessions, ``authorization``, ``user_agent``; those need Flask in the image.
 Uploaded files live in memory or in temporary files (see ``multipart``) until ``run()`` has returned.
 """
 
@@ -36,7 +38,7 @@ from types import ModuleType
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from . import multipart
+from . import multipart, wsgi
 from .datastructures import (
     BadRequest,
     BadRequestKeyError,
@@ -46,6 +48,7 @@ from .datastructures import (
     content_type_params,
     parse_options,
 )
+from .log import logger
 
 _REQUEST_MODULES = ("azureml_inference_server_http.api.aml_request", "azureml.contrib.services.aml_request")
 _RESPONSE_MODULES = (
@@ -246,16 +249,47 @@ def make_request(
 ) -> tuple[Any, Callable[[], None]]:
     """What ``run(request)`` gets for this request, and what to call once ``run()`` has returned.
 
-    ``body`` is the whole body: bytes, or for multipart requests a file object holding ``length`` bytes. A multipart
-    body is parsed before ``run()``: ``multipart.MultipartError`` (400, 413) when it is malformed or too large.
+    Flask's/werkzeug's ``Request`` when the image has them (see ``wsgi``), else ``RawRequest``. ``body`` is the
+    whole body: bytes, or for multipart requests a file object holding ``length`` bytes. A multipart body is
+    checked before ``run()`` either way: ``multipart.MultipartError`` (400, 413) when it is malformed or too large.
     """
     mimetype, params = parse_options(next((v for k, v in headers if k.lower() == "content-type"), ""))
     stream = io.BytesIO(body) if isinstance(body, bytes) else body
     boundary = multipart.boundary_of(params) if mimetype == "multipart/form-data" and length else None
+    cls = wsgi.request_class()
+    if boundary is not None and cls is not None:
+        multipart.parse(stream.read, boundary, keep=False)  # werkzeug would take a malformed body as empty
+        stream.seek(0)
+    if cls is not None:
+        try:
+            request = cls(
+                wsgi.environ(
+                    method=method, path=path, query=query, headers=headers, body=stream, length=length,
+                    client=client, server=server, protocol=protocol,
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            wsgi.disable(f"building {cls.__module__}.{cls.__name__} failed ({type(exc).__name__}: {exc})")
+            stream.seek(0)
+        else:
+            return request, _closer(request, stream)
     form = multipart.parse(stream.read, boundary) if boundary is not None else None
     stream.seek(0)
     raw = RawRequest(method, path, query, headers, body, client[0], form=form)
     return raw, raw.close
+
+
+def _closer(request: Any, stream: IO[bytes]) -> Callable[[], None]:
+    """Close werkzeug's temporary files and our body once ``run()`` is done."""
+
+    def close() -> None:
+        try:
+            request.close()
+        except Exception as exc:
+            logger.warning("@rawhttp: closing the request failed: %s", exc)
+        stream.close()
+
+    return close
 
 
 class AMLResponse:

@@ -1,15 +1,19 @@
-"""``@rawhttp`` scripts reading uploads as Flask's ``request.files``/``.form``: the standard-library request (the
-multipart parser, its limits and temporary files)."""
+"""``@rawhttp`` scripts reading uploads as Flask's ``request.files``/``.form``: the standard-library request in
+images without werkzeug (the multipart parser, its limits and temporary files), and werkzeug's/Flask's own
+``Request`` where the image has them."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 from urllib3 import encode_multipart_formdata
+
+from .conftest import install_for_server
 
 # Reads every upload in pieces (so run() itself holds little memory) and reports what a script sees.
 UPLOAD_SCRIPT = """
@@ -172,6 +176,7 @@ def test_two_files_and_fields_reach_request_files(start_server, tmp_path) -> Non
     srv, _ = start_upload_server(start_server, tmp_path)
     got = check_two_file_upload(srv)
     assert (got["type"], got["is_werkzeug"]) == ("ocibuild_serving.rawhttp.RawRequest", False)
+    assert "standard-library imitations" in srv.log()
 
 
 def test_raw_body_and_data_of_a_multipart_request(start_server) -> None:
@@ -319,3 +324,89 @@ def test_big_upload_spools_to_disk_with_bounded_memory(start_server, tmp_path) -
     print(
         f"64 MiB upload: {elapsed:.2f} s, peak memory +{growth_mib:.1f} MiB (plain body: +{control_mib:.1f} MiB)"
     )
+
+
+# --- werkzeug's and Flask's own Request ------------------------------------------------------------------------
+
+# What an image's requirements may bring: Azure's server 1.5 pins flask~=3.1; werkzeug 2.0.3 is the oldest
+# werkzeug whose Request has get_json() and uses the pre-2.2 multipart parser.
+WERKZEUG_INSTALLS = {
+    "flask-3.1": (["flask==3.1.3"], "flask.wrappers.Request"),
+    "werkzeug-3.1": (["werkzeug==3.1.9"], "werkzeug.wrappers.request.Request"),
+    "werkzeug-2.0": (["werkzeug==2.0.3"], "werkzeug.wrappers.request.Request"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(WERKZEUG_INSTALLS))
+def werkzeug_install(request) -> tuple[Path, str]:
+    requirements, request_type = WERKZEUG_INSTALLS[request.param]
+    return install_for_server(request.param, requirements), request_type
+
+
+def test_werkzeug_request_when_the_image_has_it(start_server, server_pythonpath, tmp_path, werkzeug_install):
+    path, request_type = werkzeug_install
+    srv, tmp = start_upload_server(
+        start_server, tmp_path, env={"PYTHONPATH": f"{server_pythonpath}{os.pathsep}{path}"}
+    )
+    got = check_two_file_upload(srv)
+    assert (got["type"], got["is_werkzeug"]) == (request_type, True)
+    assert f"@rawhttp requests are {request_type} objects" in srv.log()
+    # Still refused before run(), though werkzeug itself would hand run() an empty form.
+    r = srv.post(
+        "/score", data=PART.encode(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+    assert r.status_code == 400 and "no closing boundary" in r.json()["message"]
+    big = os.urandom(1 << 20) * 3
+    r = srv.post("/score", files={"first": ("big.bin", big)})
+    assert r.json()["files"][0]["sha256"] == hashlib.sha256(big).hexdigest()
+    assert len(r.json()["tmp_files"]) == 1  # the body, spooled by us; werkzeug parses it when run() asks
+    assert srv.get("/score", params={"op": "calls"}).json()["tmp_files"] == []  # request.close() after run()
+    r = srv.post("/score", data=b"x" * 10, headers={"Content-Type": "application/octet-stream"})
+    assert r.json() == {"length": 10}
+
+
+FAKE_WERKZEUG = {
+    "import-fails": {"werkzeug/__init__.py": "raise RuntimeError('half-installed')"},
+    "request-fails": {
+        "werkzeug/__init__.py": "",
+        "werkzeug/wrappers.py": """
+            class Request:
+                def __init__(self, environ):
+                    raise TypeError("Request() needs something else here")
+
+                def get_json(self):
+                    pass
+        """,
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAKE_WERKZEUG))
+def test_broken_werkzeug_falls_back_to_the_stdlib_request(
+    start_server, server_pythonpath, tmp_path, kind
+) -> None:
+    site = tmp_path / "site"
+    for name, text in FAKE_WERKZEUG[kind].items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(textwrap.dedent(text))
+    srv, _ = start_upload_server(
+        start_server, tmp_path, env={"PYTHONPATH": f"{server_pythonpath}{os.pathsep}{site}"}
+    )
+    for _ in range(2):
+        got = check_two_file_upload(srv)
+        assert got["type"] == "ocibuild_serving.rawhttp.RawRequest"
+    log = srv.log()
+    if kind == "import-fails":
+        assert "werkzeug is installed but does not import (RuntimeError: half-installed)" in log
+    else:
+        assert "building werkzeug.wrappers.Request failed (TypeError: Request() needs something else" in log
+        assert log.count("using the standard-library request object from now on") == 1
+
+
+def test_werkzeug_1_without_get_json_is_not_used(start_server, server_pythonpath, tmp_path) -> None:
+    path = install_for_server("werkzeug-1.0", ["werkzeug==1.0.1"])
+    srv, _ = start_upload_server(
+        start_server, tmp_path, env={"PYTHONPATH": f"{server_pythonpath}{os.pathsep}{path}"}
+    )
+    assert check_two_file_upload(srv)["type"] == "ocibuild_serving.rawhttp.RawRequest"
+    assert "werkzeug.wrappers.Request (werkzeug 1.0.1) has no get_json(); not using it" in srv.log()
