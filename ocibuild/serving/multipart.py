@@ -2,8 +2,8 @@
 
 The standard library has no parser fit for uploads (``cgi`` is gone in 3.13; ``email`` holds the whole message in
 memory), so this is a small streaming one. It reads the body in chunks; file parts stay in memory while the
-request's in-memory total is within ``SPOOL_BYTES`` and spool to temporary files beyond that (in ``TMPDIR``,
-unlinked at once, closed after ``run()``); text fields become str, each at most ``MAX_FIELD_BYTES`` (werkzeug 3.1's
+request's in-memory total is within ``SPOOL_BYTES`` and move to temporary files beyond that (``Spool``: in
+``TMPDIR``, unlinked at once, closed after ``run()``); text fields become str, each at most ``MAX_FIELD_BYTES`` (werkzeug 3.1's
 limit) and together at most ``MAX_FIELDS_TOTAL``. A malformed body (no boundary parameter or delimiter, bad part
 headers, truncated, no closing delimiter) raises ``MultipartError`` with status 400, too many parts or too large
 fields 413, so it is answered before ``run()`` sees it. Line breaks may be CRLF or LF and a preamble and epilogue
@@ -12,6 +12,7 @@ are skipped, as werkzeug's parser allows. Filenames are kept as the client sent 
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -264,33 +265,43 @@ class _Parser:
         if not self._keep:
             self._copy_data(number, lambda chunk: None)
             return
-        limit = self._memory_left
-        stream: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=limit) if limit > 0 else _disk_file()
-        storage = FileStorage(stream, filename, name, headers=headers)
+        spool = Spool(self._memory_left)
+        storage = FileStorage(spool.file, filename, name, headers=headers)
         self.form.files.append((name, storage))  # closed with the form if anything below fails
-        size = self._copy_data(number, _checked_write(stream))
-        if limit > 0 and size <= limit:
-            self._memory_left -= size  # still in memory (SpooledTemporaryFile rolls over past max_size)
-        stream.seek(0)
+        self._copy_data(number, spool.write)
+        storage.stream = spool.file  # a file object now if the part outgrew the memory left
+        if spool.in_memory:
+            self._memory_left -= spool.size
+        spool.file.seek(0)
 
 
-def _disk_file() -> IO[bytes]:
-    try:
-        return tempfile.TemporaryFile()
-    except OSError as exc:
-        raise MultipartError(500, f"Cannot store the upload in a temporary file: {exc}") from None
+class Spool:
+    """Bytes kept in memory up to ``memory`` bytes, then moved to an unnamed temporary file in ``TMPDIR``.
 
+    ``file`` is an ``io.BytesIO`` or a real file, both complete binary file objects on every Python: not
+    ``tempfile.SpooledTemporaryFile``, which before 3.11 has no ``readable()``/``seekable()``, so that
+    ``io.TextIOWrapper`` (``csv``, pandas) refuses it. Failing to write the file (a full or read-only
+    ``TMPDIR``) raises ``MultipartError`` 500: an answer, not a broken connection.
+    """
 
-def _checked_write(stream: IO[bytes]) -> Callable[[Any], Any]:
-    """``stream.write`` whose failures (a full or read-only TMPDIR) are a 500 answer, not a broken connection."""
+    def __init__(self, memory: int) -> None:
+        self.file: IO[bytes] = io.BytesIO()
+        self.size = 0
+        self.in_memory = True
+        self._memory = memory
 
-    def write(chunk: Any) -> None:
+    def write(self, chunk: Any) -> None:
         try:
-            stream.write(chunk)
+            if self.in_memory and self.size + len(chunk) > self._memory:
+                disk = tempfile.TemporaryFile()
+                with self.file.getbuffer() as kept:  # type: ignore[attr-defined]
+                    disk.write(kept)
+                self.file.close()
+                self.file, self.in_memory = disk, False
+            self.file.write(chunk)
         except OSError as exc:
             raise MultipartError(500, f"Cannot store the upload in a temporary file: {exc}") from None
-
-    return write
+        self.size += len(chunk)
 
 
 def _text(raw: bytes) -> str:

@@ -182,6 +182,7 @@ def test_two_files_and_fields_reach_request_files(start_server, tmp_path) -> Non
 def test_raw_body_and_data_of_a_multipart_request(start_server) -> None:
     srv = start_server(
         """
+        import io
         from azureml.contrib.services.aml_request import rawhttp
 
         def init():
@@ -190,8 +191,11 @@ def test_raw_body_and_data_of_a_multipart_request(start_server) -> None:
         @rawhttp
         def run(request):
             f = request.files["f"]
-            return {"data": len(request.data), "get_data": request.get_data(as_text=True), "read": f.read().decode(),
-                    "bool": bool(f), "repr": repr(f), "headers": f.headers.get("X-Part")}
+            read = f.read().decode()
+            f.seek(0)
+            text = io.TextIOWrapper(f.stream, "utf-8").read()  # as csv and pandas read uploads
+            return {"data": len(request.data), "get_data": request.get_data(as_text=True), "read": read,
+                    "text": text, "bool": bool(f), "repr": repr(f), "headers": f.headers.get("X-Part")}
         """
     )
     body = (
@@ -205,6 +209,7 @@ def test_raw_body_and_data_of_a_multipart_request(start_server) -> None:
         "data": 0,  # Flask's request.data is empty for form bodies
         "get_data": body.decode(),  # the raw body stays available, as get_data() before form access in Flask
         "read": "hi",
+        "text": "hi",
         "bool": True,
         "repr": "<FileStorage: 'a.txt' ('text/plain')>",
         "headers": "7",
