@@ -276,7 +276,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 body = self.rfile.read(length) if length else b""
                 if len(body) < length:
                     raise BodyError(400, f"Request body ended after {len(body)} of {length} bytes")
-        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.8
+        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.9
             raise BodyError(408, "Timed out reading the request body") from None
         self._body_read = True
         return body
@@ -294,7 +294,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                         raise BodyError(400, "Request body ended before its Content-Length")
                     left -= len(data)
                     yield data
-        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.8
+        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.9
             raise BodyError(408, "Timed out reading the request body") from None
         self._body_read = True
 

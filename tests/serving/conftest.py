@@ -20,7 +20,7 @@ import requests
 
 PACKAGE_SRC = Path(__file__).resolve().parents[2] / "ocibuild" / "serving"
 START_TIMEOUT_S = 15.0
-# The interpreter the server runs on; point it at an older Python (3.8+) to check the image contract there.
+# The interpreter the server runs on; point it at an older Python (3.9+) to check the image contract there.
 SERVER_PYTHON = os.environ.get("OCIBUILD_SERVING_PYTHON") or sys.executable
 
 
