@@ -9,8 +9,8 @@ so such a script imports unchanged; when they are installed, the real ones are u
 Which request object ``run(request)`` gets (``make_request``): where the image has Flask or werkzeug installed (a
 script's requirements pulled them in), their own ``Request``, as Azure hands the script Flask's (see ``wsgi``);
 otherwise ``RawRequest``, a standard-library imitation of Flask's ``Request``. Either way a multipart/form-data body
-is checked before ``run()``: a malformed one is answered 400 (and too many parts or a too large text field 413),
-see ``multipart``. ``RawRequest`` supports, with Flask's names and meanings: ``method``, ``path``
+is checked before ``run()``: a malformed one is answered 400, one of more than 1000 parts 413 (``RawRequest`` also
+refuses a text field over 500 kB with 413), see ``multipart``. ``RawRequest`` supports, with Flask's names and meanings: ``method``, ``path``
 (percent-decoded), ``full_path``, ``url``, ``base_url``, ``host``, ``host_url``, ``scheme``, ``query_string``
 (bytes), ``args``, ``form`` (multipart and URL-encoded bodies) and ``files`` (multipart uploads; ``FileStorage``
 objects with ``filename``, ``name``, ``content_type``, ``mimetype``, ``headers``, ``stream``, ``read()``,
@@ -20,7 +20,7 @@ objects with ``filename``, ``name``, ``content_type``, ``mimetype``, ``headers``
 works), ``data`` (empty for form bodies, as in Flask), ``get_data(cache=True, as_text=False)`` (the raw body,
 multipart ones too), ``get_json(force=False, silent=False)``, ``json``, ``is_json``, ``mimetype``,
 ``content_type``, ``content_length``, ``mimetype_params``, ``stream``, ``cookies``, ``remote_addr``, ``close()``.
-Not supported: ``environ``, sessions, ``authorization``, ``user_agent``; those need Flask in the image.
+Not supported: ``environ``, sessions, ``authorization``, ``user_agent`` (Flask's ``Request`` has them).
 Uploaded files live in memory or in temporary files (see ``multipart``) until ``run()`` has returned.
 """
 
