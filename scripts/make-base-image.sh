@@ -1,27 +1,48 @@
 #!/usr/bin/env bash
-# Build the "Debian Python 3" base image that the tests and the example use (DESIGN.md §5).
+# Build the "Debian Python 3" base images that the tests and the example use (DESIGN.md §5).
 #
-#   scripts/make-base-image.sh [OUT_DIR]
+#   scripts/make-base-image.sh [--suite bookworm|bullseye] [OUT_DIR]
 #
-# OUT_DIR (default ${OCIBUILD_FIXTURE_CACHE:-$HOME/.cache/ocibuild-fixtures}/debian-python-3.11-v2) receives:
-#   oci/                 an OCI image layout, tag "py311"  -> oci:OUT_DIR/oci:py311
-#   docker-archive.tar   the same image as a `docker save` tarball, named ocibuild-test/debian-python:3.11
+# --suite bookworm (the default) gives Python 3.11; --suite bullseye gives Python 3.9, the oldest Python the scoring
+# server is tested on. OUT_DIR (default ${OCIBUILD_FIXTURE_CACHE:-$HOME/.cache/ocibuild-fixtures}/NAME, NAME being
+# debian-python-3.11-v2 or debian-python-3.9) receives:
+#   oci/                 an OCI image layout, tag "py311" (bullseye: "py39")  -> oci:OUT_DIR/oci:TAG
+#   docker-archive.tar   the same image as a `docker save` tarball, named ocibuild-test/debian-python:3.11 (or :3.9)
 #   COMPLETE             written last; its presence means everything above is whole
 #
-# The rootfs comes from mmdebstrap (bookworm, variant essential, + python3) using the mirror this machine's apt
-# already uses (override with OCIBUILD_DEBIAN_MIRROR); umoci turns it into a one-layer image. The digest is not
-# stable across builds; nothing may depend on it. A finished OUT_DIR is reused as is; the build happens in a
-# temporary sibling directory that is renamed into place, so an interrupted build leaves nothing behind.
+# The rootfs comes from mmdebstrap (the suite, variant essential, + python3 and libstdc++6) using the mirror this
+# machine's apt already uses (override with OCIBUILD_DEBIAN_MIRROR); umoci turns it into a one-layer image. The
+# digest is not stable across builds; nothing may depend on it. A finished OUT_DIR is reused as is; the build
+# happens in a temporary sibling directory that is renamed into place, so an interrupted build leaves nothing behind.
 # Everything is made world-readable (one test runs the builder as an unprivileged user).
 # The only line on stdout is OUT_DIR.
 set -euo pipefail
 
 SUITE=bookworm
-TAG=py311
-DOCKER_NAME=ocibuild-test/debian-python:3.11
+if [[ ${1:-} == --suite ]]; then
+    [[ $# -ge 2 ]] || { echo "make-base-image: error: --suite needs a value" >&2; exit 2; }
+    SUITE=$2
+    shift 2
+fi
+case $SUITE in
+    bookworm)
+        TAG=py311
+        DOCKER_NAME=ocibuild-test/debian-python:3.11
+        DEFAULT_NAME=debian-python-3.11-v2 # v2: with libstdc++6
+        ;;
+    bullseye)
+        TAG=py39
+        DOCKER_NAME=ocibuild-test/debian-python:3.9
+        DEFAULT_NAME=debian-python-3.9
+        ;;
+    *)
+        echo "make-base-image: error: unknown suite '$SUITE' (bookworm or bullseye)" >&2
+        exit 2
+        ;;
+esac
 IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-out=${1:-${OCIBUILD_FIXTURE_CACHE:-$HOME/.cache/ocibuild-fixtures}/debian-python-3.11-v2}
+out=${1:-${OCIBUILD_FIXTURE_CACHE:-$HOME/.cache/ocibuild-fixtures}/$DEFAULT_NAME}
 out=${out%/}
 
 log() { echo "make-base-image: $*" >&2; }
@@ -38,16 +59,32 @@ done
 [[ $(id -u) == 0 ]] || die "mmdebstrap needs root here"
 
 # The Debian mirror this machine's apt is configured with: the URIs of the first enabled "deb" entry for $SUITE,
-# from deb822 .sources files, else from one-line sources.list files.
+# from deb822 .sources files, else from one-line sources.list files. A suite the machine does not list (bullseye on
+# a bookworm host) comes from the mirror of the machine's own release: a Debian mirror serves every suite.
 debian_mirror() {
-    local f uri
+    local suite uri host_suite
     if [[ -n ${OCIBUILD_DEBIAN_MIRROR:-} ]]; then
         echo "$OCIBUILD_DEBIAN_MIRROR"
         return
     fi
+    host_suite=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    for suite in "$SUITE" $host_suite; do
+        uri=$(mirror_of "$suite")
+        if [[ -n $uri ]]; then
+            [[ $suite == "$SUITE" ]] || log "no '$SUITE' entry in apt's sources; using the '$suite' mirror"
+            echo "$uri"
+            return
+        fi
+    done
+    die "no '$SUITE' mirror in /etc/apt/sources.list{,.d/*}; set OCIBUILD_DEBIAN_MIRROR"
+}
+
+# The URIs of the first enabled "deb" entry for suite $1, or nothing.
+mirror_of() {
+    local f uri
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ -f $f ]] || continue
-        uri=$(awk -v suite="$SUITE" '
+        uri=$(awk -v suite="$1" '
             BEGIN { RS = ""; FS = "\n" }
             {
                 types = ""; uris = ""; suites = ""; enabled = "yes"
@@ -71,7 +108,7 @@ debian_mirror() {
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [[ -f $f ]] || continue
-        uri=$(awk -v suite="$SUITE" '
+        uri=$(awk -v suite="$1" '
             $1 == "deb" {
                 i = 2
                 if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
@@ -82,7 +119,6 @@ debian_mirror() {
             return
         fi
     done
-    die "no '$SUITE' mirror in /etc/apt/sources.list{,.d/*}; set OCIBUILD_DEBIAN_MIRROR"
 }
 
 oci_arch() {

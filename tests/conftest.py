@@ -3,6 +3,7 @@
 Session fixtures (each is started once, on first use):
   base_image / base_layout / base_ref / base_docker_archive
                  the Debian Python 3.11 base image (scripts/make-base-image.sh, cached outside the repo)
+  base_image_py39  Debian bullseye's Python 3.9 base, the oldest the scoring server supports (`.ref` etc.)
   example_model  the example Ridge model trained from fixtures/example, with its host predictions
   dockerd        a private Docker daemon in a temporary directory (`.run(...)` drives the docker CLI)
   podman         podman with a private storage root and containers.conf (`.run(...)`)
@@ -42,6 +43,8 @@ E2E_DIR = Path(__file__).resolve().parent / "e2e"
 
 BASE_TAG = "py311"
 BASE_DOCKER_NAME = "ocibuild-test/debian-python:3.11"
+BASE39_TAG = "py39"
+BASE39_DOCKER_NAME = "ocibuild-test/debian-python:3.9"
 FIXTURE_CACHE = Path(os.environ.get("OCIBUILD_FIXTURE_CACHE", Path.home() / ".cache" / "ocibuild-fixtures"))
 
 EXAMPLE_INPUT = {"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}
@@ -193,22 +196,35 @@ class BaseImage:
         return f"docker-archive:{self.docker_archive}"
 
 
-@pytest.fixture(scope="session")
-def base_image() -> BaseImage:
-    out = FIXTURE_CACHE / "debian-python-3.11-v2"  # v2: with libstdc++6, which manylinux wheels (numpy) need
+def _make_base_image(out: Path, tag: str, docker_name: str, *script_args: str) -> BaseImage:
+    """The base image cached in ``out``, built by make-base-image.sh (with ``script_args``) when missing."""
     if not (out / "COMPLETE").is_file():
         require_root("mmdebstrap")
         for tool in ("mmdebstrap", "umoci", "skopeo"):
             require(tool)
         # About 30-60 s once; later sessions find the cache complete.
-        run(["bash", SCRIPTS / "make-base-image.sh", out], timeout=1200)
+        run(["bash", SCRIPTS / "make-base-image.sh", *script_args, out], timeout=1200)
     assert (out / "COMPLETE").is_file(), f"{out}: make-base-image.sh finished without COMPLETE"
     return BaseImage(
         dir=out,
         layout=out / "oci",
-        tag=BASE_TAG,
+        tag=tag,
         docker_archive=out / "docker-archive.tar",
-        docker_name=BASE_DOCKER_NAME,
+        docker_name=docker_name,
+    )
+
+
+@pytest.fixture(scope="session")
+def base_image() -> BaseImage:
+    # v2: with libstdc++6, which manylinux wheels (numpy) need
+    return _make_base_image(FIXTURE_CACHE / "debian-python-3.11-v2", BASE_TAG, BASE_DOCKER_NAME)
+
+
+@pytest.fixture(scope="session")
+def base_image_py39() -> BaseImage:
+    """Debian bullseye's Python 3.9, the oldest Python the scoring server supports (tag ``py39``)."""
+    return _make_base_image(
+        FIXTURE_CACHE / "debian-python-3.9", BASE39_TAG, BASE39_DOCKER_NAME, "--suite", "bullseye"
     )
 
 

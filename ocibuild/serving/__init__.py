@@ -2,8 +2,9 @@
 
 This directory is copied into images as the top-level package ``ocibuild_serving``
 (``/opt/ocibuild/server/ocibuild_serving``, started as ``python3 -m ocibuild_serving``), where only the image's own
-Python (3.8+) exists. So it must use only the standard library and only relative imports, and this ``__init__``
-imports nothing: the host CLI can import the package without pulling in the HTTP stack.
+Python exists: 3.9 or newer (tested on Debian bullseye's 3.9 and bookworm's 3.11). So it must use only the standard
+library and only relative imports, and this ``__init__`` imports nothing: the host CLI can import the package
+without pulling in the HTTP stack.
 
 Python API (what ``ocibuild serve`` calls; both block and must run on the main thread, which owns the signals)::
 
@@ -32,12 +33,14 @@ An argument left as ``None`` falls back to its environment variable, then to the
 ``AML_CORS_ORIGINS``           comma-separated origins (or ``*``) allowed by CORS, as in Azure; default none
 ``SERVICE_NAME``, ``SERVICE_VERSION``, ``SERVICE_PATH_PREFIX``  title, version and path prefix in /swagger.json
 ``AZUREML_LOG_LEVEL``          server log level, default ``INFO``
+``TMPDIR``                     where ``@rawhttp`` uploads go beyond 1 MiB per request (unlinked files), default /tmp
 =============================  ===========================================================================
 
 ``run()`` is called in Azure's three styles (see ``entry``): ``run(raw_data)`` with the body as a str;
 ``run(**params)`` from the JSON object's keys when it carries ``inference_schema``'s ``@input_schema``;
-``run(request)`` when marked ``@rawhttp`` (a Flask-like request, see ``rawhttp``; it may return an
-``AMLResponse``). ``request_headers`` is passed when ``run`` declares it.
+``run(request)`` when marked ``@rawhttp``: Flask's own ``Request`` where the image has Flask or werkzeug (see
+``wsgi``), else a standard-library one with Flask's API, uploads included (``files``, multipart ``form``; see
+``rawhttp``); it may return an ``AMLResponse``. ``request_headers`` is passed when ``run`` declares it.
 
 Routes (Azure's errors are JSON ``{"message": ...}``, the V2 routes' ``{"error": ...}``):
 
@@ -49,6 +52,10 @@ Routes (Azure's errors are JSON ``{"message": ...}``, the V2 routes' ``{"error":
 - ``POST /score``: the UTF-8 JSON body, unchanged, to ``run(raw_data)``; the result as JSON. 400 on a body that is
   not UTF-8 or not JSON (or, for ``@input_schema`` scripts, not an object with the required parameters), 413 over
   the limit, 500 if ``run()`` raises (traceback in the log only), 504 past ``SCORING_TIMEOUT_MS``.
+  ``@rawhttp`` scripts get any body; a multipart/form-data one is checked before ``run()`` (see ``multipart``): 400
+  when malformed, 413 for more than 1000 parts. The standard-library request also refuses a text field over 500 kB
+  (413) and keeps uploads in memory up to 1 MiB per request, the rest in temporary files closed once ``run()`` has
+  returned; Flask's/werkzeug's ``Request`` does the same with its own limits.
 - ``GET /score``: ``run()`` with the query parameters as a JSON object string (Azure's behaviour);
   ``OPTIONS /score``: 200, empty (with CORS headers for allowed origins); ``@rawhttp`` scripts get GET, POST and
   non-preflight OPTIONS requests themselves.

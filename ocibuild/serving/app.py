@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs
 
-from . import __version__, v2
+from . import __version__, multipart, v2, wsgi
 from .entry import OBJECT, RAW, EntryScript, InputError
 from .log import logger
 from .metrics import Metrics
-from .rawhttp import RawRequest, is_response, response_parts
+from .multipart import MultipartError
+from .rawhttp import is_response, make_request, response_parts
 from .swagger import Swagger, SwaggerError
 
 HEADER_LIMIT = 100  # longest accepted x-request-id (and x-ms-*), as in Azure
@@ -61,6 +63,33 @@ class Request:
     # Reads the body; raises BodyError, and answers "100 Continue" first when the client expects it.
     read_body: Callable[[], bytes]
     client: str = ""  # the peer's address
+    # The body in pieces, with read_body's checks (for bodies spooled to disk); None: read_body in one piece.
+    body_chunks: Callable[[], Iterable[bytes]] | None = None
+    client_port: int = 0
+    server: tuple[str, int] = ("localhost", 0)  # the listening address, for a WSGI environ
+    protocol: str = "HTTP/1.1"
+
+    def spool_body(self) -> tuple[IO[bytes], int]:
+        """The body in a temporary file (in memory up to ``multipart.SPOOL_BYTES``) at its start, and its size.
+
+        Raises ``BodyError`` as ``read_body`` does, and a 500 one when the temporary file cannot be written.
+        """
+        spool = tempfile.SpooledTemporaryFile(max_size=multipart.SPOOL_BYTES)
+        try:
+            chunks = self.body_chunks() if self.body_chunks is not None else [self.read_body()]
+            for chunk in chunks:
+                try:
+                    spool.write(chunk)
+                except OSError as exc:
+                    raise BodyError(
+                        500, f"Cannot store the request body in a temporary file: {exc}"
+                    ) from None
+            size = spool.tell()
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool, size
 
 
 @dataclass
@@ -148,6 +177,8 @@ class App:
         assert self.entry is not None
         from . import swagger
 
+        if self.entry.style == RAW:
+            wsgi.request_class()  # import Flask/werkzeug now, if the image has them, not on the first request
         dirs = [os.getcwd(), os.path.dirname(self.entry.path)]
         try:
             self.swagger = swagger.build(self.entry.run_function, self.entry.module, dirs, os.environ)
@@ -278,15 +309,14 @@ class App:
         assert entry is not None
         if raw:
             try:
-                body = req.read_body()
+                request, close = self._raw_request(req)
             except BodyError as exc:
                 return error_response(exc.status, exc.message, close=True)
-            pairs = list(req.headers.items())
-            return self._score_answer(
-                self._invoke(
-                    RawRequest(req.method, req.path, req.query, pairs, body, req.client), req.headers
-                )
-            )
+            except MultipartError as exc:
+                if exc.status >= 500:
+                    logger.error("Cannot answer a multipart request: %s", exc.message)
+                return error_response(exc.status, exc.message)
+            return self._score_answer(self._invoke(request, req.headers, close))
         if req.method == "GET":
             data: Any = _query_params(req.query)
             text = json.dumps(data)
@@ -309,6 +339,29 @@ class App:
             except InputError as exc:
                 return error_response(400, str(exc))
         return self._score_answer(self._invoke(text, req.headers))
+
+    def _raw_request(self, req: Request) -> tuple[Any, Callable[[], None]]:
+        """The request object for a ``@rawhttp`` ``run()`` and what closes it after the call (see ``rawhttp``).
+
+        A multipart body goes to a temporary file as it arrives (memory stays bounded); others are read whole.
+        """
+        pairs = list(req.headers.items())
+        mimetype = (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        body: bytes | IO[bytes]
+        if mimetype == "multipart/form-data":
+            body, length = req.spool_body()
+        else:
+            body = req.read_body()
+            length = len(body)
+        try:
+            return make_request(
+                method=req.method, path=req.path, query=req.query, headers=pairs, body=body, length=length,
+                client=(req.client, req.client_port), server=req.server, protocol=req.protocol,
+            )  # fmt: skip
+        except BaseException:
+            if not isinstance(body, bytes):
+                body.close()
+            raise
 
     def _score_answer(self, outcome: Response | tuple[Any, float]) -> Response:
         """``run()``'s outcome as the /score answer: JSON, or the response object ``run()`` returned."""
@@ -340,10 +393,15 @@ class App:
             return error_response(500, INTERNAL_ERROR_MESSAGE)
         return Response(200, body, JSON, headers=[timing])
 
-    def _invoke(self, data: Any, headers: Mapping[str, str]) -> Response | tuple[Any, float]:
-        """Call ``run()``: its result and duration, or the 500/504 answer whose details go to the log only."""
+    def _invoke(
+        self, data: Any, headers: Mapping[str, str], close: Callable[[], None] | None = None
+    ) -> Response | tuple[Any, float]:
+        """Call ``run()``: its result and duration, or the 500/504 answer whose details go to the log only.
+
+        ``close`` (the request's temporary files) runs once ``run()`` has really returned, even after a timeout.
+        """
         try:
-            return self._call_run(data, headers)
+            return self._call_run(data, headers, close)
         except _RunTimeout:
             message = f"Scoring timeout after {self.scoring_timeout_ms} ms"
             return error_response(504, message, headers=_failed_header())
@@ -351,7 +409,9 @@ class App:
             logger.error("run() raised an exception:\n%s", traceback.format_exc().rstrip())
             return error_response(500, RUN_FAILED_MESSAGE, headers=_failed_header())
 
-    def _call_run(self, data: Any, headers: Mapping[str, str]) -> tuple[Any, float]:
+    def _call_run(
+        self, data: Any, headers: Mapping[str, str], close: Callable[[], None] | None = None
+    ) -> tuple[Any, float]:
         """``run()``'s result and its duration in ms, within the concurrency limit and the timeout if set."""
         assert self.entry is not None
         entry = self.entry
@@ -365,6 +425,11 @@ class App:
             finally:
                 if slots is not None:
                     slots.release()  # only when run() is really done, even after a timeout
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:
+                        logger.warning("Closing the request after run() failed:\n%s", traceback.format_exc())
 
         if slots is not None:
             slots.acquire()
@@ -433,6 +498,7 @@ class App:
             body = req.read_body()
         except BodyError as exc:
             return v2_error(exc.status, exc.message, close=True)
+        close: Callable[[], None] | None = None  # a @rawhttp request object's
         try:
             request = v2.decode_request(body, req.headers)
             payload = request.run_input()
@@ -446,12 +512,15 @@ class App:
                     if k.lower() not in ("content-type", "content-length")
                 ]
                 headers += [("Content-Type", JSON), ("Content-Length", str(len(text)))]
-                data = RawRequest("POST", req.path, "", headers, text, req.client)
+                data, close = make_request(
+                    method="POST", path=req.path, query="", headers=headers, body=text, length=len(text),
+                    client=(req.client, req.client_port), server=req.server, protocol=req.protocol,
+                )  # fmt: skip
             else:
                 data = json.dumps(payload)
         except (v2.V2Error, InputError) as exc:
             return v2_error(400, str(exc))
-        outcome = self._invoke(data, req.headers)
+        outcome = self._invoke(data, req.headers, close)
         if isinstance(outcome, Response):
             return _as_v2_error(outcome)
         result, elapsed_ms = outcome

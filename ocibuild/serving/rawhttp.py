@@ -6,14 +6,22 @@ installed in the image, ``install_shims()`` provides the same names (``rawhttp``
 so such a script imports unchanged; when they are installed, the real ones are used, and a Flask ``Response`` that
 ``run()`` returns is understood too (anything with ``status_code``, ``headers`` and ``get_data()``).
 
-``RawRequest`` stands in for the Flask request Azure passes. Supported (Flask's names and meanings): ``method``,
-``path``, ``full_path``, ``url``, ``base_url``, ``host``, ``host_url``, ``scheme``, ``query_string`` (bytes),
-``args`` (``get(key, default, type)``, ``getlist``, ``to_dict``, mapping access), ``headers`` (case-insensitive;
-``get``, ``getlist``, iteration as ``(name, value)`` pairs, so ``dict(request.headers)`` works), ``data``,
-``get_data(cache=True, as_text=False)``, ``get_json(force=False, silent=False)``, ``json``, ``is_json``,
-``mimetype``, ``content_type``, ``content_length``, ``mimetype_params``, ``stream``, ``form`` (URL-encoded
-bodies only), ``cookies``, ``remote_addr``. Not supported: ``files`` and multipart forms (read
-``get_data()``), ``environ``, sessions.
+Which request object ``run(request)`` gets (``make_request``): where the image has Flask or werkzeug installed (a
+script's requirements pulled them in), their own ``Request``, as Azure hands the script Flask's (see ``wsgi``);
+otherwise ``RawRequest``, a standard-library imitation of Flask's ``Request``. Either way a multipart/form-data body
+is checked before ``run()``: a malformed one is answered 400, one of more than 1000 parts 413 (``RawRequest`` also
+refuses a text field over 500 kB with 413), see ``multipart``. ``RawRequest`` supports, with Flask's names and meanings: ``method``, ``path``
+(percent-decoded), ``full_path``, ``url``, ``base_url``, ``host``, ``host_url``, ``scheme``, ``query_string``
+(bytes), ``args``, ``form`` (multipart and URL-encoded bodies) and ``files`` (multipart uploads; ``FileStorage``
+objects with ``filename``, ``name``, ``content_type``, ``mimetype``, ``headers``, ``stream``, ``read()``,
+``save(dst)``), all three MultiDicts (mapping access to a key's first value, ``get(key, default, type)``,
+``getlist``, ``items(multi=True)``, ``to_dict``; a missing key raises a ``KeyError``), ``values``, ``headers``
+(case-insensitive; ``get``, ``getlist``, iteration as ``(name, value)`` pairs, so ``dict(request.headers)``
+works), ``data`` (empty for form bodies, as in Flask), ``get_data(cache=True, as_text=False)`` (the raw body,
+multipart ones too), ``get_json(force=False, silent=False)``, ``json``, ``is_json``, ``mimetype``,
+``content_type``, ``content_length``, ``mimetype_params``, ``stream``, ``cookies``, ``remote_addr``, ``close()``.
+Not supported: ``environ``, sessions, ``authorization``, ``user_agent`` (Flask's ``Request`` has them).
+Uploaded files live in memory or in temporary files (see ``multipart``) until ``run()`` has returned.
 """
 
 from __future__ import annotations
@@ -24,11 +32,23 @@ import importlib.machinery
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from http.cookies import SimpleCookie
 from types import ModuleType
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import IO, Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from . import multipart, wsgi
+from .datastructures import (
+    BadRequest,
+    BadRequestKeyError,
+    FileStorage,
+    Headers,
+    MultiDict,
+    content_type_params,
+    parse_options,
+)
+from .log import logger
 
 _REQUEST_MODULES = ("azureml_inference_server_http.api.aml_request", "azureml.contrib.services.aml_request")
 _RESPONSE_MODULES = (
@@ -53,119 +73,8 @@ def rawhttp(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-class Headers:
-    """Case-insensitive, multi-valued headers, with Flask's/werkzeug's reading and writing methods."""
-
-    def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items: list[tuple[str, str]] = list(items or [])
-
-    def get(self, name: str, default: Any = None, type: Callable[[str], Any] | None = None) -> Any:
-        lname = name.lower()
-        for k, v in self._items:
-            if k.lower() == lname:
-                if type is None:
-                    return v
-                try:
-                    return type(v)
-                except ValueError:
-                    return default
-        return default
-
-    def getlist(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self._items if k.lower() == lname]
-
-    get_all = getlist
-
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        self.remove(name)
-        self._items.append((name, str(value)))
-
-    def add(self, name: str, value: Any) -> None:
-        self._items.append((name, str(value)))
-
-    add_header = add
-    set = __setitem__
-
-    def remove(self, name: str) -> None:
-        lname = name.lower()
-        self._items = [(k, v) for k, v in self._items if k.lower() != lname]
-
-    __delitem__ = remove
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(list(self._items))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
-
-    def keys(self) -> list[str]:
-        return [k for k, _ in self._items]
-
-    def values(self) -> list[str]:
-        return [v for _, v in self._items]
-
-    def to_wsgi_list(self) -> list[tuple[str, str]]:
-        return list(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
-
-
-class Args(Mapping):  # not Mapping[str, str]: subscripting it fails on Python 3.8
-    """Query (or form) parameters: a mapping to each key's first value, plus ``getlist`` (werkzeug's MultiDict)."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self._pairs = pairs
-        self._first: dict[str, str] = {}
-        for k, v in pairs:
-            self._first.setdefault(k, v)
-
-    def __getitem__(self, key: str) -> str:
-        return self._first[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._first)
-
-    def __len__(self) -> int:
-        return len(self._first)
-
-    def get(self, key: str, default: Any = None, type: Callable[[str], Any] | None = None) -> Any:  # type: ignore[override]
-        if key not in self._first:
-            return default
-        if type is None:
-            return self._first[key]
-        try:
-            return type(self._first[key])
-        except ValueError:
-            return default
-
-    def getlist(self, key: str) -> list[str]:
-        return [v for k, v in self._pairs if k == key]
-
-    def to_dict(self, flat: bool = True) -> dict[str, Any]:
-        if flat:
-            return dict(self._first)
-        return {k: self.getlist(k) for k in self._first}
-
-    def __repr__(self) -> str:
-        return f"Args({self._pairs!r})"
-
-
 class RawRequest:
-    """The request as ``@rawhttp`` scripts see it (a subset of Flask's ``Request``; see the module docstring)."""
+    """The request as ``@rawhttp`` scripts see it without Flask: Flask's ``Request`` API (the module docstring)."""
 
     def __init__(
         self,
@@ -173,17 +82,21 @@ class RawRequest:
         path: str,
         query: str,
         headers: list[tuple[str, str]],
-        body: bytes,
+        body: bytes | IO[bytes],
         remote_addr: str,
+        *,
+        form: multipart.Form | None = None,
     ) -> None:
         self.method = method
-        self.path = path
+        self.path = unquote_to_bytes(path).decode("utf-8", "replace")  # Flask's path is percent-decoded
         self.query_string = query.encode("latin-1", "replace")
         self.headers = Headers(headers)
-        self.args = Args(parse_qsl(query, keep_blank_values=True))
+        self.args = MultiDict(parse_qsl(query, keep_blank_values=True))
         self.remote_addr = remote_addr
         self.scheme = "http"
-        self._body = body
+        self._body = body  # bytes, or the spooled body of a multipart request
+        self._data: bytes | None = body if isinstance(body, bytes) else None
+        self._multipart = form
         self._json_cache: Any = _UNSET
 
     @property
@@ -217,12 +130,7 @@ class RawRequest:
 
     @property
     def mimetype_params(self) -> dict[str, str]:
-        params = {}
-        for part in (self.content_type or "").split(";")[1:]:
-            key, _, value = part.partition("=")
-            if key.strip():
-                params[key.strip().lower()] = value.strip().strip('"')
-        return params
+        return content_type_params(self.content_type or "")
 
     @property
     def content_length(self) -> int | None:
@@ -235,16 +143,26 @@ class RawRequest:
 
     @property
     def data(self) -> bytes:
-        return self._body
+        """The body, except for form bodies (multipart or URL-encoded), whose ``data`` is empty in Flask."""
+        if self.mimetype in _FORM_TYPES:
+            return b""
+        return self.get_data()
 
     @property
-    def stream(self) -> io.BytesIO:
-        return io.BytesIO(self._body)
+    def stream(self) -> IO[bytes]:
+        """The body as a binary file object, from its start."""
+        if isinstance(self._body, bytes):
+            return io.BytesIO(self._body)
+        self._body.seek(0)
+        return self._body
 
     def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False) -> Any:
+        """The raw body (for multipart requests too: read from its temporary file into memory on first use)."""
+        if self._data is None:
+            self._data = self.stream.read()
         if as_text:
-            return self._body.decode(self.mimetype_params.get("charset", "utf-8"), "replace")
-        return self._body
+            return self._data.decode(self.mimetype_params.get("charset", "utf-8"), "replace")
+        return self._data
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         """The body parsed as JSON; ``None`` when it is not JSON and ``silent`` (or, without ``force``, when the
@@ -256,7 +174,7 @@ class RawRequest:
                 return None
             raise BadRequest(f"Content-Type {self.content_type!r} is not JSON; use get_json(force=True)")
         try:
-            value = json.loads(self._body)
+            value = json.loads(self.get_data())
         except ValueError as exc:
             if silent:
                 return None
@@ -270,14 +188,25 @@ class RawRequest:
         return self.get_json()
 
     @property
-    def form(self) -> Args:
+    def form(self) -> MultiDict:
+        """Text fields of a multipart or URL-encoded body (empty for other bodies)."""
+        if self._multipart is not None:
+            return MultiDict(self._multipart.fields)
         if self.mimetype != "application/x-www-form-urlencoded":
-            return Args([])
-        return Args(parse_qsl(self._body.decode("utf-8", "replace"), keep_blank_values=True))
+            return MultiDict()
+        return MultiDict(parse_qsl(self.get_data().decode("utf-8", "replace"), keep_blank_values=True))
 
     @property
-    def values(self) -> Args:
-        return Args([*self.args._pairs, *self.form._pairs])
+    def files(self) -> MultiDict:
+        """Uploaded files of a multipart body: ``FileStorage`` objects by field name (``getlist`` for all)."""
+        return MultiDict(self._multipart.files if self._multipart is not None else ())
+
+    @property
+    def values(self) -> MultiDict:
+        """``args`` and ``form`` together (``args`` only for GET, as in Flask 2+)."""
+        if self.method == "GET":
+            return self.args
+        return MultiDict([*self.args.items(multi=True), *self.form.items(multi=True)])
 
     @property
     def cookies(self) -> dict[str, str]:
@@ -289,14 +218,78 @@ class RawRequest:
                 continue
         return {k: m.value for k, m in jar.items()}
 
+    def close(self) -> None:
+        """Close the uploaded files and the spooled body (the server does this once ``run()`` has returned)."""
+        if self._multipart is not None:
+            self._multipart.close()
+        if not isinstance(self._body, bytes):
+            self._body.close()
+
+    def __enter__(self) -> RawRequest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"<RawRequest {self.method} {self.url!r}>"
 
 
-class BadRequest(ValueError):
-    """Raised by ``get_json`` like werkzeug's ``BadRequest``; from ``run()`` it becomes a 500 as in Azure."""
+def make_request(
+    *,
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes | IO[bytes],
+    length: int,
+    client: tuple[str, int],
+    server: tuple[str, int],
+    protocol: str,
+) -> tuple[Any, Callable[[], None]]:
+    """What ``run(request)`` gets for this request, and what to call once ``run()`` has returned.
 
-    code = 400
+    Flask's/werkzeug's ``Request`` when the image has them (see ``wsgi``), else ``RawRequest``. ``body`` is the
+    whole body: bytes, or for multipart requests a file object holding ``length`` bytes. A multipart body is
+    checked before ``run()`` either way: ``multipart.MultipartError`` (400, 413) when it is malformed or too large.
+    """
+    mimetype, params = parse_options(next((v for k, v in headers if k.lower() == "content-type"), ""))
+    stream = io.BytesIO(body) if isinstance(body, bytes) else body
+    boundary = multipart.boundary_of(params) if mimetype == "multipart/form-data" and length else None
+    cls = wsgi.request_class()
+    if boundary is not None and cls is not None:
+        multipart.parse(stream.read, boundary, keep=False)  # werkzeug would take a malformed body as empty
+        stream.seek(0)
+    if cls is not None:
+        try:
+            request = cls(
+                wsgi.environ(
+                    method=method, path=path, query=query, headers=headers, body=stream, length=length,
+                    client=client, server=server, protocol=protocol,
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            wsgi.disable(f"building {cls.__module__}.{cls.__name__} failed ({type(exc).__name__}: {exc})")
+            stream.seek(0)
+        else:
+            return request, _closer(request, stream)
+    form = multipart.parse(stream.read, boundary) if boundary is not None else None
+    stream.seek(0)
+    raw = RawRequest(method, path, query, headers, body, client[0], form=form)
+    return raw, raw.close
+
+
+def _closer(request: Any, stream: IO[bytes]) -> Callable[[], None]:
+    """Close werkzeug's temporary files and our body once ``run()`` is done."""
+
+    def close() -> None:
+        try:
+            request.close()
+        except Exception as exc:
+            logger.warning("@rawhttp: closing the request failed: %s", exc)
+        stream.close()
+
+    return close
 
 
 class AMLResponse:
@@ -347,13 +340,36 @@ class AMLResponse:
     def content_type(self) -> str | None:
         return self.headers.get("Content-Type")
 
+    @content_type.setter
+    def content_type(self, value: str) -> None:
+        self.headers["Content-Type"] = value
+
     @property
     def mimetype(self) -> str:
         return (self.content_type or "").split(";", 1)[0].strip()
 
+    @mimetype.setter
+    def mimetype(self, value: str) -> None:
+        """Set as Flask's ``Response.mimetype`` (Azure's binary-payload sample does): text types get a charset."""
+        if value.startswith("text/") or value in _CHARSET_TYPES or value.endswith("+xml"):
+            value += "; charset=utf-8"
+        self.headers["Content-Type"] = value
+
+
+# werkzeug's get_content_type: mimetypes that get "; charset=utf-8" besides text/* and */*+xml
+_CHARSET_TYPES = frozenset(
+    ("application/ecmascript", "application/javascript", "application/sql", "application/xml",
+     "application/xml-dtd", "application/xml-external-parsed-entity")
+)  # fmt: skip
 
 AMLRequest = RawRequest  # only named in type hints and isinstance checks by scripts
+Args = MultiDict  # the name before multipart support
 _UNSET = object()
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+__all__ = [
+    "AMLRequest", "AMLResponse", "BadRequest", "BadRequestKeyError", "FileStorage", "Headers", "MultiDict",
+    "RawRequest", "install_shims", "make_request", "rawhttp", "wants_raw_request",
+]  # fmt: skip
 
 
 def is_response(value: Any) -> bool:

@@ -16,6 +16,7 @@ import socketserver
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from . import __version__
@@ -197,7 +198,16 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             with self.server.in_flight:
                 self._body_read = False
                 req = Request(
-                    self.command, path, query, self.headers, self._read_body, self.client_address[0]
+                    self.command,
+                    path,
+                    query,
+                    self.headers,
+                    self._read_body,
+                    self.client_address[0],
+                    body_chunks=self._body_chunks,
+                    client_port=self.client_address[1],
+                    server=self.server.server_address[:2],
+                    protocol=self.request_version,
                 )
                 with self.server.gate:
                     resp = self.server.app.handle(req)
@@ -258,27 +268,54 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         """The whole body, refusing it before reading (and before ``100 Continue``) when it cannot fit."""
-        limit = self.server.max_request_bytes
-        encoding = self.headers.get("Transfer-Encoding", "").strip().lower()
         try:
-            if encoding:
-                if encoding != "chunked":
-                    message = f"Transfer-Encoding {encoding!r} is not supported; send chunked or plain"
-                    raise BodyError(501, message)
-                self._continue()
-                body = self._read_chunked(limit)
+            if self._chunked():
+                body = b"".join(self._chunks(self.server.max_request_bytes))
             else:
-                length = self._content_length()
-                if length > limit:
-                    raise BodyError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
-                self._continue()
+                length = self._accepted_length()
                 body = self.rfile.read(length) if length else b""
                 if len(body) < length:
                     raise BodyError(400, f"Request body ended after {len(body)} of {length} bytes")
-        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.8
+        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.9
             raise BodyError(408, "Timed out reading the request body") from None
         self._body_read = True
         return body
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The body in pieces of at most 64 KiB, with ``_read_body``'s checks, for bodies spooled to disk."""
+        try:
+            if self._chunked():
+                yield from self._chunks(self.server.max_request_bytes)
+            else:
+                left = self._accepted_length()
+                while left:
+                    data = self.rfile.read(min(_CHUNK, left))
+                    if not data:
+                        raise BodyError(400, "Request body ended before its Content-Length")
+                    left -= len(data)
+                    yield data
+        except socket.timeout:  # noqa: UP041 - only an alias of TimeoutError from 3.10; images may have 3.9
+            raise BodyError(408, "Timed out reading the request body") from None
+        self._body_read = True
+
+    def _chunked(self) -> bool:
+        """Whether the body is chunked (then ``100 Continue`` is sent); 501 for other transfer encodings."""
+        encoding = self.headers.get("Transfer-Encoding", "").strip().lower()
+        if not encoding:
+            return False
+        if encoding != "chunked":
+            raise BodyError(501, f"Transfer-Encoding {encoding!r} is not supported; send chunked or plain")
+        self._continue()
+        return True
+
+    def _accepted_length(self) -> int:
+        """The Content-Length, once it is known to fit (413 before ``100 Continue`` otherwise)."""
+        length = self._content_length()
+        limit = self.server.max_request_bytes
+        if length > limit:
+            raise BodyError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
+        self._continue()
+        return length
 
     def _content_length(self) -> int:
         values = self.headers.get_all("Content-Length") or []
@@ -295,8 +332,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.send_response_only(100)
             self.end_headers()  # flushes at once: wfile is unbuffered
 
-    def _read_chunked(self, limit: int) -> bytes:
-        parts: list[bytes] = []
+    def _chunks(self, limit: int) -> Iterator[bytes]:
+        """The data of a chunked body, chunk by chunk, then its trailer consumed; 413 past ``limit`` bytes."""
         total = 0
         while True:
             line = self.rfile.readline(1024)
@@ -312,17 +349,20 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             total += size
             if total > limit:
                 raise BodyError(413, f"Request body exceeds the limit of {limit} bytes")
-            data = self.rfile.read(size)
-            if len(data) < size or self.rfile.readline(3).strip():
+            while size:  # a huge chunk is passed on in pieces
+                data = self.rfile.read(min(size, _CHUNK))
+                if not data:
+                    raise BodyError(400, "Malformed chunked body: chunk shorter than its size")
+                size -= len(data)
+                yield data
+            if self.rfile.readline(3).strip():
                 raise BodyError(400, "Malformed chunked body: chunk shorter than its size")
-            parts.append(data)
         while True:  # trailer fields, up to the empty line
             line = self.rfile.readline(65537)
             if not line.endswith(b"\n"):
                 raise BodyError(400, "Malformed chunked body: trailer")
             if not line.strip():
                 break
-        return b"".join(parts)
 
     def _linger(self) -> None:
         """Half-close, then discard what the client still sends for a moment, so it can read our answer."""

@@ -20,7 +20,7 @@ import requests
 
 PACKAGE_SRC = Path(__file__).resolve().parents[2] / "ocibuild" / "serving"
 START_TIMEOUT_S = 15.0
-# The interpreter the server runs on; point it at an older Python (3.8+) to check the image contract there.
+# The interpreter the server runs on; point it at an older Python (3.9+) to check the image contract there.
 SERVER_PYTHON = os.environ.get("OCIBUILD_SERVING_PYTHON") or sys.executable
 
 
@@ -149,24 +149,37 @@ def start_server(
         server.kill()
 
 
-@pytest.fixture(scope="session")
-def inference_schema_path() -> Path:
-    """A folder holding the ``inference-schema`` package (and its dependencies) for servers' PYTHONPATH, as a
-    user's requirements put it into an image; installed from PyPI once and cached outside the repo."""
-    cache = Path(os.environ.get("OCIBUILD_FIXTURE_CACHE", Path.home() / ".cache" / "ocibuild-fixtures"))
-    version = subprocess.run(
-        [SERVER_PYTHON, "-c", "import sys; print('%d%d' % sys.version_info[:2])"],
+FIXTURE_CACHE = Path(os.environ.get("OCIBUILD_FIXTURE_CACHE", Path.home() / ".cache" / "ocibuild-fixtures"))
+
+
+def server_python_version() -> str:
+    """``X.Y`` of the Python the server runs on (``SERVER_PYTHON``)."""
+    return subprocess.run(
+        [SERVER_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    target = cache / f"inference-schema-py{version}"  # for the Python the server runs on, with its wheels
+
+
+def install_for_server(name: str, requirements: list[str]) -> Path:
+    """A folder holding ``requirements`` (and their dependencies) for the server's PYTHONPATH, as a user's
+    requirements put them into an image: wheels for the server's Python, installed from PyPI by this host's pip
+    (so a server Python without pip works too) once, and cached outside the repo as ``name-pyXY``."""
+    version = server_python_version()
+    target = FIXTURE_CACHE / f"{name}-py{version.replace('.', '')}"
     if not (target / "COMPLETE").is_file():
         shutil.rmtree(target, ignore_errors=True)
         proc = subprocess.run(
-            [SERVER_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-             "--target", str(target), "inference-schema"],
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+             "--only-binary=:all:", "--python-version", version, "--target", str(target), *requirements],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         if proc.returncode != 0:
-            pytest.skip(f"cannot install inference-schema from PyPI: {proc.stderr.strip()[-500:]}")
+            pytest.skip(f"cannot install {' '.join(requirements)} from PyPI: {proc.stderr.strip()[-500:]}")
         (target / "COMPLETE").touch()
     return target
+
+
+@pytest.fixture(scope="session")
+def inference_schema_path() -> Path:
+    """A folder holding the ``inference-schema`` package (and its dependencies) for servers' PYTHONPATH."""
+    return install_for_server("inference-schema", ["inference-schema"])

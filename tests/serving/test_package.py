@@ -1,4 +1,4 @@
-"""The package can be copied into an image on its own: standard library only, relative imports, Python 3.8."""
+"""The package can be copied into an image on its own: standard library only, relative imports, Python 3.9."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def test_imports_only_stdlib_or_relative(path) -> None:
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
-def test_parses_as_python_38(path) -> None:
-    ast.parse(path.read_text(), feature_version=(3, 8))
+def test_parses_as_python_39(path) -> None:
+    ast.parse(path.read_text(), feature_version=(3, 9))
     assert "from __future__ import annotations" in path.read_text()
 
 
