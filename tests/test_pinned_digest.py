@@ -14,8 +14,9 @@ from pathlib import Path
 from ocibuild import Environment, InferenceConfig, package
 from tests.packaging.test_pyenv import bookworm
 
-# Changed on purpose, with the reason, by: (none yet).
-PINNED = "sha256:c5aa53741e2c9d83662ce957d3c08edb347be3ac3b8f694ffb0299ac8f031f20"
+# Changed on purpose, with the reason, by:
+# - the scoring server's multipart uploads for @rawhttp (new files in the server layer).
+PINNED = "sha256:cf92584bb003935e7390652cf103e05ea920a860024a92df27893e740760dbb7"
 
 SCORE = b"""import json
 
