@@ -10,11 +10,10 @@ import os
 import sys
 
 
-def default_base() -> str:
-    """``$OCIBUILD_BASE``, else the official slim image of the host's Python (the one that pickled the model)."""
-    return (
-        os.environ.get("OCIBUILD_BASE")
-        or f"docker.io/library/python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
-    )
+def default_base(python: tuple[int, int] | None = None) -> str:
+    """``$OCIBUILD_BASE``, else the official slim image of ``python`` (a conda file's ``python=X.Y`` pin), else of
+    the host's Python (the one that pickled the model)."""
+    major, minor = python or sys.version_info[:2]
+    return os.environ.get("OCIBUILD_BASE") or f"docker.io/library/python:{major}.{minor}-slim"
 
 

@@ -36,8 +36,19 @@ def _package_parser(sub) -> None:
         "--pip", action="append", default=[], metavar="SPEC", help="extra pip requirement (repeatable)"
     )
     p.add_argument(
-        "--conda-file", type=Path, help="conda environment.yml (its python version and pip: section)"
+        "--conda-file",
+        type=Path,
+        help="conda environment.yml: its conda packages are installed from PyPI, its pip: section as pip reads it, "
+        "and python=X.Y picks the default base",
     )
+    p.add_argument(
+        "--conda-map", action="append", default=[], metavar="CONDA=PYPI",
+        help="install conda package CONDA as PyPI project PYPI (repeatable; adds to the shipped mapping)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drop-conda", action="append", default=[], metavar="PKG[,PKG...]",
+        help="leave these conda packages out, e.g. system libraries the base image has (repeatable)",
+    )  # fmt: skip
     p.add_argument(
         "--base",
         help="base image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, REF, scratch "
@@ -146,6 +157,7 @@ def _outputs(args) -> list[str]:
 
 def cmd_package(args) -> int:
     from ..api import Environment, InferenceConfig, package
+    from ..packaging.conda import parse_conda_map
 
     outputs = _outputs(args)
     if len(outputs) != 1:
@@ -163,7 +175,10 @@ def cmd_package(args) -> int:
         raise UsageError("--append adds to a tarball: use it with --output FILE")
     registry = _packageregistry_options(args)
     progress = Progress(quiet=args.quiet)
-    env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
+    env = Environment(
+        pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file,
+        conda_map=parse_conda_map(args.conda_map), conda_drop=[n for v in args.drop_conda for n in v.split(",")],
+    )  # fmt: skip
     pkg = package(
         args.models,
         InferenceConfig(args.entry_script, args.source_dir, env),

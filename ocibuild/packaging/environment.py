@@ -45,6 +45,11 @@ class PythonEnvironment:
         """True when there is nothing to install (a Python pin alone installs nothing)."""
         return not self.requirements and not self.packages
 
+    def pip_options_key(self) -> tuple[str, ...]:
+        """The pip: section's index options without user info in URLs: what keys the dependencies layer, so a
+        rotated password does not rebuild it."""
+        return tuple(_USERINFO.sub(r"\g<scheme>", line) for line in self.pip_options)
+
     def requirement_files(self, directory: Path) -> tuple[Path, ...]:
         """The requirements files to install, plus one written into ``directory`` (which the caller removes)
         carrying the pip: section's index options, which pip and uv apply to the whole install."""
@@ -55,6 +60,7 @@ class PythonEnvironment:
         return (*self.requirements, options)
 
 
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _REQUIREMENT_OPTION = re.compile(r"^(?:-r|--requirement)(?:\s+|=)(?P<path>\S.*)$")
 # Index options a pip: section may hold; pip and uv read them in a requirements file. "-f" may name a folder.
 _INDEX_OPTION = re.compile(

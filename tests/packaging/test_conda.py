@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -425,3 +427,80 @@ def test_other_pip_options_are_refused_without_their_value(tmp_path, entry, opti
         f"conda file {env_file}: pip option '{option}' is not supported in the pip: section; put it in a "
         "requirements file and list that file with '-r FILE' under 'pip:'"
     )
+
+
+# --- the python pin and the command line --------------------------------------------------------------------------
+
+
+def test_the_python_pin_picks_the_default_base(monkeypatch):
+    from ocibuild.settings import default_base
+
+    monkeypatch.delenv("OCIBUILD_BASE", raising=False)
+    assert default_base((3, 9)) == "docker.io/library/python:3.9-slim"
+    assert default_base() == "docker.io/library/python:{}.{}-slim".format(*sys.version_info[:2])
+    monkeypatch.setenv("OCIBUILD_BASE", "oci:/srv/base:py39")
+    assert default_base((3, 9)) == "oci:/srv/base:py39"  # an explicit base is checked, not replaced
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"), [(None, "docker.io/library/python:3.9-slim"), ("scratch", "scratch")]
+)
+def test_package_builds_on_the_pinned_python(tmp_path, monkeypatch, base, expected):
+    import ocibuild.api as api
+
+    monkeypatch.delenv("OCIBUILD_BASE", raising=False)
+    seen = []
+
+    def build(spec, store, progress):
+        seen.append(spec)
+        raise _Built
+
+    monkeypatch.setattr(api, "build", build)
+    env_file = write(tmp_path / "environment.yml", "dependencies: [python=3.9, pytorch=2.3, ffmpeg]\n")
+    environment = api.Environment(conda_file=env_file, conda_drop=["ffmpeg"], conda_map={"pytorch": "torch"})
+    with pytest.raises(_Built):
+        api.package(
+            [tmp_path], api.InferenceConfig("score.py", environment=environment), base, cache=tmp_path
+        )
+    (spec,) = seen
+    assert spec.base == expected
+    assert spec.environment.packages == ("torch==2.3.*",)
+    assert spec.environment.python_version == (3, 9)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ocibuild", "package", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_names_what_no_wheel_brings_in_one_line(tmp_path):
+    env_file = write(tmp_path / "environment.yml", "dependencies: [python=3.11, numpy, ffmpeg, libpng]\n")
+    common = ["model.pkl", "--entry-script", "score.py", "--conda-file", str(env_file), "--output", "x.tar"]
+    proc = cli(*common)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (
+        f"ocibuild: error: conda file {env_file}: ffmpeg, libpng are conda packages with no Python distribution "
+        "that no wheel brings; put them in the base image and pass --drop-conda ffmpeg,libpng, or name a PyPI "
+        "project with --conda-map NAME=PYPI\n"
+    )
+    # What the message says to pass gets past the conda file (to the next check: the model is missing).
+    proc = cli(*common, "--drop-conda", "ffmpeg,libpng", "--conda-map", "numpy=numpy")
+    assert proc.stderr == "ocibuild: error: model model.pkl: no such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--conda-map", "pytorch"], "--conda-map pytorch=: expected CONDA=PYPI"),
+        (["--drop-conda", "ffmpeg"], "--conda-map and --drop-conda apply to a conda file"),
+    ],
+)
+def test_cli_usage_errors(args, message):
+    proc = cli("model.pkl", "--entry-script", "score.py", "--output", "x.tar", *args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"ocibuild: error: {message}") and proc.stderr.count("\n") == 1
