@@ -48,7 +48,6 @@ _BROUGHT: dict[str, str] = {
     "conda variant selectors, no files": "cpuonly pytorch-mutex _py-xgboost-mutex _tflow_select",
 }
 
-_PYPI_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\[[A-Za-z0-9._,\s-]+\])?$")
 _CONDA_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BRACKET_PAIR = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\"|([^,\s'\"]+))\s*(?:,|\s|$)")
@@ -135,8 +134,7 @@ def parse_match_spec(text: str) -> MatchSpec:
     build: str | None = None
     if rest:
         vb = _VERSION_BUILD.match(rest)
-        if vb is None:  # only possible for an empty rest, ruled out above
-            raise SpecError("has no version")
+        assert vb is not None  # the pattern matches any text that is not empty
         build = vb["build"]
         version = _conda_fuzzy(vb["version"].replace(" ", ""), build)
     if "version" in brackets:
@@ -397,6 +395,15 @@ def _brought(name: str, not_python: frozenset[str]) -> str | None:
     return None
 
 
+def _is_project(text: str) -> bool:
+    """A PyPI project name, with extras or not, and nothing else (no version, marker or URL)."""
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        return False
+    return not (req.specifier or req.marker or req.url)
+
+
 def parse_conda_map(values: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
     """``--conda-map CONDA=PYPI`` values (or the API's mapping) checked: conda name → PyPI name (extras allowed)."""
     if not values:
@@ -405,17 +412,13 @@ def parse_conda_map(values: Sequence[str] | Mapping[str, str] | None) -> dict[st
     out: dict[str, str] = {}
     for conda, pypi in pairs:
         conda, pypi = str(conda).strip().lower(), str(pypi).strip()
-        if not _CONDA_NAME.match(conda) or not _PYPI_NAME.match(pypi):
+        if not _CONDA_NAME.match(conda) or not _is_project(pypi):
             raise UsageError(
                 f"--conda-map {conda}={pypi}: expected CONDA=PYPI, a conda package name and a PyPI project "
                 "name (extras allowed), e.g. --conda-map pytorch-gpu=torch"
             )
         out[conda] = pypi
     return out
-
-
-def _names(specs: Sequence[MatchSpec]) -> str:
-    return ", ".join(s.name for s in specs)
 
 
 def convert(
@@ -478,11 +481,12 @@ def convert(
         changed = canonicalize_name(Requirement(requirement).name) != canonicalize_name(spec.name)
         shown.append(f"{requirement} (from {spec.name})" if changed else requirement)
     if missing:
-        names = ",".join(s.name for s in missing)
+        one = len(missing) == 1
         raise InputError(
-            f"{where}: {_names(missing)} {'is a conda package' if len(missing) == 1 else 'are conda packages'} "
-            f"with no Python distribution that no wheel brings; put {'it' if len(missing) == 1 else 'them'} in "
-            f"the base image and pass --drop-conda {names}, or name a PyPI project with --conda-map NAME=PYPI"
+            f"{where}: {', '.join(s.name for s in missing)} {'is a conda package' if one else 'are conda packages'} "
+            f"with no Python distribution that no wheel brings; put {'it' if one else 'them'} in the base image "
+            f"and pass --drop-conda {','.join(s.name for s in missing)}, or name a PyPI project with "
+            "--conda-map NAME=PYPI"
         )
 
     notes = []

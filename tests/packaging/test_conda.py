@@ -111,6 +111,7 @@ def test_prefix_translation_matches_what_conda_matches():
         ("numpy 1.2_3", "has version '1.2_3', which is not a version pip understands"),
         ("numpy=>1.2", "which is not a version pip understands"),
         ("numpy ~=1.2.*", "'~=' does not take '.*'"),
+        ("numpy ~=1", "gives 'numpy~=1', which is not a pip requirement"),
         ("numpy >=1.2,", "has an incomplete version expression"),
         ("numpy (>=1.2", "has unbalanced parentheses"),
         ("numpy >=1.2)", "has unbalanced parentheses"),
@@ -279,8 +280,10 @@ def test_parse_conda_map(values, expected):
 
 
 @pytest.mark.parametrize(
-    "value", ["pytorch", "pytorch=", "=torch", "pytorch=torch==2.1", "py torch=torch", "a=b c"]
-)
+    "value",
+    ["pytorch", "pytorch=", "=torch", "pytorch=torch==2.1", "py torch=torch", "a=b c", "a=torch[x y]",
+     "a=torch; os_name=='nt'", "a=torch @ https://example.com/torch.whl", "a=-torch"],
+)  # fmt: skip
 def test_parse_conda_map_refuses(value):
     with pytest.raises(
         UsageError, match=r"^--conda-map .*: expected CONDA=PYPI, .* e.g. --conda-map pytorch-gpu=torch$"
