@@ -17,7 +17,7 @@ image (the same digest) to one more place. This module and ``cli`` are the edge 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +43,14 @@ PathLike = str | os.PathLike
 
 @dataclass(frozen=True)
 class Environment:
-    """What the image's Python needs: a requirements file, extra pip specs, or a conda environment file."""
+    """What the image's Python needs: a requirements file, extra pip specs, or a conda environment file (its conda
+    packages installed from PyPI: ``conda_map`` adds conda→PyPI names, ``conda_drop`` leaves packages out)."""
 
     pip_requirements: PathLike | Sequence[PathLike] | None = None
     pip_packages: Sequence[str] = ()
     conda_file: PathLike | None = None
+    conda_map: Mapping[str, str] | None = None  # conda name -> PyPI name, on top of the shipped mapping
+    conda_drop: Sequence[str] = ()  # conda packages to leave out knowingly
 
     def resolve(self) -> PythonEnvironment:
         reqs = self.pip_requirements
@@ -58,7 +61,7 @@ class Environment:
         else:
             files = [Path(r) for r in reqs]
         conda = Path(self.conda_file) if self.conda_file is not None else None
-        return load_environment(files, list(self.pip_packages), conda)
+        return load_environment(files, list(self.pip_packages), conda, self.conda_map, self.conda_drop)
 
 
 @dataclass(frozen=True)
@@ -286,13 +289,14 @@ def package(
         outputs.check()
     if not isinstance(progress, Progress):
         progress = Progress(progress)
+    environment = inference_config.environment.resolve()
     spec = PackageSpec(
         models=tuple(Path(m) for m in models if not _registered(m)),
         model_refs=tuple(str(m) for m in models if _registered(m)),
         entry_script=Path(inference_config.entry_script),
         source_dir=Path(inference_config.source_directory) if inference_config.source_directory else None,
-        environment=inference_config.environment.resolve(),
-        base=base or settings.default_base,
+        environment=environment,
+        base=base or settings.default_base(environment.python_version),
         name=name,
         version=None if version is None else str(version),
         platform=Platform.parse(platform),

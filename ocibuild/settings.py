@@ -23,7 +23,7 @@ from .registry.transport import RegistryOptions
 class Settings:
     cache_dir: Path  # $OCIBUILD_CACHE, else $XDG_CACHE_HOME/ocibuild, else ~/.cache/ocibuild
     source_date_epoch: int  # $SOURCE_DATE_EPOCH (reproducible-builds.org), else 0: every time in an image
-    default_base: str  # $OCIBUILD_BASE, else python:<this Python's major.minor>-slim
+    base: str | None  # $OCIBUILD_BASE: the default base, when set (see ``default_base``)
     registry_user: str | None = field(default=None, repr=False)  # $OCIBUILD_REGISTRY_USER (CI secrets)
     registry_password: str | None = field(default=None, repr=False)  # $OCIBUILD_REGISTRY_PASSWORD
     registry_auth_file: str | None = None  # $REGISTRY_AUTH_FILE (podman's and skopeo's)
@@ -42,8 +42,7 @@ class Settings:
         return cls(
             cache_dir=Path(env["OCIBUILD_CACHE"]) if env.get("OCIBUILD_CACHE") else cache_home / "ocibuild",
             source_date_epoch=_epoch(env.get("SOURCE_DATE_EPOCH")),
-            default_base=env.get("OCIBUILD_BASE")
-            or f"docker.io/library/python:{sys.version_info[0]}.{sys.version_info[1]}-slim",
+            base=env.get("OCIBUILD_BASE") or None,
             registry_user=env.get("OCIBUILD_REGISTRY_USER"),
             registry_password=env.get("OCIBUILD_REGISTRY_PASSWORD"),
             registry_auth_file=env.get("REGISTRY_AUTH_FILE"),
@@ -53,6 +52,12 @@ class Settings:
             ca_bundle=env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"),
             engine_hosts=tuple(env[v] for v in ("DOCKER_HOST", "CONTAINER_HOST") if env.get(v)),
         )
+
+    def default_base(self, python: tuple[int, int] | None = None) -> str:
+        """``$OCIBUILD_BASE``, else the official slim image of ``python`` (a conda file's ``python=X.Y`` pin), else
+        of this Python (the one that pickled the model)."""
+        major, minor = python or sys.version_info[:2]
+        return self.base or f"docker.io/library/python:{major}.{minor}-slim"
 
     def registry_options(
         self,

@@ -29,8 +29,19 @@ def add_parser(sub) -> None:
         "--pip", action="append", default=[], metavar="SPEC", help="extra pip requirement (repeatable)"
     )
     p.add_argument(
-        "--conda-file", type=Path, help="conda environment.yml (its python version and pip: section)"
+        "--conda-file",
+        type=Path,
+        help="conda environment.yml: its conda packages are installed from PyPI, its pip: section as pip reads it, "
+        "and python=X.Y picks the default base",
     )
+    p.add_argument(
+        "--conda-map", action="append", default=[], metavar="CONDA=PYPI",
+        help="install conda package CONDA as PyPI project PYPI (repeatable; adds to the shipped mapping)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drop-conda", action="append", default=[], metavar="PKG[,PKG...]",
+        help="leave these conda packages out, e.g. system libraries the base image has (repeatable)",
+    )  # fmt: skip
     p.add_argument(
         "--base",
         help="base image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, REF, scratch "
@@ -108,6 +119,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import Environment, InferenceConfig, Outputs, bind_credentials, package
+    from ..packaging.conda import parse_conda_map
 
     settings = Settings.from_environ()
     outputs = Outputs(
@@ -122,13 +134,19 @@ def run(args: argparse.Namespace) -> int:
     )
     registry = bind_credentials(
         registry_options(args, settings),
-        base=args.base or settings.default_base,
+        base=args.base or settings.default_base(),
         pushes=args.push,
         models=args.models,
         creds=args.creds,
         base_creds=args.base_creds,
     )
-    env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
+    env = Environment(
+        pip_requirements=args.requirements,
+        pip_packages=args.pip,
+        conda_file=args.conda_file,
+        conda_map=parse_conda_map(args.conda_map),
+        conda_drop=[n for v in args.drop_conda for n in v.split(",")],
+    )
     report = progress(args)
     if args.compression == "zstd":
         report.warn(

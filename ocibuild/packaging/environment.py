@@ -1,21 +1,23 @@
 """Python environments as Azure ML users write them: requirements files, pip specs, a conda environment file.
 
 Owns turning those inputs into one ``PythonEnvironment`` (requirements files, pip specs, the Python version asked
-for) and checking that version against the base image's. Never installs anything (``build.pyenv`` does) and never
-runs conda: a conda file is accepted only for what pip can install; conda packages are refused, by name.
+for) and checking that version against the base image's. Never installs anything (``packaging.wheels`` does) and
+never runs conda: a conda file's conda packages become PyPI requirements (``packaging.conda``), its ``pip:``
+section is read as pip would read it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ocibuild.errors import BaseImageError, InputError
+from ocibuild.errors import BaseImageError, InputError, UsageError
+from ocibuild.packaging.conda import convert
 from ocibuild.packaging.pyenv import TargetPython
 
 __all__ = ["PythonEnvironment", "load_environment", "check_python_version"]
@@ -29,6 +31,10 @@ class PythonEnvironment:
     packages: tuple[str, ...] = ()
     python_version: tuple[int, int] | None = None
     conda_file: Path | None = None  # where python_version came from, for messages
+    # Index options from the conda file's pip: section (``--extra-index-url URL``, ...), as requirements-file
+    # lines: they may hold credentials, so they reach the installer in a file, never on a command line.
+    pip_options: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what a conda file's packages became, for the build's progress output
 
     @classmethod
     def empty(cls) -> PythonEnvironment:
@@ -39,17 +45,28 @@ class PythonEnvironment:
         """True when there is nothing to install (a Python pin alone installs nothing)."""
         return not self.requirements and not self.packages
 
+    def pip_options_key(self) -> tuple[str, ...]:
+        """The pip: section's index options without user info in URLs: what keys the dependencies layer, so a
+        rotated password does not rebuild it."""
+        return tuple(_USERINFO.sub(r"\g<scheme>", line) for line in self.pip_options)
 
-# A conda match spec: optional "channel::", a name, then a version spec (after "=", "==", ">=", a space, ...).
-_MATCH_SPEC = re.compile(r"^(?:(?P<channel>[^:\s]+)::)?(?P<name>[A-Za-z0-9_.\-]+)\s*(?P<spec>.*)$")
-# Version specs that pin one major.minor: "=3.11", "=3.11.*", "==3.11", "3.11", "=3.11.4", "=3.11.4=h123_0".
-_EXACT_MINOR = re.compile(r"^(?:==?|\s*)(\d+)\.(\d+)(?:\.\*|\.\d+[a-z0-9]*)?(?:=\S+)?$")
+    def requirement_files(self, directory: Path) -> tuple[Path, ...]:
+        """The requirements files to install, plus one written into ``directory`` (which the caller removes)
+        carrying the pip: section's index options, which pip and uv apply to the whole install."""
+        if not self.pip_options:
+            return self.requirements
+        options = Path(directory) / "conda-pip-options.txt"
+        options.write_text("".join(line + "\n" for line in self.pip_options), encoding="utf-8")
+        return (*self.requirements, options)
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _REQUIREMENT_OPTION = re.compile(r"^(?:-r|--requirement)(?:\s+|=)(?P<path>\S.*)$")
-
-
-def _python_pin(spec: str) -> tuple[int, int] | None:
-    m = _EXACT_MINOR.match(spec.strip())
-    return (int(m[1]), int(m[2])) if m else None
+# Index options a pip: section may hold; pip and uv read them in a requirements file. "-f" may name a folder.
+_INDEX_OPTION = re.compile(
+    r"^(?P<option>-i|--index-url|--extra-index-url|-f|--find-links|--trusted-host)(?:\s+|=)(?P<value>\S+)$"
+    r"|^(?P<flag>--no-index)$"
+)
 
 
 def _yaml_error(path: Path, e: yaml.YAMLError) -> InputError:
@@ -76,64 +93,74 @@ def _read_conda_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _pip_section(path: Path, entries: Any) -> tuple[list[Path], list[str]]:
+def _index_option(path: Path, text: str) -> str | None:
+    """A pip: section's index option as a requirements-file line (a relative ``--find-links`` folder made
+    absolute, as pip does for one relative to its requirements file); None if ``text`` is not one."""
+    m = _INDEX_OPTION.match(text)
+    if m is None:
+        return None
+    if m["flag"]:
+        return m["flag"]
+    option, value = m["option"], m["value"]
+    if option in ("-f", "--find-links") and "://" not in value and (path.parent / value).exists():
+        value = str((path.parent / value).absolute())
+    return f"{option} {value}"
+
+
+@dataclass
+class _PipSection:
+    files: list[Path]
+    specs: list[str]
+    options: list[str]
+
+
+def _pip_section(path: Path, entries: Any, section: _PipSection) -> None:
     if entries is None:
-        return [], []
+        return
     if not isinstance(entries, list):
         raise InputError(f"conda file {path}: the 'pip:' entry must be a list of package specs; fix the file")
-    files: list[Path] = []
-    specs: list[str] = []
     for entry in entries:
         text = str(entry).strip() if isinstance(entry, (str, int, float)) else None
         if not text:
             raise InputError(f"conda file {path}: pip entry {entry!r} is not a package spec; fix the file")
         if m := _REQUIREMENT_OPTION.match(text):
-            files.append(path.parent / m["path"].strip())
+            section.files.append(path.parent / m["path"].strip())
+        elif (line := _index_option(path, text)) is not None:
+            section.options.append(line)
         elif text.startswith("-"):
+            option = text.split()[0].split("=")[0]  # the option's name only: its value may hold a password
             raise InputError(
-                f"conda file {path}: pip option {text!r} is not supported here; "
+                f"conda file {path}: pip option {option!r} is not supported in the pip: section; "
                 "put it in a requirements file and list that file with '-r FILE' under 'pip:'"
             )
         else:
-            specs.append(text)
-    return files, specs
+            section.specs.append(text)
 
 
-def _parse_conda_file(path: Path) -> tuple[list[Path], list[str], tuple[int, int] | None]:
+def _parse_conda_file(
+    path: Path, conda_map: Mapping[str, str] | None, drop: Collection[str]
+) -> tuple[_PipSection, list[str], tuple[int, int] | None, tuple[str, ...]]:
+    """The pip: section as it is, and the conda packages translated (``packaging.conda``)."""
     data = _read_conda_file(path)
     dependencies = data.get("dependencies") or []
     if not isinstance(dependencies, list):
         raise InputError(f"conda file {path}: 'dependencies:' must be a list; fix the file")
-    files: list[Path] = []
-    specs: list[str] = []
-    python: tuple[int, int] | None = None
-    refused: list[str] = []
+    pip = _PipSection([], [], [])
+    entries: list[str] = []
     for dep in dependencies:
         if isinstance(dep, dict):
             for key, value in dep.items():
-                if key == "pip":
-                    more_files, more_specs = _pip_section(path, value)
-                    files += more_files
-                    specs += more_specs
-                else:
-                    refused.append(str(key))
-            continue
-        text = str(dep).strip() if dep is not None else ""
-        m = _MATCH_SPEC.match(text)
-        if not m:
-            refused.append(text or repr(dep))
-            continue
-        name = m["name"].lower()
-        if name == "python":
-            python = _python_pin(m["spec"])
-        elif name != "pip":
-            refused.append(text)
-    if refused:
-        raise InputError(
-            f"conda file {path} lists conda packages ocibuild cannot install: {', '.join(refused)}; "
-            "move them under the 'pip:' section (with their PyPI names)"
-        )
-    return files, specs, python
+                if key != "pip":
+                    raise InputError(
+                        f"conda file {path}: '{key}:' is not a dependency section (only 'pip:' is); fix the file"
+                    )
+                _pip_section(path, value, pip)
+        elif isinstance(dep, (str, int, float)) and str(dep).strip():
+            entries.append(str(dep).strip())
+        else:
+            raise InputError(f"conda file {path}: dependency {dep!r} is not a package spec; fix the file")
+    conda = convert(path, entries, conda_map, drop)
+    return pip, list(conda.requirements), conda.python_version, conda.notes
 
 
 def check_readable(path: Path, origin: str) -> None:
@@ -173,12 +200,17 @@ def load_environment(
     requirements: Sequence[Path] = (),
     pip: Sequence[str] = (),
     conda_file: Path | None = None,
+    conda_map: Mapping[str, str] | None = None,
+    conda_drop: Collection[str] = (),
 ) -> PythonEnvironment:
     """One environment from ``--requirements`` files, ``--pip`` specs and a ``--conda-file``.
 
     Requirements files are checked to be readable now, before any image is pulled. A conda file's ``-r FILE``
-    entries are relative to the conda file.
+    entries are relative to the conda file. ``conda_map`` (conda name → PyPI name) and ``conda_drop`` (conda
+    packages to leave out) apply to the conda file's packages.
     """
+    if conda_file is None and (conda_map or conda_drop):
+        raise UsageError("--conda-map and --drop-conda apply to a conda file; pass it with --conda-file")
     files = [Path(p) for p in requirements]
     for path in files:
         check_readable(path, "the --requirements path")
@@ -192,18 +224,23 @@ def load_environment(
             )
         specs.append(text)
     python = None
+    options: list[str] = []
+    notes: tuple[str, ...] = ()
     if conda_file is not None:
         conda_file = Path(conda_file)
-        conda_files, conda_specs, python = _parse_conda_file(conda_file)
-        for path in conda_files:
+        section, conda_specs, python, notes = _parse_conda_file(conda_file, conda_map, conda_drop)
+        for path in section.files:
             check_readable(path, f"the '-r' entries of {conda_file}")
-        files += conda_files
-        specs = conda_specs + specs
+        files += section.files
+        specs = conda_specs + section.specs + specs
+        options = section.options
     return PythonEnvironment(
         requirements=tuple(files),
         packages=tuple(specs),
         python_version=python,
         conda_file=conda_file,
+        pip_options=tuple(options),
+        notes=notes,
     )
 
 

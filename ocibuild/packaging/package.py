@@ -135,6 +135,8 @@ def build(
     """Build the image for ``spec``: layers come from ``cache`` (default: the local store's) when their inputs
     made them before, else are built into ``store``."""
     validate(spec)
+    for note in spec.environment.notes:  # what a conda file's packages became
+        progress.step(note)
     cache = cache or LocalLayerCache(store)
     registered = _resolve_registered(spec, store, progress)
     progress.step(f"base: {spec.base}")
@@ -292,7 +294,8 @@ def _dependencies_layer(
 ) -> Addendum:
     env = spec.environment
     key_doc = {
-        "requirements": requirements_texts(env.requirements),  # with the files they include (-r, -c)
+        # with the files they include (-r, -c), and the conda file's pip: index options (no change when none)
+        "requirements": requirements_texts(env.requirements) + list(env.pip_options_key()),
         "packages": list(env.packages),
         "target": asdict(target),
         "compression": spec.compression,
@@ -311,8 +314,9 @@ def _dependencies_layer(
     try:
         site = tmp / "site-packages"
         site.mkdir()
+        requirements = env.requirement_files(tmp)  # with the conda file's pip: index options, if any
         install_dependencies(
-            target, site, requirements=env.requirements, packages=env.packages, progress=progress.step
+            target, site, requirements=requirements, packages=env.packages, progress=progress.step
         )
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES)

@@ -189,10 +189,10 @@ def test_no_output_option(tmp_path, inputs, base_ref):
     )
 
 
-def test_conda_only_packages_refused(tmp_path, inputs, base_ref):
+def test_conda_packages_no_wheel_brings_refused(tmp_path, inputs, base_ref):
     env = tmp_path / "environment.yml"
     env.write_text(
-        "name: x\ndependencies:\n  - python=3.11\n  - numpy\n  - conda-forge::xgboost\n  - pip:\n    - joblib\n"
+        "name: x\ndependencies:\n  - python=3.11\n  - numpy\n  - conda-forge::ffmpeg\n  - pip:\n    - joblib\n"
     )
     fails(
         tmp_path,
@@ -203,7 +203,8 @@ def test_conda_only_packages_refused(tmp_path, inputs, base_ref):
         env,
         "--base",
         base_ref,
-        expect="numpy",
+        expect="ffmpeg is a conda package with no Python distribution that no wheel brings; put it in the base "
+        "image and pass --drop-conda ffmpeg",
     )
 
 

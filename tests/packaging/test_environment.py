@@ -117,13 +117,15 @@ def test_missing_requirements_file_inside_the_pip_section(tmp_path):
         load_environment(conda_file=conda)
 
 
-def test_pip_options_in_the_pip_section_are_refused(tmp_path):
+def test_pip_options_in_the_pip_section(tmp_path):
     conda = write(tmp_path / "environment.yml", "dependencies:\n  - pip:\n    - --extra-index-url http://x\n")
-    with pytest.raises(InputError, match="pip option '--extra-index-url http://x' is not supported here"):
+    assert load_environment(conda_file=conda).pip_options == ("--extra-index-url http://x",)
+    conda = write(tmp_path / "environment.yml", "dependencies:\n  - pip:\n    - --pre\n")
+    with pytest.raises(InputError, match="pip option '--pre' is not supported in the pip: section"):
         load_environment(conda_file=conda)
 
 
-def test_conda_packages_are_refused_all_at_once(tmp_path):
+def test_conda_packages_become_pypi_requirements(tmp_path):
     conda = write(
         tmp_path / "environment.yml",
         "channels: [conda-forge]\n"
@@ -131,15 +133,15 @@ def test_conda_packages_are_refused_all_at_once(tmp_path):
         "  - python=3.11\n"
         "  - numpy\n"
         "  - scikit-learn=1.3\n"
-        "  - conda-forge::xgboost\n"
+        "  - conda-forge::py-xgboost\n"
         "  - pip\n"
         "  - pip: [six]\n",
     )
-    with pytest.raises(InputError) as e:
-        load_environment(conda_file=conda)
-    assert str(e.value) == (
-        f"conda file {conda} lists conda packages ocibuild cannot install: numpy, scikit-learn=1.3, "
-        "conda-forge::xgboost; move them under the 'pip:' section (with their PyPI names)"
+    env = load_environment(conda_file=conda)
+    assert env.packages == ("numpy", "scikit-learn==1.3.*", "xgboost", "six")
+    assert env.python_version == (3, 11)
+    assert env.notes[0] == (
+        f"conda file {conda}: from PyPI: numpy, scikit-learn==1.3.*, xgboost (from py-xgboost)"
     )
 
 
