@@ -16,5 +16,3 @@ def default_base() -> str:
         os.environ.get("OCIBUILD_BASE")
         or f"docker.io/library/python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
     )
-
-

@@ -38,6 +38,21 @@ def _package_parser(sub) -> None:
     p.add_argument(
         "--conda-file", type=Path, help="conda environment.yml (its python version and pip: section)"
     )
+    src = p.add_argument_group("package sources (default: pip's and uv's own configuration)")
+    src.add_argument(
+        "--index-url", metavar="URL", help="package index, instead of PyPI (credentials: URL, ~/.netrc)"
+    )
+    src.add_argument(
+        "--extra-index-url", action="append", default=[], metavar="URL", help="another index (repeatable)"
+    )
+    src.add_argument(
+        "--find-links", action="append", default=[], type=Path, metavar="DIR",
+        help="a folder of wheels and source archives (repeatable)",
+    )  # fmt: skip
+    src.add_argument("--no-index", action="store_true", help="no index at all: only --find-links folders")
+    src.add_argument(
+        "--exclude-newer", metavar="DATE", help="ignore files uploaded on or after DATE (YYYY-MM-DD, UTC)"
+    )
     p.add_argument(
         "--base",
         help="base image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, REF, scratch "
@@ -163,7 +178,11 @@ def cmd_package(args) -> int:
         raise UsageError("--append adds to a tarball: use it with --output FILE")
     registry = _packageregistry_options(args)
     progress = Progress(quiet=args.quiet)
-    env = Environment(pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file)
+    env = Environment(
+        pip_requirements=args.requirements, pip_packages=args.pip, conda_file=args.conda_file,
+        index_url=args.index_url, extra_index_urls=args.extra_index_url, find_links=args.find_links,
+        no_index=args.no_index, exclude_newer=args.exclude_newer,
+    )  # fmt: skip
     pkg = package(
         args.models,
         InferenceConfig(args.entry_script, args.source_dir, env),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import yaml
 
 from ocibuild.errors import BaseImageError, InputError
 from ocibuild.packaging.pyenv import TargetPython
+from ocibuild.packaging.sources import PackageSources
 
 __all__ = ["PythonEnvironment", "load_environment", "check_python_version"]
 
@@ -29,6 +30,8 @@ class PythonEnvironment:
     packages: tuple[str, ...] = ()
     python_version: tuple[int, int] | None = None
     conda_file: Path | None = None  # where python_version came from, for messages
+    sources: PackageSources = field(default_factory=PackageSources)  # --index-url, --find-links, ...
+    exclude_newer: str | None = None  # RFC 3339 UTC: files uploaded later are not considered
 
     @classmethod
     def empty(cls) -> PythonEnvironment:

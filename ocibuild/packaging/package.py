@@ -34,6 +34,7 @@ from ..transports.open import resolve_base
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .pyenv import TargetPython, detect_target_python
+from .sources import redact_urls
 from .wheels import install_dependencies
 
 APP_ROOT = "var/azureml-app"
@@ -262,9 +263,11 @@ def _dependencies_layer(
         "target": asdict(target),
         "compression": spec.compression,
         "ocibuild": __version__,
+        "sources": env.sources.key_doc(),  # URLs without credentials, find-links folders by content
+        "exclude_newer": env.exclude_newer,
     }
     key = "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
-    summary = ", ".join([p.name for p in env.requirements] + list(env.packages))
+    summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
     created_by = (
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
@@ -277,8 +280,9 @@ def _dependencies_layer(
         site = tmp / "site-packages"
         site.mkdir()
         install_dependencies(
-            target, site, requirements=env.requirements, packages=env.packages, progress=progress.step
-        )
+            target, site, requirements=env.requirements, packages=env.packages, progress=progress.step,
+            sources=env.sources, exclude_newer=env.exclude_newer,
+        )  # fmt: skip
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES)
         counter = progress.bytes("dependencies layer", contents.total_size)

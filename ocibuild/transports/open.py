@@ -65,7 +65,6 @@ def resolve_base(
     return image
 
 
-
 def open_source(
     loc: Location,
     platform: Platform | None,

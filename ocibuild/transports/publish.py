@@ -114,5 +114,3 @@ def source_name(loc: Location) -> str | None:
     if loc.transport == "docker-archive" and loc.name:
         return loc.name
     return None
-
-
