@@ -390,3 +390,159 @@ def test_exclude_newer_picks_the_release_of_that_time(dated_index, isolated_env,
         install_dependencies(target(), site, packages=["ocitest-dated"], sources=sources, installer=installer,
                              exclude_newer=parse_exclude_newer(when) if when else None)  # fmt: skip
         assert imports(site, "ocitest_dated") == f"ocitest-dated {expected}", when
+
+
+# ---- through `ocibuild package`: the image, its blobs, a real dockerd, the cache key ---------------------------
+
+_SCORE = """import ocitest_pure
+import ocitest_puresrc
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    return {"pure": ocitest_pure.NAME, "source": ocitest_puresrc.NAME}
+"""
+
+
+def ocibuild(*args: object, env: dict[str, str] | None = None, check: bool = True):
+    from tests.conftest import REPO
+
+    full = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ocibuild", *map(str, args)], env=full, capture_output=True,
+                          text=True, timeout=900, check=check)  # fmt: skip
+
+
+def blobs_of(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """Every member of an image tarball, and every file inside each layer (gunzipped)."""
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            data = tar.extractfile(member).read()
+            yield member.name, data
+            raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            if raw[257:262] == b"ustar":
+                with tarfile.open(fileobj=io.BytesIO(raw)) as layer:
+                    for entry in layer:
+                        if entry.isfile():
+                            yield f"{member.name}/{entry.name}", layer.extractfile(entry).read()
+
+
+def test_package_from_a_private_index_scores_in_docker(
+    package_index, isolated_env, base_ref, dockerd, tmp_path
+):
+    """A private index behind Basic auth serves a wheel and a pure source archive; the image imports both and
+    answers; the password is nowhere in stdout, stderr, any blob or any file of any layer."""
+    import requests
+
+    from tests.conftest import wait_http
+
+    score = tmp_path / "score.py"
+    score.write_text(_SCORE)
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    out = tmp_path / "image.tar"
+    proc = ocibuild("package", model, "--entry-script", score, "--base", base_ref, "--cache", tmp_path / "cache",
+                    "--index-url", package_index.url_with(), "--pip", "ocitest-pure", "--pip", "ocitest-puresrc",
+                    "--tag", "ocibuild-test/private-index:1", "--output", out)  # fmt: skip
+    assert_no_secret(proc.stdout + proc.stderr, "ocibuild's output")
+    assert "built ocitest-puresrc 1.0 from source (pure Python" in proc.stderr
+    names = set()
+    for name, data in blobs_of(out):
+        assert_no_secret(data, f"the image: {name}")
+        names.add(name.split("/", 3)[-1])
+    assert "opt/ocibuild/site-packages/ocitest_puresrc/__init__.py" in names
+    assert not any(n.endswith(("direct_url.json", "pip.conf", ".netrc")) for n in names), names
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert_no_secret(path.read_bytes(), f"the build cache: {path.name}")
+
+    image = dockerd.load(out)
+    port = free_port()
+    container = dockerd.run(
+        "run", "-d", "--network", "host", "-e", f"OCIBUILD_PORT={port}", image
+    ).stdout.strip()
+    try:
+        assert wait_http(f"http://127.0.0.1:{port}/", timeout=90) == b"Healthy"
+        answer = requests.post(f"http://127.0.0.1:{port}/score", data="{}", timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"pure": "ocitest-pure 1.0", "source": "ocitest-puresrc 1.0"}
+    finally:
+        dockerd.remove(container)
+
+
+def test_package_wrong_password_is_one_line(package_index, isolated_env, base_ref, tmp_path):
+    score = tmp_path / "score.py"
+    score.write_text(_SCORE)
+    wrong = 'Wr0ng:"pa ss%@'
+    proc = ocibuild("package", score, "--entry-script", score, "--base", base_ref, "--cache", tmp_path / "cache",
+                    "--index-url", package_index.url_with(password=wrong), "--pip", "ocitest-pure",
+                    "--output", tmp_path / "x.tar", check=False)  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ocibuild: error: ") and "Traceback" not in proc.stderr
+    assert_no_secret(proc.stdout + proc.stderr, "ocibuild's output", wrong)
+    log = re.search(r"log: (\S+?)\)?$", last)
+    assert log, last
+    assert_no_secret(Path(log[1]).read_bytes(), "the kept installer log", wrong)
+    Path(log[1]).unlink()
+
+
+def test_package_usage_errors_are_one_line(base_ref, tmp_path):
+    score = tmp_path / "score.py"
+    score.write_text(_SCORE)
+    for args, message in [
+        (["--no-index"], "--no-index leaves nowhere to find packages; add --find-links DIR"),
+        (["--find-links", tmp_path / "nope"], "no such directory"),
+        (["--exclude-newer", "yesterday"], "--exclude-newer 'yesterday' is not a date"),
+    ]:
+        proc = ocibuild("package", score, "--entry-script", score, "--base", base_ref, "--pip", "six",
+                        "--output", tmp_path / "x.tar", *args, check=False)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_dependencies_cache_key_follows_each_source_option(package_index, isolated_env, base_ref, tmp_path):
+    """Same options: the layer comes from the cache. Each new option (or a changed find-links folder) builds it
+    again; a changed password does not."""
+    import io
+
+    from ocibuild.api import Environment, InferenceConfig, package
+    from ocibuild.events import Progress
+
+    score = tmp_path / "score.py"
+    score.write_text(_SCORE)
+    links = tmp_path / "links"
+    links.mkdir()
+    for p in package_index.dists.iterdir():
+        (links / p.name).write_bytes(p.read_bytes())
+    netrc = isolated_env / ".netrc"
+    netrc.write_text(
+        f"machine {package_index.host.split(':')[0]} login {NETRC_USER} password {NETRC_PASSWORD}\n"
+    )
+
+    def cached(**options) -> bool:
+        stream = io.StringIO()
+        env = Environment(pip_packages=["ocitest-pure", "ocitest-puresrc"], **options)
+        package([score], InferenceConfig(score, environment=env), base_ref, cache=tmp_path / "cache",
+                progress=Progress(stream=stream))  # fmt: skip
+        return "dependencies: cached" in stream.getvalue()
+
+    index = {"index_url": package_index.url_with()}
+    assert not cached(**index)
+    assert cached(**index)
+    assert cached(index_url=package_index.url_with(NETRC_USER, NETRC_PASSWORD))  # another user: same layer
+    assert not cached(**index, exclude_newer="2100-01-01")
+    assert not cached(**index, extra_index_urls=[package_index.url])
+    assert not cached(find_links=[links], no_index=True)
+    assert not cached(find_links=[links])
+    assert cached(find_links=[links])
+    write_wheel(links, "ocitest-other", "1.0")  # the folder changed: so may the resolution
+    assert not cached(find_links=[links])
