@@ -241,6 +241,7 @@ _NO_WHEEL = (
     ),
     re.compile(r"No matching distribution found for ([A-Za-z0-9][A-Za-z0-9._-]*)"),
 )
+_EXCLUDED = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)` was filtered by `exclude-newer`")
 _NOT_FOUND = re.compile(r"Because ([A-Za-z0-9][A-Za-z0-9._-]*) was not found in the package registry")
 _UNREADABLE_FILE = (
     re.compile(r"Could not open requirements file: (.*)$", re.M),
@@ -287,6 +288,12 @@ def _raise_for(run: _Run, tool: str, target: TargetPython, log: Path) -> None:
                 f"no wheel of {m[1]!r} fits the base image ({plat}): pin a version of {m[1]} that publishes one, "
                 f"or use a base image whose platform has one (check the name too; {tool} log: {log})"
             )
+    if m := _EXCLUDED.search(text):
+        raise DependencyError(
+            f"--exclude-newer left no version of {m[1]!r}: none was uploaded before that time, or its index "
+            f"publishes no upload times (find-links folders and pypiserver do not); pick a later date or drop "
+            f"--exclude-newer ({tool} log: {log})"
+        )
     if m := _NOT_FOUND.search(text):
         raise DependencyError(
             f"package {m[1]!r} is not on the package index; check its name ({tool} log: {log})"

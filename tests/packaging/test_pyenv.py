@@ -549,6 +549,12 @@ def test_reproducibility_fixups_without_an_installer(tmp_path, monkeypatch):
             "no wheel of 'pywin32' fits",
         ),
         (
+            "  cause: Because there are no versions of foo and you require foo, we can conclude that ...\n"
+            "hint: `foo` was filtered by `exclude-newer` to only include packages uploaded before 2020-01-01\n",
+            DependencyError,
+            "--exclude-newer left no version of 'foo': none was uploaded before that time, or its index",
+        ),
+        (
             "  cause: Because nonexistent-zzz was not found in the package registry and you require it\n",
             DependencyError,
             "package 'nonexistent-zzz' is not on the package index; check its name",

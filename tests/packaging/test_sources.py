@@ -509,7 +509,9 @@ def test_package_usage_errors_are_one_line(base_ref, tmp_path):
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
-def test_dependencies_cache_key_follows_each_source_option(package_index, isolated_env, base_ref, tmp_path):
+def test_dependencies_cache_key_follows_each_source_option(
+    package_index, dated_index, isolated_env, base_ref, tmp_path
+):
     """Same options: the layer comes from the cache. Each new option (or a changed find-links folder) builds it
     again; a changed password does not."""
     import io
@@ -528,9 +530,9 @@ def test_dependencies_cache_key_follows_each_source_option(package_index, isolat
         f"machine {package_index.host.split(':')[0]} login {NETRC_USER} password {NETRC_PASSWORD}\n"
     )
 
-    def cached(**options) -> bool:
+    def cached(packages=("ocitest-pure", "ocitest-puresrc"), **options) -> bool:
         stream = io.StringIO()
-        env = Environment(pip_packages=["ocitest-pure", "ocitest-puresrc"], **options)
+        env = Environment(pip_packages=list(packages), **options)
         package([score], InferenceConfig(score, environment=env), base_ref, cache=tmp_path / "cache",
                 progress=Progress(stream=stream))  # fmt: skip
         return "dependencies: cached" in stream.getvalue()
@@ -539,7 +541,10 @@ def test_dependencies_cache_key_follows_each_source_option(package_index, isolat
     assert not cached(**index)
     assert cached(**index)
     assert cached(index_url=package_index.url_with(NETRC_USER, NETRC_PASSWORD))  # another user: same layer
-    assert not cached(**index, exclude_newer="2100-01-01")
+    dated = {"packages": ["ocitest-dated"], "index_url": dated_index}  # pypiserver publishes no upload times
+    assert not cached(**dated)
+    assert not cached(**dated, exclude_newer="2021-06-01")
+    assert cached(**dated, exclude_newer="2021-06-01T00:00:00Z")
     assert not cached(**index, extra_index_urls=[package_index.url])
     assert not cached(find_links=[links], no_index=True)
     assert not cached(find_links=[links])
