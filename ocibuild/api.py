@@ -16,6 +16,8 @@ image (the same digest) to one more place. This module and ``cli`` are the edge 
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from .oci.store import BlobStore
 from .packaging.dockerfile import DockerfilePublisher
 from .packaging.environment import PythonEnvironment, load_environment
 from .packaging.package import BuildResult, PackageSpec, build
+from .packaging.sources import PackageSources, parse_exclude_newer
 from .registry.credentials import parse_creds
 from .registry.transport import RegistryOptions
 from .settings import Settings
@@ -44,13 +47,20 @@ PathLike = str | os.PathLike
 @dataclass(frozen=True)
 class Environment:
     """What the image's Python needs: a requirements file, extra pip specs, or a conda environment file (its conda
-    packages installed from PyPI: ``conda_map`` adds conda→PyPI names, ``conda_drop`` leaves packages out)."""
+    packages installed from PyPI: ``conda_map`` adds conda→PyPI names, ``conda_drop`` leaves packages out); and
+    where to find them (pip's and uv's options: ``index_url``, ``extra_index_urls``, ``find_links`` folders,
+    ``no_index``) and as of when (``exclude_newer``: a date or time; later uploads are ignored)."""
 
     pip_requirements: PathLike | Sequence[PathLike] | None = None
     pip_packages: Sequence[str] = ()
     conda_file: PathLike | None = None
     conda_map: Mapping[str, str] | None = None  # conda name -> PyPI name, on top of the shipped mapping
     conda_drop: Sequence[str] = ()  # conda packages to leave out knowingly
+    index_url: str | None = None
+    extra_index_urls: Sequence[str] = ()
+    find_links: Sequence[PathLike] = ()
+    no_index: bool = False
+    exclude_newer: str | datetime.date | None = None
 
     def resolve(self) -> PythonEnvironment:
         reqs = self.pip_requirements
@@ -61,7 +71,10 @@ class Environment:
         else:
             files = [Path(r) for r in reqs]
         conda = Path(self.conda_file) if self.conda_file is not None else None
-        return load_environment(files, list(self.pip_packages), conda, self.conda_map, self.conda_drop)
+        sources = PackageSources.create(self.index_url, self.extra_index_urls, self.find_links, self.no_index)
+        when = parse_exclude_newer(self.exclude_newer) if self.exclude_newer is not None else None
+        env = load_environment(files, list(self.pip_packages), conda, self.conda_map, self.conda_drop)
+        return dataclasses.replace(env, sources=sources, exclude_newer=when)
 
 
 @dataclass(frozen=True)

@@ -649,3 +649,133 @@ def registry() -> Iterator[Registries]:
         yield registries
     finally:
         registries.close()
+
+
+# --- a package index ----------------------------------------------------------------------------------------------
+
+INDEX_USER = "wheeltest"
+# A password that every encoding spells differently: a colon, an at sign, a percent sign, a quote, a space, a hash.
+INDEX_PASSWORD = 'Pi-9x:q"uo te%\\rd@#'
+# A second account for ~/.netrc, whose format cannot carry quotes, spaces or "#" in a password.
+NETRC_USER = "netrcuser"
+NETRC_PASSWORD = "n3trc:Pa55%w0rd"
+
+_PURE_SETUP = """from setuptools import setup
+setup(name={name!r}, version={version!r}, packages=[{module!r}])
+"""
+_CEXT_SETUP = """from setuptools import Extension, setup
+setup(name="ocitest-cext", version="1.0", ext_modules=[Extension("ocitest_cext", ["ocitest_cext.c"])])
+"""
+_CEXT_SOURCE = """#include <Python.h>
+static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "ocitest_cext", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_ocitest_cext(void) { return PyModule_Create(&m); }
+"""
+
+
+@dataclass(frozen=True)
+class PackageIndex:
+    """A real pypiserver on 127.0.0.1 behind htpasswd (bcrypt) Basic auth, serving `dists`.
+
+    `dists` holds distributions built here from tiny projects: `ocitest-pure` 1.0 (a pure wheel),
+    `ocitest-puresrc` 1.0 (a pure-Python source archive only, built with setuptools, like `fusepy`) and
+    `ocitest-cext` 1.0 (a source archive only, whose build compiles a C extension); plus a setuptools wheel, the
+    build backend that source builds need when there is no other index. The same folder serves `--find-links`.
+    """
+
+    host: str
+    dists: Path
+    user: str = INDEX_USER
+    password: str = INDEX_PASSWORD
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}/simple/"
+
+    def url_with(self, user: str | None = None, password: str | None = None) -> str:
+        from urllib.parse import quote
+
+        user = self.user if user is None else user
+        password = self.password if password is None else password
+        return f"http://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}/simple/"
+
+
+def write_wheel(folder: Path, name: str, version: str) -> Path:
+    """A pure ``py3-none-any`` wheel whose one module holds ``NAME = "<name> <version>"``, written directly."""
+    import zipfile
+
+    module = name.replace("-", "_")
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f"NAME = {f'{name} {version}'!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: ocibuild-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in [*files, f"{info}/RECORD"]))
+    return path
+
+
+def _build_distributions(out: Path, work: Path) -> None:
+    """The test distributions: a wheel written directly, source archives made offline by the host's setuptools."""
+    env = {"SOURCE_DATE_EPOCH": "315532800"}
+    write_wheel(out, "ocitest-pure", "1.0")
+    proj = work / "ocitest-puresrc"
+    (proj / "ocitest_puresrc").mkdir(parents=True)
+    (proj / "setup.py").write_text(
+        _PURE_SETUP.format(name="ocitest-puresrc", version="1.0", module="ocitest_puresrc")
+    )
+    (proj / "ocitest_puresrc" / "__init__.py").write_text("NAME = 'ocitest-puresrc 1.0'\n")
+    run([sys.executable, "setup.py", "-q", "sdist", "--formats=gztar", "-d", out], cwd=proj, env=env)
+    proj = work / "ocitest-cext"
+    proj.mkdir()
+    (proj / "setup.py").write_text(_CEXT_SETUP)
+    (proj / "ocitest_cext.c").write_text(_CEXT_SOURCE)
+    run([sys.executable, "setup.py", "-q", "sdist", "--formats=gztar", "-d", out], cwd=proj, env=env)
+
+
+@pytest.fixture(scope="session")
+def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
+    """`pypi-server run -p PORT -P htpasswd -a download,list,update DIR` (DESIGN.md §7), started once."""
+    server = require("pypi-server")
+    require("htpasswd")
+    root = tmp_path_factory.mktemp("package-index")
+    dists = root / "dists"
+    dists.mkdir()
+    _build_distributions(dists, root / "projects")
+    # The build backend for source builds, fetched once the way pip is configured here (PyPI or a mirror).
+    fetched = run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", dists,
+                   "setuptools>=70"], check=False, timeout=300)  # fmt: skip
+    if fetched.returncode != 0:
+        pytest.skip(f"cannot download a setuptools wheel for the test index: {fetched.stderr.strip()[-300:]}")
+    htpasswd = root / "htpasswd"
+    htpasswd.write_text(
+        "".join(run(["htpasswd", "-Bbn", user, pw]).stdout.strip() + "\n"
+                for user, pw in [(INDEX_USER, INDEX_PASSWORD), (NETRC_USER, NETRC_PASSWORD)])
+    )  # fmt: skip
+    port = free_port()
+    log = root / "pypi-server.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [server, "run", "-i", "127.0.0.1", "-p", str(port), "-P", htpasswd, "-a", "download,list,update",
+             dists],
+            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/simple/", timeout=2).close()
+            except urllib.error.HTTPError as e:
+                if e.code == 401:  # up, and asking for credentials
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"pypi-server did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield PackageIndex(f"127.0.0.1:{port}", dists)
+    finally:
+        stop_process(proc)

@@ -42,6 +42,21 @@ def add_parser(sub) -> None:
         "--drop-conda", action="append", default=[], metavar="PKG[,PKG...]",
         help="leave these conda packages out, e.g. system libraries the base image has (repeatable)",
     )  # fmt: skip
+    src = p.add_argument_group("package sources (default: pip's and uv's own configuration)")
+    src.add_argument(
+        "--index-url", metavar="URL", help="package index, instead of PyPI (credentials: URL, ~/.netrc)"
+    )
+    src.add_argument(
+        "--extra-index-url", action="append", default=[], metavar="URL", help="another index (repeatable)"
+    )
+    src.add_argument(
+        "--find-links", action="append", default=[], type=Path, metavar="DIR",
+        help="a folder of wheels and source archives (repeatable)",
+    )  # fmt: skip
+    src.add_argument("--no-index", action="store_true", help="no index at all: only --find-links folders")
+    src.add_argument(
+        "--exclude-newer", metavar="DATE", help="ignore files uploaded on or after DATE (YYYY-MM-DD, UTC)"
+    )
     p.add_argument(
         "--base",
         help="base image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, REF, scratch "
@@ -146,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
         conda_file=args.conda_file,
         conda_map=parse_conda_map(args.conda_map),
         conda_drop=[n for v in args.drop_conda for n in v.split(",")],
+        index_url=args.index_url,
+        extra_index_urls=args.extra_index_url,
+        find_links=args.find_links,
+        no_index=args.no_index,
+        exclude_newer=args.exclude_newer,
     )
     report = progress(args)
     if args.compression == "zstd":

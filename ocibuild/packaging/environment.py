@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import yaml
 from ocibuild.errors import BaseImageError, InputError, UsageError
 from ocibuild.packaging.conda import convert
 from ocibuild.packaging.pyenv import TargetPython
+from ocibuild.packaging.sources import PackageSources
 
 __all__ = ["PythonEnvironment", "load_environment", "check_python_version"]
 
@@ -35,6 +36,8 @@ class PythonEnvironment:
     # lines: they may hold credentials, so they reach the installer in a file, never on a command line.
     pip_options: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what a conda file's packages became, for the build's progress output
+    sources: PackageSources = field(default_factory=PackageSources)  # --index-url, --find-links, ...
+    exclude_newer: str | None = None  # RFC 3339 UTC: files uploaded later are not considered
 
     @classmethod
     def empty(cls) -> PythonEnvironment:

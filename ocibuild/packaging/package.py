@@ -36,6 +36,7 @@ from ..version import __version__
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .pyenv import TargetPython, detect_target_python
+from .sources import redact_urls
 from .wheels import install_dependencies
 
 if TYPE_CHECKING:
@@ -300,9 +301,11 @@ def _dependencies_layer(
         "target": asdict(target),
         "compression": spec.compression,
         "ocibuild": __version__,
+        "sources": env.sources.key_doc(),  # URLs without credentials, find-links folders by content
+        "exclude_newer": env.exclude_newer,
     }
     key = "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
-    summary = ", ".join([p.name for p in env.requirements] + list(env.packages))
+    summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
     created_by = (
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
@@ -316,8 +319,9 @@ def _dependencies_layer(
         site.mkdir()
         requirements = env.requirement_files(tmp)  # with the conda file's pip: index options, if any
         install_dependencies(
-            target, site, requirements=requirements, packages=env.packages, progress=progress.step
-        )
+            target, site, requirements=requirements, packages=env.packages, progress=progress.step,
+            sources=env.sources, exclude_newer=env.exclude_newer,
+        )  # fmt: skip
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES)
         counter = progress.bytes("dependencies layer", contents.total_size)

@@ -1,9 +1,10 @@
 """Wheels for the image, not the host: the user's requirements installed for a ``TargetPython``.
 
-``install_dependencies`` resolves wheels (never source builds: a wheel compiled for the host would be wrong in the
-image) for the base image's Python, libc and architecture into a directory that becomes the dependencies layer,
-with uv when it can name the image's platform, else pip with every compatible tag. What the target is comes from
-``build.pyenv``; this module never reads an image.
+``install_dependencies`` resolves wheels for the base image's Python, libc and architecture into a directory that
+becomes the dependencies layer, with uv when it can name the image's platform, else pip with every compatible tag.
+Installs are wheel-only: a wheel compiled on the host would be wrong in the image. A package that the resolver can
+only take from a source archive is built by ``packaging.sdist`` into a wheelhouse first, and kept only if the
+result is pure Python. What the target is comes from ``packaging.pyenv``; this module never reads an image.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -28,6 +30,13 @@ from typing import BinaryIO, Literal
 from ocibuild.errors import DependencyError, InputError
 from ocibuild.packaging.environment import check_readable
 from ocibuild.packaging.pyenv import TargetPython
+from ocibuild.packaging.sdist import SourceBuild, build_pure_wheel
+from ocibuild.packaging.sources import PackageSources, Redactor
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 __all__ = ["install_dependencies"]
 
@@ -93,7 +102,9 @@ def _check_inputs(requirements: Sequence[Path], packages: Sequence[str]) -> tupl
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env = {
+        k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("UV_EXCLUDE_NEWER")
+    }
     env.update(
         PYTHONDONTWRITEBYTECODE="1",
         PIP_DISABLE_PIP_VERSION_CHECK="1",
@@ -103,35 +114,97 @@ def _env() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class _Options:
+    """What every installer run of one install shares besides the requirements."""
+
+    sources: PackageSources = field(default_factory=PackageSources)
+    exclude_newer: str | None = None
+    wheelhouse: Path | None = None  # wheels built from source archives, once there are any
+
+
+def _uv_common(uv: str, target: TargetPython, platform: str, opts: _Options) -> list[str]:
+    cmd = ["--python-platform", platform, "--python-version", target.python_version]
+    cmd += ["--no-progress", "--color", "never", *opts.sources.uv_args()]
+    if opts.exclude_newer:
+        cmd += ["--exclude-newer", opts.exclude_newer]
+    return cmd
+
+
 def _uv_command(
-    uv: str, target: TargetPython, platform: str, dest: Path, files: list[Path], specs: list[str]
+    uv: str,
+    target: TargetPython,
+    platform: str,
+    dest: Path,
+    files: list[Path],
+    specs: list[str],
+    opts: _Options = _Options(),
+    constraints: Path | None = None,
 ) -> list[str]:
     cmd = [uv, "pip", "install", "--target", str(dest), "--python", sys.executable]
-    cmd += ["--python-platform", platform, "--python-version", target.python_version]
-    cmd += ["--only-binary", ":all:", "--no-progress", "--color", "never"]
+    cmd += ["--only-binary", ":all:", *_uv_common(uv, target, platform, opts)]
+    if opts.wheelhouse is not None:
+        cmd += ["--find-links", str(opts.wheelhouse)]
+    if constraints is not None:
+        cmd += ["-c", str(constraints)]
     for f in files:
         cmd += ["-r", str(f)]
     return [*cmd, "--", *specs] if specs else cmd
 
 
-def _pip_command(target: TargetPython, dest: Path, files: list[Path], specs: list[str]) -> list[str]:
+def _uv_lock_command(
+    uv: str,
+    target: TargetPython,
+    platform: str,
+    lock: Path,
+    files: list[Path],
+    opts: _Options,
+    no_build: Sequence[str],
+) -> list[str]:
+    """Resolve for the image with source archives allowed, into a pylock.toml that says which packages have a
+    wheel for the image (their ``wheels``) and which only a source archive (only an ``sdist``)."""
+    cmd = [uv, "pip", "compile", "--format", "pylock.toml", "--output-file", str(lock), "--no-header"]
+    cmd += _uv_common(uv, target, platform, opts)
+    for name in no_build:
+        cmd += ["--only-binary", name]  # wheels only for it: the resolver looks for a version that has one
+    return [*cmd, *(str(f) for f in files)]  # compile takes requirements files only; specs are one
+
+
+def _pip_command(
+    target: TargetPython, dest: Path, files: list[Path], specs: list[str], opts: _Options = _Options()
+) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "install", "--target", str(dest)]
     for tag in target.platform_tags():
         cmd += ["--platform", tag]
     cmd += ["--python-version", target.python_version, "--implementation", "cp"]
     cmd += ["--only-binary=:all:", "--no-compile", "--no-warn-script-location", "--disable-pip-version-check"]
-    cmd += ["--no-input", "--root-user-action=ignore", "--progress-bar", "off"]
+    cmd += ["--no-input", "--root-user-action=ignore", "--progress-bar", "off", *opts.sources.pip_args()]
+    if opts.wheelhouse is not None:
+        cmd += ["--find-links", str(opts.wheelhouse)]
+    if opts.exclude_newer:
+        cmd += ["--uploaded-prior-to", opts.exclude_newer]
     for f in files:
         cmd += ["-r", str(f)]
     return [*cmd, "--", *specs] if specs else cmd
 
 
-def _run(cmd: list[str], log: BinaryIO, progress: Callable[[str], None] | None) -> _Run:
-    log.write(("$ " + " ".join(cmd) + "\n").encode())
+def _run(
+    cmd: list[str],
+    log: BinaryIO,
+    progress: Callable[[str], None] | None,
+    env: dict[str, str] | None = None,
+    redact: Callable[[str], str] = str,
+) -> _Run:
+    """Run an installer, its output (credentials redacted) into the log, the tail and ``progress``."""
+    log.write(redact("$ " + " ".join(cmd) + "\n").encode())
     log.flush()
     try:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=_env() if env is None else env,
         )
     except OSError as e:
         raise DependencyError(f"cannot start {cmd[0]} to install the requirements ({e})") from e
@@ -140,8 +213,9 @@ def _run(cmd: list[str], log: BinaryIO, progress: Callable[[str], None] | None) 
     try:
         with proc.stdout:
             for raw in proc.stdout:
-                log.write(raw)
-                line = raw.decode("utf-8", "replace").rstrip()
+                line = redact(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                log.write(line.encode() + b"\n")
+                line = line.rstrip()
                 run.tail.append(line)
                 if progress is not None and line.strip():
                     progress(line)
@@ -167,6 +241,7 @@ _NO_WHEEL = (
     ),
     re.compile(r"No matching distribution found for ([A-Za-z0-9][A-Za-z0-9._-]*)"),
 )
+_EXCLUDED = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)` was filtered by `exclude-newer`")
 _NOT_FOUND = re.compile(r"Because ([A-Za-z0-9][A-Za-z0-9._-]*) was not found in the package registry")
 _UNREADABLE_FILE = (
     re.compile(r"Could not open requirements file: (.*)$", re.M),
@@ -201,12 +276,24 @@ def _raise_for(run: _Run, tool: str, target: TargetPython, log: Path) -> None:
             raise InputError(
                 f"a requirements file cannot be read: {m[1].strip()}; check the paths it includes"
             )
+    if "(from versions: none)" in text and _NETWORK.search(text):
+        # pip found no version because it could not reach the index at all: that is the news.
+        line = next(ln for ln in reversed(lines) if _NETWORK.search(ln))
+        raise DependencyError(
+            f"cannot reach the package index to install the requirements: {line.strip()[:300]} ({tool} log: {log})"
+        )
     for pattern in _NO_WHEEL:
         if m := pattern.search(text):
             raise DependencyError(
                 f"no wheel of {m[1]!r} fits the base image ({plat}): pin a version of {m[1]} that publishes one, "
                 f"or use a base image whose platform has one (check the name too; {tool} log: {log})"
             )
+    if m := _EXCLUDED.search(text):
+        raise DependencyError(
+            f"--exclude-newer left no version of {m[1]!r}: none was uploaded before that time, or its index "
+            f"publishes no upload times (find-links folders and pypiserver do not); pick a later date or drop "
+            f"--exclude-newer ({tool} log: {log})"
+        )
     if m := _NOT_FOUND.search(text):
         raise DependencyError(
             f"package {m[1]!r} is not on the package index; check its name ({tool} log: {log})"
@@ -281,6 +368,206 @@ def _make_reproducible(dest: Path, target: TargetPython) -> None:
             _replace_file(record, ("\n".join(out) + "\n").encode("utf-8"))
 
 
+_MAX_SOURCE_ROUNDS = 8  # resolutions after source builds were refused; each round marks at least one package
+_FAILED_BUILD = re.compile(r"Failed to (?:download and )?build `([A-Za-z0-9][A-Za-z0-9._-]*)")
+_PIP_UNSATISFIED = re.compile(
+    r"Could not find a version that satisfies the requirement (\S+)(?: \(from [^)]*\))? \(from versions: none\)"
+)
+_REQUIREMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+# Requirements-file lines that name package sources: a source build must look where the install looks.
+_SOURCE_OPTION = re.compile(
+    r"^(?P<opt>--index-url|-i|--extra-index-url|--find-links|-f|--no-index|--trusted-host)(?:\s*=?\s*(?P<val>\S+))?"
+)
+_INCLUDE = re.compile(r"^(?:-r|--requirement|-c|--constraint)\s*=?\s*(?P<path>\S+)")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _source_lines(files: Sequence[Path], depth: int = 0) -> list[str]:
+    """The package-source option lines of requirements files (and the files they include), folders made
+    absolute: what a source build adds to its own requirement file."""
+    out: list[str] = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for raw in text.splitlines():
+            line = raw.split(" #", 1)[0].strip()
+            if m := _SOURCE_OPTION.match(line):
+                value = m["val"]
+                if value and m["opt"] in ("--find-links", "-f") and "://" not in value:
+                    value = str((path.parent / value).absolute())
+                out.append(f"{m['opt']} {value}" if value else m["opt"])
+            elif depth < 8 and (m := _INCLUDE.match(line)) and "://" not in m["path"]:
+                out += _source_lines([path.parent / m["path"]], depth + 1)
+    return out
+
+
+@dataclass
+class _Install:
+    """One install: the target, the user's inputs, and where its installer output goes."""
+
+    target: TargetPython
+    dest: Path
+    files: list[Path]
+    specs: list[str]
+    opts: _Options
+    log: BinaryIO
+    log_path: Path
+    work: Path  # a private temp directory: the lock file, the wheelhouse
+    redact: Callable[[str], str]
+    progress: Callable[[str], None] | None
+    built: dict[str, Path] = field(default_factory=dict)  # canonical name -> wheel built from source
+
+    def run(self, cmd: list[str], env: dict[str, str], show: bool = True) -> _Run:
+        return _run(cmd, self.log, self.progress if show else None, env, self.redact)
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
+
+    @property
+    def plat(self) -> str:
+        return f"{self.target.abi} {self.target.platform_tags()[0]}"
+
+    def build(self, package: SourceBuild, pip_env: dict[str, str]) -> Path:
+        """Build one source archive into the wheelhouse (``packaging.sdist``), saying so."""
+        self.say(f"building {package} from source (no wheel fits {self.plat}; pure Python only)")
+        wheelhouse = self.work / "wheelhouse"
+        lines_file = self.work / "source-options.txt"
+        lines_file.write_text("\n".join(_source_lines(self.files)) + "\n")
+        args = [*self.opts.sources.pip_args(), "-r", str(lines_file)]
+        if wheelhouse.is_dir():
+            args += ["--find-links", str(wheelhouse)]
+
+        def run(cmd: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+            result = self.run(cmd, env, show=False)
+            return result.returncode, list(result.tail)
+
+        wheel = build_pure_wheel(
+            package, wheelhouse, source_args=args, env=pip_env, run=run, platform=self.plat
+        )
+        version = wheel.name.split("-")[1]
+        self.say(f"built {package.name} {version} from source (pure Python: {wheel.name})")
+        self.built[_canonical(package.name)] = wheel
+        self.opts = dataclasses.replace(self.opts, wheelhouse=wheelhouse)
+        return wheel
+
+
+def _sdist_only(lock: Path) -> tuple[list[SourceBuild], list[str]]:
+    """From uv's pylock.toml: the packages it can take only from a source archive, and every ``name==version``."""
+    with lock.open("rb") as f:
+        doc = tomllib.load(f)
+    sources, pins = [], []
+    for pkg in doc.get("packages", []):
+        name, version = pkg.get("name"), pkg.get("version")
+        if not name or not version:
+            continue
+        pins.append(f"{name}=={version}")
+        sdist = pkg.get("sdist")
+        if sdist and not pkg.get("wheels"):
+            sources.append(SourceBuild(name, f"=={version}", (sdist.get("hashes") or {}).get("sha256")))
+    return sources, pins
+
+
+def _install_with_uv(inst: _Install, uv: str, platform: str) -> tuple[_Run, str]:
+    """Resolve with source archives allowed (pylock.toml), build the source-only ones that are pure Python,
+    resolve again without the refused ones, then install wheels only, pinned to that resolution."""
+    env = _env()
+    inst.opts.sources.uv_env(env)
+    pip_env = dict(env)
+    inst.opts.sources.pip_env_like_uv(pip_env)
+    lock = (
+        inst.work / "lock" / "pylock.toml"
+    )  # a fresh folder: uv takes an existing output file as preferences
+    lock.parent.mkdir()
+    files = list(inst.files)
+    if inst.specs:
+        files.append(inst.work / "specs.txt")
+        files[-1].write_text("\n".join(inst.specs) + "\n")
+    no_build: list[str] = []
+    refused: dict[str, DependencyError] = {}
+    for _ in range(_MAX_SOURCE_ROUNDS):
+        lock.unlink(missing_ok=True)
+        cmd = _uv_lock_command(uv, inst.target, platform, lock, files, inst.opts, no_build)
+        run = inst.run(cmd, env, show=False)  # it prints the whole lock file: the log has it
+        if run.returncode != 0:
+            text = "\n".join(run.tail)
+            failed = _FAILED_BUILD.search(text)
+            if failed and _canonical(failed[1]) not in {_canonical(n) for n in no_build}:
+                no_build.append(failed[1])  # even its metadata cannot be built here: wheels only for it
+                continue
+            for name, error in refused.items():
+                if re.search(rf"\b{re.escape(name)}\b", text, re.I):
+                    raise error
+            return run, "uv"
+        sources, pins = _sdist_only(lock)
+        round_refused = False
+        for package in sources:
+            done = inst.built.get(_canonical(package.name))
+            if done is not None and f"=={done.name.split('-')[1]}" == package.specifier:
+                continue
+            try:
+                inst.build(package, pip_env)
+            except DependencyError as e:
+                refused[package.name] = e
+                no_build.append(package.name)
+                round_refused = True
+        if not round_refused:
+            break
+    else:
+        raise next(iter(refused.values()))
+    constraints = inst.work / "constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    inst.say(f"installing wheels for {inst.target.describe()} with uv ({platform})")
+    cmd = _uv_command(uv, inst.target, platform, inst.dest, inst.files, inst.specs, inst.opts, constraints)
+    return inst.run(cmd, env), "uv"
+
+
+def _install_with_pip(inst: _Install) -> tuple[_Run, str]:
+    """pip cannot resolve source archives for another platform, so: install wheels only, and when a requirement
+    has none, build it from source (pure Python only) and try again with it in the wheelhouse."""
+    env = _env()
+    inst.opts.sources.pip_env(env)
+    if inst.opts.exclude_newer and not _pip_has_uploaded_prior_to(env):
+        raise DependencyError(
+            "--exclude-newer needs uv or pip 26 or newer (pip install uv, or pip install -U pip)"
+        )
+    inst.say(f"installing wheels for {inst.target.describe()} with pip ({inst.target.platform_tags()[0]})")
+    for _ in range(_MAX_SOURCE_ROUNDS):
+        run = inst.run(_pip_command(inst.target, inst.dest, inst.files, inst.specs, inst.opts), env)
+        if run.returncode == 0:
+            return run, "pip"
+        text = "\n".join(run.tail)
+        m = _PIP_UNSATISFIED.search(text)
+        name = _REQUIREMENT_NAME.match(m[1]) if m else None
+        if m is None or name is None or _canonical(name[0]) in inst.built or _NETWORK.search(text):
+            return run, "pip"
+        try:
+            inst.build(SourceBuild(name[0], m[1][len(name[0]) :]), env)
+        except DependencyError as e:
+            if "No matching distribution" in str(e) or "from versions: none" in str(e):
+                return run, "pip"  # no source archive either: the installer's own error says it best
+            raise
+        shutil.rmtree(inst.dest)
+        inst.dest.mkdir()
+    return run, "pip"
+
+
+def _pip_has_uploaded_prior_to(env: dict[str, str]) -> bool:
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    return "--uploaded-prior-to" in out.stdout
+
+
 def install_dependencies(
     target: TargetPython,
     dest: Path,
@@ -289,17 +576,23 @@ def install_dependencies(
     packages: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
     installer: Installer = "auto",
+    sources: PackageSources | None = None,
+    exclude_newer: str | None = None,
 ) -> None:
-    """Install wheels (never source builds) for ``target`` into ``dest``, an empty or absent directory.
+    """Install wheels for ``target`` into ``dest``, an empty or absent directory.
 
     ``dest`` becomes the image's ``/opt/ocibuild/site-packages``. uv is used when it is installed and can name the
-    target's platform (seven times faster, DESIGN.md §4), pip otherwise; ``installer`` forces one. Installer output
-    goes to a log file in the temp directory, which is kept and named in the error when the install fails.
+    target's platform (seven times faster, DESIGN.md §4), pip otherwise; ``installer`` forces one. A requirement
+    with no wheel for the target but a source archive is built on the host into a wheel, used only if pure Python.
+    ``sources`` replaces the installers' own index configuration; ``exclude_newer`` (an RFC 3339 UTC time, see
+    ``sources.parse_exclude_newer``) ignores files uploaded after it. Installer output, credentials redacted, goes
+    to a log file in the temp directory, which is kept and named in the error when the install fails.
     Files in ``dest`` may be hardlinks into uv's cache: replace them, never modify them in place.
     """
     files, specs = _check_inputs(requirements, packages)
     if not files and not specs:
         return
+    sources = sources or PackageSources()
     dest = Path(dest).absolute()
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
@@ -322,27 +615,25 @@ def install_dependencies(
 
     fd, log_name = tempfile.mkstemp(prefix="ocibuild-install-", suffix=".log")
     log_path = Path(log_name)
+    work = Path(tempfile.mkdtemp(prefix="ocibuild-wheels-"))
     try:
         with os.fdopen(fd, "wb") as log:
-            tool = "pip"
+            opts = _Options(sources, exclude_newer)
+            inst = _Install(
+                target, dest, files, specs, opts, log, log_path, work, Redactor(sources.secrets()), progress
+            )
             run: _Run | None = None
-            if uv is not None and platform is not None and installer != "pip":
-                tool = "uv"
-                if progress is not None:
-                    progress(f"installing wheels for {target.describe()} with uv ({platform})")
-                run = _run(_uv_command(uv, target, platform, dest, files, specs), log, progress)
+            tool = "pip"
+            if not uses_pip:
+                assert uv is not None and platform is not None
+                run, tool = _install_with_uv(inst, uv, platform)
                 rejected = any("invalid value" in line and "python-platform" in line for line in run.tail)
                 if run.returncode != 0 and rejected and installer == "auto":
                     run = None  # an older uv that does not know this platform name: pip can do it
                     shutil.rmtree(dest)
                     dest.mkdir()
             if run is None:
-                tool = "pip"
-                if progress is not None:
-                    progress(
-                        f"installing wheels for {target.describe()} with pip ({target.platform_tags()[0]})"
-                    )
-                run = _run(_pip_command(target, dest, files, specs), log, progress)
+                run, tool = _install_with_pip(inst)
         if run.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
             # Ctrl-C reached the installer (the whole process group gets it) an instant before it reaches us:
             # this is an interruption, not an installer failure whose log is worth keeping.
@@ -357,5 +648,7 @@ def install_dependencies(
         # Interrupted, the installer did not start, or the message says it all: no log worth keeping.
         log_path.unlink(missing_ok=True)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     log_path.unlink(missing_ok=True)
     _make_reproducible(dest, target)
