@@ -297,7 +297,7 @@ def bench_layers(plan: Plan, work: Path, files: dict[int, Path]) -> dict:
 
 
 class Dockerd:
-    """A private dockerd with the flags of DESIGN.md §5 (as tests/conftest.py starts it)."""
+    """A private dockerd with the flags tests/conftest.py starts it with."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ocibuild-bench-dockerd-", dir="/tmp"))

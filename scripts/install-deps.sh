@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a Debian 12 machine (run as root), idempotently:
-#   - the real tools of DESIGN.md §5 (Docker, podman, skopeo, umoci, mmdebstrap, a registry, htpasswd),
+#   - the real tools the tests use (Docker, podman, skopeo, umoci, mmdebstrap, a registry, htpasswd),
 #     from Debian's own packages; apt is skipped entirely when every tool is already there;
 #   - ocibuild itself, editable, with the test, example and uv extras.
 # Services are never started by the install: the tests start their own daemons in temporary directories.

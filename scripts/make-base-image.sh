@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the "Debian Python 3" base images that the tests and the example use (DESIGN.md §5).
+# Build the "Debian Python 3" base images that the tests and the example use.
 #
 #   scripts/make-base-image.sh [--suite bookworm|bullseye] [OUT_DIR]
 #

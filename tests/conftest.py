@@ -1,4 +1,4 @@
-"""Shared test infrastructure: the real tools of DESIGN.md §5, started for real and stopped afterwards.
+"""Shared test infrastructure: the real tools (docs/architecture.md, Tests), started for real and stopped afterwards.
 
 Session fixtures (each is started once, on first use):
   base_image / base_layout / base_ref / base_docker_archive
@@ -370,7 +370,7 @@ def _start_dockerd(d: Path, driver: str) -> tuple[subprocess.Popen[bytes], Path]
 
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[Dockerd]:
-    """A private Docker daemon (flags of DESIGN.md §5): overlay2, or vfs where overlay2 cannot work."""
+    """A private Docker daemon (the flags bench/run.py uses too): overlay2, or vfs where overlay2 cannot work."""
     require("dockerd")
     cli = DOCKER_CLI_PREFERRED if os.access(DOCKER_CLI_PREFERRED, os.X_OK) else require("docker")
     require_root("dockerd")
@@ -427,7 +427,7 @@ network_config_dir = "{d}/networks"
 
 @pytest.fixture(scope="session")
 def podman() -> Iterator[Engine]:
-    """podman with its own storage root, run root and containers.conf (DESIGN.md §5)."""
+    """podman with its own storage root, run root and containers.conf (docs/decisions.md: runc, cgroupfs, ulimits)."""
     cli = require("podman")
     require_root("podman")
     d = short_tempdir("ocibuild-podman-")
@@ -466,7 +466,7 @@ def podman() -> Iterator[Engine]:
 
 
 # A `registry` fixture (docker-registry serve on 127.0.0.1:<free_port()>, plain, basic-auth over TLS, and bearer
-# token variants; DESIGN.md §5) belongs here next to the engines.
+# token variants) belongs here next to the engines.
 
 
 # --- registries ---------------------------------------------------------------------------------------------------
@@ -738,7 +738,7 @@ def _build_distributions(out: Path, work: Path) -> None:
 
 @pytest.fixture(scope="session")
 def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
-    """`pypi-server run -p PORT -P htpasswd -a download,list,update DIR` (DESIGN.md §7), started once."""
+    """`pypi-server run -p PORT -P htpasswd -a download,list,update DIR` , started once."""
     server = require("pypi-server")
     require("htpasswd")
     root = tmp_path_factory.mktemp("package-index")

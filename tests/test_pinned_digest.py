@@ -15,8 +15,9 @@ from ocibuild import Environment, InferenceConfig, package
 from tests.packaging.test_pyenv import bookworm
 
 # Changed on purpose, with the reason, by:
-# - the scoring server's multipart uploads for @rawhttp (new files in the server layer).
-PINNED = "sha256:cf92584bb003935e7390652cf103e05ea920a860024a92df27893e740760dbb7"
+# - the scoring server's multipart uploads for @rawhttp (new files in the server layer);
+# - the server's comments cite the repository's own docs (the server layer holds the sources).
+PINNED = "sha256:eb278575eff3f6f423e5f011ba6143e1d25ac4c526dc1d51ce085b6d70288007"
 
 SCORE = b"""import json
 

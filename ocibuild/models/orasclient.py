@@ -1,6 +1,6 @@
 """oras-py's ``Registry`` with ocibuild's registry client underneath, so none of its measured faults reach users.
 
-oras-py 0.2.43 (DESIGN §4) re-encodes manifests (``upload_manifest`` sends ``json=``, so the registry's digest is
+oras-py 0.2.43 (docs/decisions.md) re-encodes manifests (``upload_manifest`` sends ``json=``, so the registry's digest is
 not ours), reads whole blobs into memory (``put_upload``), fails to push to bearer-token registries (it keeps a
 pull-only token and re-asks only on 403, while distribution answers 401), and retries a dead connection for 2 min
 11 s (its ``@retry`` decorator on ``do_request``). This subclass keeps oras's API and its tag listing (with

@@ -4,7 +4,7 @@ Layers are encoded in segments: the uncompressed stream is cut at fixed offsets 
 encoded on its own, so segments can be encoded on every core at once and the bytes still depend only on the
 content. gzip (the default, the one every engine reads) is one gzip member, one deflate stream, in which each
 segment is either deflated by ISA-L (``isal``, level 1: 0.5-0.6 GB/s per core on model weights, at the ratio of
-zlib level 6, against zlib's 22-29 MB/s, DESIGN §4) or, when a sample of it shows that deflate would save less than
+zlib level 6, against zlib's 22-29 MB/s, docs/decisions.md) or, when a sample of it shows that deflate would save less than
 10 %, written as *stored* deflate blocks: still gzip for every reader, at the cost of a CRC (10 GB/s) instead of a
 compression (0.5 GB/s). A layer that as a whole would not shrink by 10 % (estimated on 64 windows spread over it)
 is not wrapped in gzip at all: it is written as a plain tar (``application/vnd.oci.image.layer.v1.tar``, which

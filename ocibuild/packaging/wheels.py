@@ -582,7 +582,7 @@ def install_dependencies(
     """Install wheels for ``target`` into ``dest``, an empty or absent directory.
 
     ``dest`` becomes the image's ``/opt/ocibuild/site-packages``. uv is used when it is installed and can name the
-    target's platform (seven times faster, DESIGN.md §4), pip otherwise; ``installer`` forces one. A requirement
+    target's platform (seven times faster, docs/decisions.md), pip otherwise; ``installer`` forces one. A requirement
     with no wheel for the target but a source archive is built on the host into a wheel, used only if pure Python.
     ``sources`` replaces the installers' own index configuration; ``exclude_newer`` (an RFC 3339 UTC time, see
     ``sources.parse_exclude_newer``) ignores files uploaded after it. Installer output, credentials redacted, goes

@@ -16,7 +16,7 @@ DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 # How long an idle keep-alive connection (or a stalled body upload) may hold a thread.
 DEFAULT_KEEPALIVE_TIMEOUT_S = 60.0
-# Listen backlog: Python's default of 5 stalls clients for seconds at 64 connections (DESIGN.md §6).
+# Listen backlog: Python's default of 5 stalls clients for seconds at 64 connections (measured; docs/decisions.md).
 LISTEN_BACKLOG = 1024
 
 

@@ -1,7 +1,7 @@
 """HTTP/1.1 on the standard library: framing, request bodies, keep-alive, the access log and draining.
 
 A thread per connection (``socketserver.ThreadingMixIn``) so slow ``run()`` calls overlap. The measured pitfalls of
-a plain ``ThreadingHTTPServer`` (DESIGN.md §6) are handled here: the listen backlog is raised, ``100 Continue`` is
+a plain ``ThreadingHTTPServer`` (measured here) are handled here: the listen backlog is raised, ``100 Continue`` is
 written unbuffered and only after the body is known to be acceptable (so an oversized upload is refused before it
 is sent), and ``Connection: close`` is echoed. Routing and answers live in ``app``; this module never looks at
 what a body means.
@@ -78,7 +78,7 @@ class FifoGate:
 
     With a thread per connection and many busy keep-alive connections, every thread competes for the GIL and
     the interpreter does not hand it over in any fair order: at 64 connections a few requests waited 10-20x the
-    median (DESIGN.md §6, and bench/serving). Answering one request at a time in FIFO order, as a gunicorn sync
+    median (bench/serving). Answering one request at a time in FIFO order, as a gunicorn sync
     worker does through its listen queue, gives every request the same wait. But ``run()`` may block on I/O (or
     sleep), and then serialising would waste the process: so when the request at the head of the queue has
     waited ``overflow_s`` without the gate being handed to it, it goes in anyway, and so on for the next one.

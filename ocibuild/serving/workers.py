@@ -1,6 +1,6 @@
 """Several worker processes on one port (``WORKER_COUNT`` > 1), supervised by the parent.
 
-One thread-per-connection process is limited by the GIL (DESIGN.md §6: p99 5x Azure's at 64 connections), so
+One thread-per-connection process is limited by the GIL (measured: p99 5x Azure's at 64 connections), so
 like gunicorn we fork workers, each loading the script and running ``init()`` itself. They share the parent's
 one listening socket rather than binding their own with SO_REUSEPORT: a worker takes connections only once it is
 ready, so one that is restarting never answers 503, a worker's death never resets connections queued for it, and

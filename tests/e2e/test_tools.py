@@ -105,7 +105,7 @@ def test_podman_loads_and_runs_the_base(podman: Engine, base_image: BaseImage) -
     image = podman.load(base_image.docker_archive)
     assert image.endswith(base_image.docker_name), image
     _run_probe(podman, image)
-    # The ulimits of containers.conf apply (DESIGN.md §5: podman's defaults fail on these machines).
+    # The ulimits of containers.conf apply (podman's defaults fail on these machines: docs/decisions.md).
     limits = podman.run("run", "--rm", "--network", "host", image, "python3", "-c", LIMITS).stdout
     assert limits.split() == ["1024"] * 4
     _serve_http(podman, image)
