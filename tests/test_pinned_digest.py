@@ -16,8 +16,9 @@ from tests.packaging.test_pyenv import bookworm
 
 # Changed on purpose, with the reason, by:
 # - the scoring server's multipart uploads for @rawhttp (new files in the server layer);
-# - the server's comments cite the repository's own docs (the server layer holds the sources).
-PINNED = "sha256:eb278575eff3f6f423e5f011ba6143e1d25ac4c526dc1d51ce085b6d70288007"
+# - the server's comments cite the repository's own docs (the server layer holds the sources);
+# - the base is named portably: a layout entry with no full name gives no base.name (was its local path).
+PINNED = "sha256:c750db172893352fa234466cb21e4e7378d7e412f2cd71572643d15e1aeddc13"
 
 SCORE = b"""import json
 
@@ -89,3 +90,26 @@ def test_the_same_fixed_inputs_give_the_pinned_digest_in_any_folder(tmp_path, mo
         folder.mkdir(parents=True)
         monkeypatch.chdir(folder)
         assert build(folder) == PINNED
+
+
+def test_the_base_in_two_folders_gives_one_digest_and_no_local_path_in_the_image(tmp_path, monkeypatch):
+    """The base named by two absolute paths (two copies of one layout): the image is the same, and nothing in it
+    names a folder of the builder's machine (a layout entry without a full name gives no base.name at all)."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    (tmp_path / "model.bin").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "score.py").write_bytes(SCORE)
+    digests, documents = set(), []
+    for folder in (tmp_path / "a" / "base", tmp_path / "elsewhere" / "py"):
+        write_base_layout(folder)
+        pkg = package(
+            [tmp_path / "model.bin"],
+            InferenceConfig(tmp_path / "score.py", environment=Environment()),
+            f"oci:{folder}:py311",
+            cache=tmp_path / "cache",
+        )
+        digests.add(str(pkg.digest))
+        documents.append(pkg.image.manifest.raw + pkg.image.config_raw)
+    assert len(digests) == 1
+    for raw in documents:
+        assert str(tmp_path).encode() not in raw
+        assert b"org.opencontainers.image.base.digest" in raw and b"base.name" not in raw

@@ -1,7 +1,7 @@
 """Image tarballs: the combined file that ``docker load``, ``podman load`` and OCI tools all read, and readers for
 ``oci-archive:`` and ``docker-archive:`` (``docker save``) files.
 
-The written tarball is an OCI image layout plus Docker's ``manifest.json`` (DESIGN §4, measured: Docker 20.10
+The written tarball is an OCI image layout plus Docker's ``manifest.json`` (docs/decisions.md, measured: Docker 20.10
 needs ``manifest.json``, OCI tools need ``index.json``; Docker ≥ 25 writes exactly this). Its entries are
 deterministic, it is streamed (blobs are never held in memory) and it is written to a temp name and renamed, so a
 failed export leaves nothing at the destination.
@@ -12,6 +12,7 @@ Names are only looked up, never used as paths, so hostile names cannot escape an
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -342,7 +343,10 @@ def open_docker_archive(path: Path, repo_tag: str | None, platform: Platform) ->
         raise InputError(
             f"{what} holds {len(entries)} images; name one as {what}:NAME:TAG ({', '.join(tags)})"
         )
-    return _docker_entry_image(reader, entry, what, platform)
+    image = _docker_entry_image(reader, entry, what, platform)
+    tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+    chosen_name = want if repo_tag else (tags[0] if tags else None)
+    return dataclasses.replace(image, reference=_full(chosen_name) if chosen_name else None)
 
 
 def read_archive_entries(path: Path) -> list[Tagged]:

@@ -134,7 +134,12 @@ class Image:
     config_raw: bytes
     layers: tuple[Layer, ...]
     name: str = ""  # where it came from, for messages
-    config_origin: BlobOrigin | None = field(default=None, compare=False)  # where its config can be mounted from
+    # The name it goes by that means the same on any machine: a registry reference, or the full name an archive or
+    # a layout gives it; never a local path (``org.opencontainers.image.base.name`` of images built on it).
+    reference: str | None = field(default=None, compare=False)
+    config_origin: BlobOrigin | None = field(
+        default=None, compare=False
+    )  # where its config can be mounted from
     base: Image | None = field(default=None, compare=False, repr=False)
     added: tuple[Addendum, ...] = field(default=(), compare=False, repr=False)
 
@@ -344,7 +349,7 @@ def load_image(manifest_raw: bytes, blobs: BlobSource, name: str, media_type: st
     layers = tuple(
         Layer(d, diff_id, blobs, blobs.origin) for d, diff_id in zip(manifest.layers, diff_ids, strict=True)
     )
-    return Image(manifest, raw, layers, name, blobs.origin)
+    return Image(manifest, raw, layers, name, config_origin=blobs.origin)
 
 
 def load_manifest(manifest_raw: bytes, blobs: BlobSource, name: str, media_type: str | None = None) -> Image:
@@ -356,7 +361,7 @@ def load_manifest(manifest_raw: bytes, blobs: BlobSource, name: str, media_type:
         return load_image(manifest_raw, blobs, name, media_type)
     raw = _read_config(manifest, blobs, name)
     layers = tuple(Layer(d, None, blobs, blobs.origin) for d in manifest.layers)
-    return Image(manifest, raw, layers, name, blobs.origin)
+    return Image(manifest, raw, layers, name, config_origin=blobs.origin)
 
 
 def _read_config(manifest: Manifest, blobs: BlobSource, name: str) -> bytes:

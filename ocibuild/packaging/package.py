@@ -227,10 +227,12 @@ def _config_changes(
     }
     annotations = {}
     if not is_empty(base):
-        labels["org.opencontainers.image.base.digest"] = str(base.digest)
-        labels["org.opencontainers.image.base.name"] = spec.base
-        annotations = {"org.opencontainers.image.base.digest": str(base.digest)}
-        annotations["org.opencontainers.image.base.name"] = spec.base
+        # The base's name only where it means the same on any machine: never a path of the builder's machine.
+        named = {"org.opencontainers.image.base.digest": str(base.digest)}
+        if base.reference:
+            named["org.opencontainers.image.base.name"] = base.reference
+        labels.update(named)
+        annotations = dict(named)
     return ConfigChanges(
         entrypoint=[target.executable, "-m", SERVER_PACKAGE],
         env={

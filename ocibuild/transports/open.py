@@ -8,6 +8,8 @@ the empty image.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import BaseImageError, FormatError, InputError, UsageError
 from ..events import Progress
 from ..oci import media
@@ -60,7 +62,17 @@ def open_location(
             raise InputError(f"{what} lists {len(candidates)} images under that name; name one by its tag")
         return load_entry(candidates[0], source, what)
     raw, mt = resolve_platform(candidates, source, platform or DEFAULT_PLATFORM, what)
-    return load_image(raw, source, what, mt) if images_only else load_manifest(raw, source, what, mt)
+    image = load_image(raw, source, what, mt) if images_only else load_manifest(raw, source, what, mt)
+    return dataclasses.replace(image, reference=_portable_name(loc, candidates))
+
+
+def _portable_name(loc: Location, candidates: list[Descriptor]) -> str | None:
+    """What an image read from ``loc`` is called on any machine: its registry reference, or the full name its
+    layout or archive entry carries (``io.containerd.image.name``); None rather than a path of this machine."""
+    if loc.ref is not None:
+        return str(loc.ref)
+    names = {d.annotations.get(media.CONTAINERD_IMAGE_NAME) for d in candidates}
+    return names.pop() if len(names) == 1 else None
 
 
 def open_base(

@@ -90,6 +90,19 @@ def test_archives_resolve_by_tag(tmp_path):
         open_base(f"docker-archive:{tar}:team/base:2", Platform())
 
 
+def test_a_base_is_named_by_what_its_archive_calls_it_never_by_its_path(tmp_path):
+    store = BlobStore(tmp_path / "cache")
+    amd = _image(tmp_path, store, Platform(), b"x")
+    tar = tmp_path / "image.tar"
+    write_archive([Tagged(amd, ImageName("team/base:1", "1", "docker.io/team/base:1"))], tar)
+    assert open_base(f"oci-archive:{tar}:1", Platform()).reference == "docker.io/team/base:1"
+    assert open_base(f"docker-archive:{tar}", Platform()).reference == "docker.io/team/base:1"
+    assert open_base(f"docker-archive:{tar}:team/base:1", Platform()).reference == "docker.io/team/base:1"
+    bare = tmp_path / "bare.tar"  # a tag alone is no name: nothing rather than the file's path
+    write_archive([Tagged(amd, ImageName.tag("1"))], bare)
+    assert open_base(f"oci-archive:{bare}:1", Platform()).reference is None
+
+
 def test_scratch_and_bad_references():
     assert is_empty(open_base("scratch", Platform()))
     with pytest.raises(BadReferenceError, match="not supported"):
