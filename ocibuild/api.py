@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks.build import CheckOptions
 from .events import Progress
 from .oci.archive import Tagged, write_archive
 from .oci.descriptor import Platform
@@ -154,11 +155,15 @@ def package(
     use_cache: bool = True,
     progress: Progress | None = None,
     registry: RegistryOptions | None = None,
+    allow_imports: Sequence[str] = (),
+    skip_checks: Sequence[str] = (),
 ) -> Package:
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
-    ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``)."""
+    ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``).
+    ``allow_imports``: import names the entry script may use although the image lacks them (it gets them another
+    way); ``skip_checks``: checks not to run, of ``"native"`` and ``"imports"``."""
     progress = progress or Progress(quiet=True)
     spec = PackageSpec(
         models=tuple(Path(m) for m in models if not _registered(m)),
@@ -174,5 +179,6 @@ def package(
         port=port,
         use_cache=use_cache,
         registry=registry,
+        checks=CheckOptions.of(skip_checks, allow_imports),
     )
     return Package(build(spec, BlobStore(cache), progress), progress, registry)

@@ -66,6 +66,15 @@ def _package_parser(sub) -> None:
         help="build every layer from its inputs again (results still go to the cache)",
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    checks = p.add_argument_group("checks (that the image will start: native libraries, imports)")
+    checks.add_argument(
+        "--allow-import", action="append", default=[], metavar="NAME",
+        help="accept this import of the entry script although the image lacks it (repeatable)",
+    )  # fmt: skip
+    checks.add_argument(
+        "--skip-check", action="append", default=[], choices=["native", "imports"],
+        help="do not run this check (repeatable)",
+    )  # fmt: skip
     out = p.add_argument_group("output (exactly one)")
     out.add_argument(
         "--output", type=Path, metavar="FILE", help="tarball for docker load / podman load / skopeo"
@@ -177,6 +186,8 @@ def cmd_package(args) -> int:
         use_cache=args.use_cache,
         progress=progress,
         registry=registry,
+        allow_imports=args.allow_import,
+        skip_checks=args.skip_check,
     )
     if args.compression == "zstd":
         progress.warn(

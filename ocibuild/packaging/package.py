@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cache.layers import cached_layer, remember_layer
+from ..checks.build import BuildChecks, CheckOptions
 from ..errors import InputError, UsageError
 from ..events import Progress
 from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
@@ -62,6 +63,7 @@ class PackageSpec:
     # Registered models (``ocibuild model push``): registry references whose artifact layer becomes the image's
     # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
     model_refs: tuple[str, ...] = ()
+    checks: CheckOptions = field(default_factory=CheckOptions)  # native libraries and imports (``checks``)
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,11 @@ def build(spec: PackageSpec, store: BlobStore, progress: Progress) -> BuildResul
     if spec.environment.python_version:
         check_python_version(spec.environment, target)
 
+    checks = BuildChecks(spec.checks, base, target, store, progress, SITE_PACKAGES, f"base image {spec.base}")
     layers: list[NewLayer] = []
     if not spec.environment.is_empty():
-        layers.append(_dependencies_layer(spec, target, store, progress))
+        layers.append(_dependencies_layer(spec, target, store, progress, checks))
+    checks.entry_script(spec.entry_script, spec.source_dir)
     layers.append(
         NewLayer(_server_layer(store, spec.compression), f"ocibuild {__version__}: scoring server", "server")
     )
@@ -253,7 +257,7 @@ def _detect_python(
 
 
 def _dependencies_layer(
-    spec: PackageSpec, target: TargetPython, store: BlobStore, progress: Progress
+    spec: PackageSpec, target: TargetPython, store: BlobStore, progress: Progress, checks: BuildChecks
 ) -> NewLayer:
     env = spec.environment
     key_doc = {
@@ -270,6 +274,7 @@ def _dependencies_layer(
     )
     if spec.use_cache and (cached := cached_layer(store, key)) is not None:
         progress.step(f"dependencies: cached ({summary})")
+        checks.dependencies(key, None)
         return NewLayer(cached, created_by, "dependencies")
     progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
@@ -279,6 +284,7 @@ def _dependencies_layer(
         install_dependencies(
             target, site, requirements=env.requirements, packages=env.packages, progress=progress.step
         )
+        checks.dependencies(key, site)
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES)
         counter = progress.bytes("dependencies layer", contents.total_size)
