@@ -191,18 +191,18 @@ class _Checker:
         self.gaps: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (dist, missing) → (advice, files)
 
     def run(self) -> tuple[list[Gap], list[Gap]]:
-        """(errors, warnings). Errors: gaps in what importing an extension module (any ``NAME[.TAG].so``) or
-        starting an executable loads. Warnings: gaps in libraries that nothing links (``NAME.so.N``), which a
-        library may dlopen on demand: nvshmem's transports need InfiniBand libraries a server rarely has, and
-        work without them. A library not on an object's search path but present in the dependencies under that
-        name counts as found: the loader takes a library already loaded by its soname (triton's plugins need the
-        ``libtriton.so`` that importing triton loaded)."""
+        """(errors, warnings). Errors: gaps in what importing an extension module (``NAME[.TAG].so``, ``NAME``
+        not starting with ``lib``) or starting an executable loads. Warnings: gaps in libraries that nothing links
+        (``libNAME.so``, ``NAME.so.N``), which Python code or a library may load on demand: nvshmem's transports
+        need InfiniBand libraries a server rarely has, and work without them. For those, a library that is not on
+        their search path but is in the dependencies under that name counts as found: the loader takes a library
+        already loaded by its soname (triton's plugins need the ``libtriton.so`` that importing triton loaded)."""
         everywhere = {rel.rsplit("/", 1)[-1] for rel in self.needs.files}
         everywhere |= {info.soname for _, info in self.needs.files.values() if info.soname}
         reached: set[str] = set()
         for rel, (_, info) in sorted(self.needs.files.items()):
-            if _EXTENSION.fullmatch(rel.rsplit("/", 1)[-1]) or info.interpreter:
-                self.load(rel, reached, everywhere)
+            if _is_extension(rel) or info.interpreter:
+                self.load(rel, reached, set())
         errors = self.collected()
         self.gaps = {}
         for rel in sorted(self.needs.files):
@@ -259,8 +259,7 @@ class _Checker:
 
     def loadable(self, rel: str, dist: str, info: ElfInfo) -> bool:
         """Whether the file is for this platform (and Python, for an extension module); a gap when it is not."""
-        name = rel.rsplit("/", 1)[-1]
-        extension = _EXTENSION.fullmatch(name)
+        extension = _EXTENSION.fullmatch(rel.rsplit("/", 1)[-1]) if _is_extension(rel) else None
         if info.key() != self.key:
             if (
                 extension
@@ -399,6 +398,11 @@ class _Checker:
             return f"use a base image with a newer glibc, or a release of {dist} built for an older one"
         package = _DEBIAN_PACKAGES.get(library, f"the package that provides {library}")
         return f"use a base image with a newer {package}, or a release of {dist} built against an older one"
+
+
+def _is_extension(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return _EXTENSION.fullmatch(name) is not None and not (name.startswith("lib") and name.count(".") == 1)
 
 
 def _by_distribution(gaps: dict[tuple[str, str], tuple[str, list[str]]]) -> list[Gap]:
