@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .elf import ElfInfo, read_elf
-from .rootfs import BaseFiles
+from .rootfs import TRIPLETS, BaseFiles
 
 if TYPE_CHECKING:
     from ..packaging.pyenv import TargetPython
@@ -221,9 +221,7 @@ class _Checker:
         if rel not in files:
             files.append(rel)
 
-    def load(
-        self, root: str, reached: set[str], loaded_elsewhere: frozenset[str] | set[str] = frozenset()
-    ) -> None:
+    def load(self, root: str, reached: set[str], loaded_elsewhere: set[str]) -> None:
         """Load ``root`` as the loader would (breadth first, each library once, RPATHs inherited down the chain
         of objects without a RUNPATH) and record every gap on the way."""
         loaded: dict[str, tuple[str, str]] = {}
@@ -261,9 +259,8 @@ class _Checker:
         """Whether the file is for this platform (and Python, for an extension module); a gap when it is not."""
         extension = _EXTENSION.fullmatch(rel.rsplit("/", 1)[-1]) if _is_extension(rel) else None
         if info.key() != self.key:
-            if (
-                extension
-            ):  # another platform's binaries elsewhere are never loaded here (debugpy ships several)
+            # Another platform's binaries outside extension modules are never loaded here (debugpy ships several).
+            if extension:
                 self.gap(
                     dist, rel, f"is built for {info.machine or 'another machine'}, not linux/{self.target.architecture}",
                     f"install {dist} for the image's platform (is --platform right?)",
@@ -295,12 +292,12 @@ class _Checker:
             )  # fmt: skip
             return
         platform = m["platform"]
-        expected = f"{self.target.wheel_arch}-linux-{'musl' if self.target.libc == 'musl' else 'gnu'}"
-        if (
-            platform
-            and platform != expected
-            and not (platform.startswith("arm") and expected.startswith("arm"))
-        ):
+        expected = TRIPLETS.get(self.target.architecture)
+        if self.target.libc == "musl" and expected:
+            expected = (
+                expected.split("-", 1)[0] + "-linux-musl" + ("eabihf" if expected.endswith("eabihf") else "")
+            )
+        if platform and expected and platform != expected:
             self.gap(dist, rel, f"is built for {platform}, the image's Python is {expected}",
                      f"install {dist} for the image's platform (is --platform right?)")  # fmt: skip
 

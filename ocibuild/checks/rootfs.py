@@ -43,8 +43,9 @@ _EXTENSION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.(?:[A-Za-z0-9_-]+\.)?so")
 _PYDIR = re.compile(r"python3(?:\.\d+)?")
 # Modules every CPython has inside the interpreter without a PyInit_ symbol of their own.
 _CORE_MODULES = ("sys", "builtins", "marshal", "_warnings", "_imp", "_io", "_thread", "_weakref")
-# Directories a multiarch Debian/Ubuntu glibc searches after ld.so.cache, by OCI architecture.
-_TRIPLETS = {
+# The multiarch names, by OCI architecture: the folders Debian/Ubuntu's glibc searches after ld.so.cache, and
+# the platform part of CPython's extension module suffix (``cpython-311-x86_64-linux-gnu``).
+TRIPLETS = {
     "amd64": "x86_64-linux-gnu",
     "arm64": "aarch64-linux-gnu",
     "386": "i386-linux-gnu",
@@ -276,7 +277,7 @@ def _default_dirs(tree: Tree, target: TargetPython) -> tuple[str, ...]:
                     return tuple(d for d in re.split(r"[\s:]+", node.facts.text) if d.startswith("/"))
         return ("/lib", "/usr/local/lib", "/usr/lib")
     dirs = []
-    if triplet := _TRIPLETS.get(target.architecture):
+    if triplet := TRIPLETS.get(target.architecture):
         dirs += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
     return (*dirs, "/lib64", "/usr/lib64", "/lib", "/usr/lib")
 
@@ -314,7 +315,7 @@ def _python_modules(
             for name in tree.listdir((*prefix, lib)):
                 if _PYTHON_FILE.fullmatch(name) and name.startswith("libpython"):
                     stdlib |= _pyinit(tree, (*prefix, lib, name))
-        for triplet in _TRIPLETS.values():
+        for triplet in TRIPLETS.values():
             for name in tree.listdir((*prefix, "lib", triplet)):
                 if name.startswith(f"lib{minor}.so"):
                     stdlib |= _pyinit(tree, (*prefix, "lib", triplet, name))

@@ -243,3 +243,17 @@ def test_real_numpy_on_the_hosts_runtime(tmp_path):
     stdcxx = [g for g in errors if "libstdc++.so.6" in g.missing]
     assert len(stdcxx) == 1 and stdcxx[0].dist == "numpy" and stdcxx[0].file.endswith(".so")
     assert read_elf(tmp_path / stdcxx[0].file) is not None
+
+
+def test_the_suffix_platform_follows_the_images_architecture(tmp_path):
+    """CPython names arm64 ``aarch64-linux-gnu`` and 386 ``i386-linux-gnu``: not the wheel tags' machine names."""
+    import dataclasses
+
+    install(tmp_path, "armlib", {"armlib/_x.cpython-311-aarch64-linux-gnu.so": elf(machine=183)})
+    needs = native.scan(tmp_path)
+    arm64 = dataclasses.replace(TARGET, architecture="arm64")
+    assert native.check(needs, files(debian()), arm64, SITE) == ([], [])
+    install(tmp_path, "i386lib", {"i386lib/_x.cpython-311-i386-linux-gnu.so": elf(machine=3, bits=32)})
+    needs = native.scan(tmp_path)
+    errors, _ = native.check(needs, files(debian()), dataclasses.replace(TARGET, architecture="386"), SITE)
+    assert [g.dist for g in errors] == ["armlib"]  # the arm64 module on a 386 image; the i386 one fits
