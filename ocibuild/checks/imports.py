@@ -93,10 +93,11 @@ class Finding:
     module: str
     guard: str | None
     advice: str
+    problem: str = "which is not in the image"
 
     def __str__(self) -> str:
         guarded = f" ({self.guard})" if self.guard else ""
-        return f"{self.where}: imports {self.module}{guarded}, which is not in the image; {self.advice}"
+        return f"{self.where}: imports {self.module}{guarded}, {self.problem}; {self.advice}"
 
 
 # --- parsing ------------------------------------------------------------------------------------------------------
@@ -364,9 +365,8 @@ class ImportCheck:
         if self.source_dir is not None:
             self.roots = list(dict.fromkeys([script.parent, self.source_dir.resolve()]))
         self.seen: set[Path] = set()
-        self.todo: list[tuple[Path, str | None]] = [
-            (script, None)
-        ]  # (file, its package; None: the entry script)
+        # (file, its package; None for the entry script, which has none)
+        self.todo: list[tuple[Path, str | None]] = [(script, None)]
         while self.todo:
             path, package = self.todo.pop(0)
             if path in self.seen:
@@ -398,15 +398,15 @@ class ImportCheck:
     def relative(self, path: Path, package: str | None, imp: Import) -> None:
         dots = "." * imp.level
         written = f"{dots}{imp.module}" if imp.module else f"{dots} ({', '.join(imp.names)})"
+        if package is None:
+            problem = "a relative import, which cannot work in the entry script: the server loads it as a top-level module"
+            self.report(path, imp, written, "import it by its absolute name", problem)
+            return
         if not package or imp.level > len(package.split(".")):
-            what = "the entry script" if package is None else f"module {path.name}"
-            fix = "import it by its absolute name" if package is None else "use an absolute import"
-            self.report(
-                path,
-                imp,
-                written,
-                f"a relative import cannot work in {what} (it is not inside a package); {fix}",
+            problem = (
+                f"a relative import above the top of {'its package' if package else 'the source folder'}"
             )
+            self.report(path, imp, written, "use an absolute import", problem)
             return
         base = package.split(".")[: len(package.split(".")) - imp.level + 1]
         full = ".".join([*base, *([imp.module] if imp.module else [])])
@@ -476,8 +476,10 @@ class ImportCheck:
             )
         return f"add {distribution_for(module)} to the requirements, or pass {flag} if the image gets it another way"
 
-    def report(self, path: Path, imp: Import, module: str, advice: str) -> None:
-        finding = Finding(self.where(path, imp.line), module, imp.guard, advice)
+    def report(self, path: Path, imp: Import, module: str, advice: str, problem: str | None = None) -> None:
+        finding = Finding(
+            self.where(path, imp.line), module, imp.guard, advice, *([problem] if problem else [])
+        )
         (self.warnings if imp.guard else self.errors).append(finding)
 
 

@@ -186,8 +186,7 @@ def test_source_folder_modules_are_followed(tmp_path):
         "helpers.py:1: imports yaml, which is not in the image; add PyYAML to the requirements, or pass "
         "--allow-import yaml if the image gets it another way",
         "pkg/sub.py:2: imports .missing, which is not in the image; the source folder has no module pkg.missing",
-        "pkg/sub.py:3: imports .. (toofar), which is not in the image; a relative import cannot work in module "
-        "sub.py (it is not inside a package); use an absolute import",
+        "pkg/sub.py:3: imports .. (toofar), a relative import above the top of its package; use an absolute import",
         "pkg/other.py:1: imports cv2, which is not in the image; add opencv-python-headless to the requirements, "
         "or pass --allow-import cv2 if the image gets it another way",
     ]
@@ -197,7 +196,10 @@ def test_a_relative_import_in_the_entry_script_cannot_work(tmp_path):
     script = write(tmp_path / "score.py", "from .utils import x\n")
     write(tmp_path / "utils.py", "x = 1\n")
     (error,) = run(script, tmp_path)[0]
-    assert "relative import cannot work in the entry script" in error
+    assert error == (
+        "score.py:1: imports .utils, a relative import, which cannot work in the entry script: the server loads it "
+        "as a top-level module; import it by its absolute name"
+    )
 
 
 def test_a_sibling_module_without_source_dir_is_not_in_the_image(tmp_path):
