@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks.build import CheckOptions
 from .errors import UsageError
 from .events import Listener, Progress
 from .oci.descriptor import Platform
@@ -289,12 +290,16 @@ def package(
     registry: RegistryOptions | None = None,
     settings: Settings | None = None,
     outputs: Outputs | None = None,
+    allow_imports: Sequence[str] = (),
+    skip_checks: Sequence[str] = (),
 ) -> Package:
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
     ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``;
     ``bind_credentials`` makes one). ``progress``: a ``Progress`` or a listener of ``events``; none by default.
+    ``allow_imports``: import names the entry script may use although the image lacks them (it gets them another
+    way); ``skip_checks``: checks not to run, of ``"native"`` and ``"imports"``.
     ``settings``: what the environment says (default: read now, ``Settings.from_environ``). ``outputs``: where
     to write the image once built (checked before building)."""
     settings = settings or Settings.from_environ()
@@ -318,6 +323,7 @@ def package(
         use_cache=use_cache,
         registry=registry or settings.registry_options(),
         epoch=settings.source_date_epoch,
+        checks=CheckOptions.of(skip_checks, allow_imports),
     )
     store = BlobStore(Path(cache) if cache is not None else settings.cache_dir)
     pkg = Package(build(spec, store, progress), progress, settings, registry)

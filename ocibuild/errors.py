@@ -49,3 +49,7 @@ class EngineError(OcibuildError):
 
 class FormatError(OcibuildError):
     """A manifest, index, config or archive is malformed or not of the expected media type."""
+
+
+class CheckError(OcibuildError):
+    """The image would fail at start: a native library or an import of the entry script is missing (one line each)."""

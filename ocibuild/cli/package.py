@@ -85,6 +85,15 @@ def add_parser(sub) -> None:
         help="build every layer from its inputs again (results still go to the cache)",
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    checks = p.add_argument_group("checks (that the image will start: native libraries, imports)")
+    checks.add_argument(
+        "--allow-import", action="append", default=[], metavar="NAME",
+        help="accept this import of the entry script although the image lacks it (repeatable)",
+    )  # fmt: skip
+    checks.add_argument(
+        "--skip-check", action="append", default=[], choices=["native", "imports"],
+        help="do not run this check (repeatable)",
+    )  # fmt: skip
     out = p.add_argument_group(
         "outputs (at least one; each may be repeated; one build, the same digest in all)"
     )
@@ -187,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         registry=registry,
         settings=settings,
         outputs=outputs,
+        allow_imports=args.allow_import,
+        skip_checks=args.skip_check,
     )
     for path in args.output:
         report.step(f"wrote {path}; load it with: docker load -i {path}")

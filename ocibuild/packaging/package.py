@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cache.layers import LayerCache, LocalLayerCache
+from ..checks.build import BuildChecks, CheckOptions
 from ..errors import InputError, UsageError
 from ..events import Progress
 from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
@@ -71,6 +72,7 @@ class PackageSpec:
     # Registered models (``ocibuild model push``): registry references whose artifact layer becomes the image's
     # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
     model_refs: tuple[str, ...] = ()
+    checks: CheckOptions = field(default_factory=CheckOptions)  # native libraries and imports (``checks``)
     epoch: int = 0  # SOURCE_DATE_EPOCH: every time in the image
     workers: int | None = None  # cores used to compress a layer (None: all of them)
 
@@ -146,9 +148,11 @@ def build(
     if spec.environment.python_version:
         check_python_version(spec.environment, target)
 
+    checks = BuildChecks(spec.checks, base, target, store, progress, SITE_PACKAGES, f"base image {spec.base}")
     added: list[Addendum] = []
     if not spec.environment.is_empty():
-        added.append(_dependencies_layer(spec, target, store, cache, progress))
+        added.append(_dependencies_layer(spec, target, store, cache, progress, checks))
+    checks.entry_script(spec.entry_script, spec.source_dir)
     added.append(Addendum(_server_layer(spec, store), f"{TOOL}: scoring server", "server"))
     models = _model_layers(spec, registered, store, cache, progress)
     added += models.added
@@ -293,7 +297,12 @@ def _detect_python(base: Image, spec: PackageSpec, store: BlobStore, progress: P
 
 
 def _dependencies_layer(
-    spec: PackageSpec, target: TargetPython, store: BlobStore, cache: LayerCache, progress: Progress
+    spec: PackageSpec,
+    target: TargetPython,
+    store: BlobStore,
+    cache: LayerCache,
+    progress: Progress,
+    checks: BuildChecks,
 ) -> Addendum:
     env = spec.environment
     key_doc = {
@@ -313,6 +322,7 @@ def _dependencies_layer(
     )
     if spec.use_cache and (cached := cache.get(key)) is not None:
         progress.step(f"dependencies: cached ({summary})")
+        checks.dependencies(key, None)
         return Addendum(cached, created_by, "dependencies")
     progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
@@ -324,6 +334,7 @@ def _dependencies_layer(
             target, site, requirements=requirements, packages=env.packages, progress=progress.step,
             sources=env.sources, exclude_newer=env.exclude_newer,
         )  # fmt: skip
+        checks.dependencies(key, site)
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES)
         counter = progress.bytes("dependencies layer", contents.total_size)

@@ -1,8 +1,8 @@
 """The base image's Python: which interpreter, C library and architecture it has (``detect_target_python``).
 
 Found by reading its layer tars (names, symlinks, hardlinks, whiteouts, and the contents of a handful of small
-files) the way the container runtime would stack them; ``TargetPython`` then names the wheel platforms that fit.
-Installing wheels for it is ``build.wheels``.
+files) the way the container runtime would stack them (``checks.layers``); ``TargetPython`` then names the wheel
+platforms that fit. Installing wheels for it is ``build.wheels``.
 
 Never: runs the image or any binary from it, writes anything read from a layer to disk, follows a path outside the
 image's own root (``..`` and absolute names are clamped to it, as a chroot would), or holds more than file names and
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import re
 import struct
-import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ocibuild.checks.layers import Path as _Path
+from ocibuild.checks.layers import Tree as _Tree
+from ocibuild.checks.layers import normalise as _normalise
+from ocibuild.checks.layers import read_tree
 from ocibuild.errors import BaseImageError
-from ocibuild.oci.tarsafe import BoundedTarInfo
 
 __all__ = [
     "TargetPython",
@@ -144,7 +146,6 @@ _SCAN_LIMIT = 64 * 1024 * 1024  # bytes of one file that are ever looked at (a s
 _CHUNK = 1024 * 1024
 _OVERLAP = 512  # bytes carried between chunks so that a pattern split across two chunks is still seen
 _ELF_HEAD = 64 * 1024  # the ELF header, program headers and PT_INTERP string lie here in every real binary
-_MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP
 _MAX_VERSIONS = 64  # distinct version strings remembered from one file
 
 _GLIBC_BANNER = re.compile(
@@ -181,119 +182,6 @@ class _Facts:
     musl: tuple[int, int] | None = None
     py_versions: frozenset[tuple[int, int]] = frozenset()  # (minor, patch) of every "3.M.P" string seen
     elf: _Elf | None = None
-
-
-class _Dir:
-    __slots__ = ("children",)
-
-    def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class _File:
-    facts: _Facts | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Link:
-    target: str
-
-
-_Node = _Dir | _File | _Link
-_Path = tuple[str, ...]
-
-
-def _normalise(name: str) -> _Path:
-    """A tar member name as components under the root: ``./a//b/../c`` → ``(a, c)``; ``..`` stops at the root."""
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return tuple(parts)
-
-
-class _Tree:
-    """The final filesystem of stacked layers, as names and a few scan results."""
-
-    def __init__(self) -> None:
-        self.root = _Dir()
-
-    def resolve(
-        self, path: _Path, *, follow_last: bool = True, create: bool = False
-    ) -> tuple[_Node | None, _Path]:
-        """The node at ``path`` and its real path, following symlinks inside the root; (None, ()) if absent.
-
-        With ``create``, missing directories are made on the way (what unpacking a layer does for a member whose
-        parents the tar does not list).
-        """
-        todo = list(reversed(path))
-        real: list[str] = []
-        dirs: list[_Dir] = [self.root]
-        hops = 0
-        while todo:
-            name = todo.pop()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if real:
-                    real.pop()
-                    dirs.pop()
-                continue
-            child = dirs[-1].children.get(name)
-            if child is None:
-                if not create:
-                    return None, ()
-                child = dirs[-1].children[name] = _Dir()
-            if isinstance(child, _Link) and (todo or follow_last):
-                hops += 1
-                if hops > _MAX_SYMLINK_HOPS:
-                    return None, ()
-                if child.target.startswith("/"):
-                    del real[:]
-                    del dirs[1:]
-                todo.extend(reversed(child.target.split("/")))
-                continue
-            if isinstance(child, _Dir):
-                real.append(name)
-                dirs.append(child)
-                continue
-            if todo:  # a file used as a directory
-                return None, ()
-            return child, (*real, name)
-        return dirs[-1], tuple(real)
-
-    def put(self, path: _Path, node: _Node) -> None:
-        parent, _ = self.resolve(path[:-1], create=True)
-        if not isinstance(parent, _Dir):
-            return  # a parent is a file or a symlink loop: unpacking would fail here too
-        name = path[-1]
-        if isinstance(node, _Dir) and isinstance(parent.children.get(name), _Dir):
-            return  # directories of upper layers merge with lower ones
-        parent.children[name] = node
-
-    def whiteout(self, path: _Path) -> None:
-        parent, _ = self.resolve(path[:-1])
-        if isinstance(parent, _Dir):
-            parent.children.pop(path[-1], None)
-
-    def make_opaque(self, path: _Path) -> None:
-        node, _ = self.resolve(path)
-        if isinstance(node, _Dir):
-            node.children.clear()
-
-    def listdir(self, path: _Path) -> list[str]:
-        node, _ = self.resolve(path)
-        return sorted(node.children) if isinstance(node, _Dir) else []
-
-    def file(self, path: _Path) -> tuple[_File | None, _Path]:
-        node, real = self.resolve(path)
-        return (node, real) if isinstance(node, _File) else (None, ())
 
 
 def _scan_kind(path: _Path) -> str | None:
@@ -399,106 +287,19 @@ def _scan(kind: str, name: str, stream: BinaryIO) -> _Facts:
     return _Facts(py_versions=frozenset(py_versions), elf=_parse_elf(head) if kind == "python" else None)
 
 
-# One member of a layer, as kept between reading the layer and applying it: (kind, path, payload).
-_Entry = tuple[str, _Path, object]
-
-
-# Bounds on what a hostile layer can make detection hold in memory or spend in time. Real extended headers (pax
-# records, GNU long names) are well under a kilobyte and real images have at most a few hundred thousand entries
-# (each costs about 200 bytes and 20 µs here: a million is 200 MB and 20 s, from a blob of 1 MB of repeated
-# headers); the tar stream itself is bounded by ``oci.image``'s decompression limit.
-def _read_layer(
-    open_layer: Callable[[], BinaryIO], number: int, what: str, budget: list[int]
-) -> list[_Entry]:
-    """The entries of one layer; ``budget`` holds how many more entries the image may have (decremented)."""
-    entries: list[_Entry] = []
-    try:
-        stream = open_layer()
-    except OSError as e:
-        raise BaseImageError(f"{what}: cannot read layer {number} ({e})") from e
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
-            while (member := tar.next()) is not None:
-                tar.members.clear()  # a stream is read once: tarfile's list of past members would only grow
-                budget[0] -= 1
-                if budget[0] < 0:
-                    raise BaseImageError(
-                        f"{what}: its layers hold more than {_MAX_ENTRIES} entries; refusing to read them all "
-                        "(a real image has far fewer), use another base image"
-                    )
-                path = _normalise(member.name)
-                if not path:
-                    continue
-                base = path[-1]
-                if base == ".wh..wh..opq":
-                    entries.append(("opaque", path[:-1], None))
-                elif base.startswith(".wh..wh."):
-                    continue  # other aufs metadata
-                elif base.startswith(".wh."):
-                    if len(base) > 4:
-                        entries.append(("whiteout", (*path[:-1], base[4:]), None))
-                elif member.isdir():
-                    entries.append(("dir", path, None))
-                elif member.issym():
-                    entries.append(("symlink", path, member.linkname))
-                elif member.islnk():
-                    entries.append(("hardlink", path, _normalise(member.linkname)))
-                elif member.isreg():
-                    facts = None
-                    kind = _scan_kind(path)
-                    if kind is not None:
-                        content = tar.extractfile(member)
-                        if content is not None:
-                            facts = _scan(kind, base, content)
-                    entries.append(("file", path, facts))
-                else:  # devices, fifos
-                    entries.append(("file", path, None))
-    except tarfile.ReadError as e:
-        if "empty file" in str(e):
-            return entries
-        raise BaseImageError(
-            f"{what}: layer {number} is not a readable tar ({str(e)[:200]}); the image is corrupt"
-        ) from None
-    except (tarfile.TarError, EOFError, OSError, ValueError, IndexError, OverflowError) as e:
-        # ValueError, IndexError, OverflowError: what tarfile's parsers raise on some malformed headers.
-        raise BaseImageError(
-            f"{what}: layer {number} is not a readable tar ({str(e)[:200]}); the image is corrupt"
-        ) from None
-    finally:
-        stream.close()
-    return entries
-
-
-def _apply_layer(tree: _Tree, entries: list[_Entry]) -> None:
-    # Whiteouts and opaque markers hide only what lower layers hold, never this layer's own entries, wherever they
-    # stand in the tar: so they go first.
-    for kind, path, _ in entries:
-        if kind == "whiteout":
-            tree.whiteout(path)
-        elif kind == "opaque":
-            tree.make_opaque(path)
-    for kind, path, payload in entries:
-        if kind == "dir":
-            tree.put(path, _Dir())
-        elif kind == "file":
-            tree.put(path, _File(payload))  # type: ignore[arg-type]
-        elif kind == "symlink":
-            tree.put(path, _Link(str(payload)))
-        elif kind == "hardlink":
-            target, _ = tree.resolve(payload, follow_last=False)  # type: ignore[arg-type]
-            if isinstance(target, (_File, _Link)):
-                tree.put(path, target)
-
-
 _MAX_ENTRIES = 1_000_000
 
 
+def _scan_member(path: _Path, size: int, open_content: Callable[[], BinaryIO | None]) -> _Facts | None:
+    kind = _scan_kind(path)
+    if kind is None:
+        return None
+    content = open_content()
+    return None if content is None else _scan(kind, path[-1], content)
+
+
 def _build_tree(layers: Sequence[Callable[[], BinaryIO]], what: str) -> _Tree:
-    tree = _Tree()
-    budget = [_MAX_ENTRIES]
-    for number, open_layer in enumerate(layers, start=1):
-        _apply_layer(tree, _read_layer(open_layer, number, what, budget))
-    return tree
+    return read_tree(layers, what, _scan_member, max_entries=_MAX_ENTRIES)
 
 
 # --------------------------------------------------------------------------------------------------------------

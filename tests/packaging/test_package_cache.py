@@ -137,8 +137,9 @@ def test_editing_an_included_requirements_file_rebuilds_the_dependencies(tmp_pat
 
     def deps_digest() -> str:
         env = Environment(pip_requirements=tmp_path / "requirements.txt")
+        # six is not what the example's script imports: the image is never run, only its layers compared.
         pkg = api_package([example_model.model], InferenceConfig(example_model.score, environment=env), base_ref,
-                          cache=tmp_path / "cache")  # fmt: skip
+                          cache=tmp_path / "cache", skip_checks=["imports"])  # fmt: skip
         [deps] = [n for n in pkg.image.added if n.role == "dependencies"]
         return str(deps.layer.digest)
 

@@ -374,8 +374,10 @@ def test_pull_from_a_failing_registry_fails_fast_and_caches_nothing_wrong(proxy,
 def package(proxy, base: str, target: str, cache: Path, tmp_path: Path, timeout: float = 300):
     model = tmp_path / "model.bin"
     model.write_bytes(b"weights")
+    # Built without the example's requirements and never run: its imports are not this test's business.
     argv = [sys.executable, "-m", "ocibuild", "package", model, "--entry-script", EXAMPLE_DIR / "score.py",
-            "--base", f"docker://{proxy.host}/{base}", "--cache", cache, "--push", f"{proxy.host}/{target}"]  # fmt: skip
+            "--base", f"docker://{proxy.host}/{base}", "--cache", cache, "--push", f"{proxy.host}/{target}",
+            "--skip-check", "imports"]  # fmt: skip
     start = time.monotonic()
     proc = run([str(a) for a in argv], check=False, timeout=timeout)
     return proc, time.monotonic() - start

@@ -1,0 +1,161 @@
+"""The checks as the build runs them: ``dependencies`` once the dependencies are installed (or found in the cache),
+``entry_script`` once it knows them. Each gap is one line; errors stop the build with all of them at once
+(``CheckError``), warnings are printed and the build goes on.
+
+What the dependencies ask of the image (``native.Needs`` and their importable names) is remembered under the
+dependencies layer's cache key, so a cached layer is checked against whatever base it is put on, without its files.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import CheckError, UsageError
+from . import native
+from .imports import ImportCheck, module_tree
+from .rootfs import BaseFiles, ModuleTree, base_files
+
+if TYPE_CHECKING:
+    from ..events import Progress
+    from ..oci.image import Image
+    from ..oci.store import BlobStore
+    from ..packaging.pyenv import TargetPython
+
+__all__ = ["CHECKS", "BuildChecks", "CheckOptions"]
+
+CHECKS = ("native", "imports")
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Which checks run (all by default: they take well under a second) and which import names are accepted."""
+
+    skip: frozenset[str] = frozenset()
+    allow_imports: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, skip: object = (), allow_imports: object = ()) -> CheckOptions:
+        skip_set = frozenset(str(s) for s in skip)  # type: ignore[attr-defined]
+        if unknown := sorted(skip_set - set(CHECKS)):
+            raise UsageError(f"--skip-check {unknown[0]}: the checks are {', '.join(CHECKS)}")
+        names = frozenset(str(n).strip() for n in allow_imports)  # type: ignore[attr-defined]
+        for name in names:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise UsageError(
+                    f"--allow-import {name!r}: give an import name such as pandas or azureml.core"
+                )
+        return cls(skip_set, names)
+
+
+class BuildChecks:
+    """One build's checks against one base image, whose files are read once (and cached by its digests).
+
+    The read starts at once in a thread: it takes about 0.7 s on the Debian base, which a cold build spends waiting
+    for the installer (a separate process) anyway.
+    """
+
+    def __init__(
+        self,
+        options: CheckOptions,
+        base: Image,
+        target: TargetPython,
+        store: BlobStore,
+        progress: Progress,
+        site_in_image: str,
+        what: str = "base image",
+    ) -> None:
+        self.options, self.base, self.target, self.store = options, base, target, store
+        self.progress, self.site_in_image, self.what = progress, site_in_image, what
+        self.installed: ModuleTree = {}
+        self._files: BaseFiles | BaseException | None = None
+        self._reading: threading.Thread | None = None
+        if base.layers and set(CHECKS) - options.skip:
+            self._reading = threading.Thread(target=self._read, name="ocibuild-base-files", daemon=True)
+            self._reading.start()
+
+    def _read(self) -> None:
+        assert self.base is not None
+        try:
+            self._files = base_files(self.base, self.target, self.store, self.what)
+        except BaseException as e:  # handed to the build's own thread by files()
+            self._files = e
+
+    def files(self) -> BaseFiles:
+        if self._reading is None:
+            raise AssertionError("no base image to check against")  # a build without a base fails earlier
+        self._reading.join()
+        if isinstance(self._files, BaseException):
+            raise self._files
+        assert self._files is not None
+        return self._files
+
+    def dependencies(self, key: str, site: Path | None) -> None:
+        """Check the installed dependencies (``site``), or, with ``site`` None, what a cached layer made under
+        ``key`` remembered of them. Raises ``CheckError`` with one line per gap."""
+        ref = f"depscheck-{key}"
+        if site is not None:
+            started = time.monotonic()
+            needs = native.scan(site)
+            self.installed = module_tree(site)
+            self.store.put_ref(ref, {"format": _FORMAT, "needs": needs.to_json(), "modules": self.installed})
+            scanned = time.monotonic() - started
+        else:
+            doc = self.store.get_ref(ref)
+            try:
+                if doc is None or doc.get("format") != _FORMAT:
+                    raise ValueError("not remembered")
+                needs = native.Needs.from_json(doc["needs"])
+                self.installed = doc["modules"]
+            except (KeyError, TypeError, ValueError):
+                self.progress.warn(
+                    "the cached dependencies layer was built before ocibuild checked native libraries and imports; "
+                    "pass --no-cache once to check it"
+                )
+                self.options = CheckOptions(
+                    self.options.skip | {"native", "imports"}, self.options.allow_imports
+                )
+                return
+            scanned = 0.0
+        if "native" in self.options.skip:
+            return
+        started = time.monotonic()
+        errors, warnings = native.check(needs, self.files(), self.target, self.site_in_image)
+        for gap in warnings:
+            self.progress.warn(str(gap))
+        if errors:
+            raise CheckError("\n".join(str(g) for g in errors))
+        self.progress.step(
+            f"checked {len(needs.files)} native files of the dependencies against the base: they load "
+            f"({scanned + time.monotonic() - started:.1f} s)"
+        )
+
+    def entry_script(self, script: Path, source_dir: Path | None) -> None:
+        """Check that every import of the entry script (and of the source folder's modules it imports) resolves
+        in the image; raises ``CheckError`` with one line per import that does not."""
+        if "imports" in self.options.skip:
+            return
+        started = time.monotonic()
+        files = self.files()
+        check = ImportCheck(
+            script=script if source_dir is None or script.is_absolute() else source_dir / script,
+            source_dir=source_dir,
+            python=self.target.version,
+            stdlib=files.stdlib,
+            site=files.site,
+            installed=self.installed,
+            allow=self.options.allow_imports,
+        )
+        errors, warnings = check.run()
+        for finding in warnings:
+            self.progress.warn(str(finding))
+        if errors:
+            raise CheckError("\n".join(str(f) for f in errors))
+        self.progress.step(
+            f"checked the imports of {len(check.seen)} module{'s' if len(check.seen) > 1 else ''} of the entry "
+            f"script: they resolve ({time.monotonic() - started:.1f} s)"
+        )

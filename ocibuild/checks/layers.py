@@ -1,0 +1,244 @@
+"""An image's final filesystem as names, read from its layer tars the way a container runtime stacks them.
+
+Symlinks, hardlinks, whiteouts and opaque directories are applied; ``..`` and absolute names are clamped to the
+image's root, as a chroot would. A caller's ``scan`` decides, by name and size, which few regular files are worth
+reading and keeps only what it found in them (``File.facts``): the tree never holds file contents.
+
+Shared by the base image's Python detection (``packaging.pyenv``) and the build checks (``checks.rootfs``).
+Never: runs anything from the image, writes anything read from a layer to disk, or follows a path outside the
+image's own root.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ocibuild.errors import BaseImageError
+from ocibuild.oci.tarsafe import BoundedTarInfo
+
+__all__ = ["Dir", "File", "Link", "Path", "Scan", "Tree", "as_abs", "normalise", "read_tree"]
+
+MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP
+
+Path = tuple[str, ...]
+# (path, size, open) → what to remember of a regular file, or None; ``open`` gives its content, read once.
+Scan = Callable[[Path, int, Callable[[], "BinaryIO | None"]], object]
+
+
+class Dir:
+    __slots__ = ("children",)
+
+    def __init__(self) -> None:
+        self.children: dict[str, Node] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    facts: object = None  # what the scan kept; shared by every hardlink to the file
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    target: str
+
+
+Node = Dir | File | Link
+
+
+def normalise(name: str) -> Path:
+    """A tar member name as components under the root: ``./a//b/../c`` → ``(a, c)``; ``..`` stops at the root."""
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def as_abs(path: Path) -> str:
+    return "/" + "/".join(path)
+
+
+class Tree:
+    """The final filesystem of stacked layers, as names and what a scan kept."""
+
+    def __init__(self) -> None:
+        self.root = Dir()
+
+    def resolve(
+        self, path: Path, *, follow_last: bool = True, create: bool = False
+    ) -> tuple[Node | None, Path]:
+        """The node at ``path`` and its real path, following symlinks inside the root; (None, ()) if absent.
+
+        With ``create``, missing directories are made on the way (what unpacking a layer does for a member whose
+        parents the tar does not list).
+        """
+        todo = list(reversed(path))
+        real: list[str] = []
+        dirs: list[Dir] = [self.root]
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if real:
+                    real.pop()
+                    dirs.pop()
+                continue
+            child = dirs[-1].children.get(name)
+            if child is None:
+                if not create:
+                    return None, ()
+                child = dirs[-1].children[name] = Dir()
+            if isinstance(child, Link) and (todo or follow_last):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    return None, ()
+                if child.target.startswith("/"):
+                    del real[:]
+                    del dirs[1:]
+                todo.extend(reversed(child.target.split("/")))
+                continue
+            if isinstance(child, Dir):
+                real.append(name)
+                dirs.append(child)
+                continue
+            if todo:  # a file used as a directory
+                return None, ()
+            return child, (*real, name)
+        return dirs[-1], tuple(real)
+
+    def put(self, path: Path, node: Node) -> None:
+        parent, _ = self.resolve(path[:-1], create=True)
+        if not isinstance(parent, Dir):
+            return  # a parent is a file or a symlink loop: unpacking would fail here too
+        name = path[-1]
+        if isinstance(node, Dir) and isinstance(parent.children.get(name), Dir):
+            return  # directories of upper layers merge with lower ones
+        parent.children[name] = node
+
+    def whiteout(self, path: Path) -> None:
+        parent, _ = self.resolve(path[:-1])
+        if isinstance(parent, Dir):
+            parent.children.pop(path[-1], None)
+
+    def make_opaque(self, path: Path) -> None:
+        node, _ = self.resolve(path)
+        if isinstance(node, Dir):
+            node.children.clear()
+
+    def listdir(self, path: Path) -> list[str]:
+        node, _ = self.resolve(path)
+        return sorted(node.children) if isinstance(node, Dir) else []
+
+    def file(self, path: Path) -> tuple[File | None, Path]:
+        node, real = self.resolve(path)
+        return (node, real) if isinstance(node, File) else (None, ())
+
+
+# One member of a layer, as kept between reading the layer and applying it: (kind, path, payload).
+_Entry = tuple[str, Path, object]
+
+
+# Bounds on what a hostile layer can make a reader hold in memory or spend in time. Real extended headers (pax
+# records, GNU long names) are well under a kilobyte and real images have at most a few hundred thousand entries
+# (each costs about 200 bytes and 20 µs here: a million is 200 MB and 20 s, from a blob of 1 MB of repeated
+# headers); the tar stream itself is bounded by ``oci.image``'s decompression limit.
+def _read_layer(
+    open_layer: Callable[[], BinaryIO], number: int, what: str, budget: list[int], limit: int, scan: Scan
+) -> list[_Entry]:
+    """The entries of one layer; ``budget`` holds how many more entries the image may have (decremented)."""
+    entries: list[_Entry] = []
+    try:
+        stream = open_layer()
+    except OSError as e:
+        raise BaseImageError(f"{what}: cannot read layer {number} ({e})") from e
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # a stream is read once: tarfile's list of past members would only grow
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise BaseImageError(
+                        f"{what}: its layers hold more than {limit} entries; refusing to read them all "
+                        "(a real image has far fewer), use another base image"
+                    )
+                path = normalise(member.name)
+                if not path:
+                    continue
+                base = path[-1]
+                if base == ".wh..wh..opq":
+                    entries.append(("opaque", path[:-1], None))
+                elif base.startswith(".wh..wh."):
+                    continue  # other aufs metadata
+                elif base.startswith(".wh."):
+                    if len(base) > 4:
+                        entries.append(("whiteout", (*path[:-1], base[4:]), None))
+                elif member.isdir():
+                    entries.append(("dir", path, None))
+                elif member.issym():
+                    entries.append(("symlink", path, member.linkname))
+                elif member.islnk():
+                    entries.append(("hardlink", path, normalise(member.linkname)))
+                elif member.isreg():
+                    facts = scan(path, member.size, lambda m=member: tar.extractfile(m))
+                    entries.append(("file", path, facts))
+                else:  # devices, fifos
+                    entries.append(("file", path, None))
+    except tarfile.ReadError as e:
+        if "empty file" in str(e):
+            return entries
+        raise BaseImageError(
+            f"{what}: layer {number} is not a readable tar ({str(e)[:200]}); the image is corrupt"
+        ) from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, IndexError, OverflowError) as e:
+        # ValueError, IndexError, OverflowError: what tarfile's parsers raise on some malformed headers.
+        raise BaseImageError(
+            f"{what}: layer {number} is not a readable tar ({str(e)[:200]}); the image is corrupt"
+        ) from None
+    finally:
+        stream.close()
+    return entries
+
+
+def _apply_layer(tree: Tree, entries: list[_Entry]) -> None:
+    # Whiteouts and opaque markers hide only what lower layers hold, never this layer's own entries, wherever they
+    # stand in the tar: so they go first.
+    for kind, path, _ in entries:
+        if kind == "whiteout":
+            tree.whiteout(path)
+        elif kind == "opaque":
+            tree.make_opaque(path)
+    for kind, path, payload in entries:
+        if kind == "dir":
+            tree.put(path, Dir())
+        elif kind == "file":
+            tree.put(path, File(payload))
+        elif kind == "symlink":
+            tree.put(path, Link(str(payload)))
+        elif kind == "hardlink":
+            target, _ = tree.resolve(payload, follow_last=False)  # type: ignore[arg-type]
+            if isinstance(target, (File, Link)):
+                tree.put(path, target)
+
+
+def read_tree(
+    layers: Sequence[Callable[[], BinaryIO]], what: str, scan: Scan, *, max_entries: int = 1_000_000
+) -> Tree:
+    """Stack ``layers`` (each opens one layer's uncompressed tar, bottom first; each is read once, front to back).
+
+    ``what`` names the image in errors; more than ``max_entries`` entries in all is refused as hostile.
+    """
+    tree = Tree()
+    budget = [max_entries]
+    for number, open_layer in enumerate(layers, start=1):
+        _apply_layer(tree, _read_layer(open_layer, number, what, budget, max_entries, scan))
+    return tree
