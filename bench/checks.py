@@ -86,13 +86,13 @@ def cold_builds(work: Path, base: str, reps: int) -> dict:
 def torch_set(work: Path, base: str, site: Path | None, reps: int) -> dict:
     from ocibuild.checks import native
     from ocibuild.checks.imports import module_tree
-    from ocibuild.checks.rootfs import read_base_files
     from ocibuild.events import Progress
     from ocibuild.oci.descriptor import Platform
     from ocibuild.oci.store import BlobStore
     from ocibuild.packaging.package import SITE_PACKAGES
-    from ocibuild.packaging.pyenv import detect_target_python
     from ocibuild.packaging.wheels import install_dependencies
+    from ocibuild.rootfs.files import read_base_files
+    from ocibuild.rootfs.pyenv import detect_target_python
     from ocibuild.transports.open import resolve_base
 
     store = BlobStore(work / "cache")

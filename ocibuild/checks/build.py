@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CheckError, UsageError
+from ..rootfs.files import BaseFiles, ModuleTree, base_files
 from . import native
 from .imports import ImportCheck, module_tree
-from .rootfs import BaseFiles, ModuleTree, base_files
 
 if TYPE_CHECKING:
     from ..events import Progress
     from ..oci.image import Image
     from ..oci.store import BlobStore
-    from ..packaging.pyenv import TargetPython
+    from ..rootfs.pyenv import TargetPython
 
 __all__ = ["CHECKS", "BuildChecks", "CheckOptions"]
 

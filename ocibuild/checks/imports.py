@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .rootfs import ModuleTree, merge
+from ..rootfs.files import ModuleTree, merge
 
 __all__ = ["Finding", "ImportCheck", "distribution_for", "module_tree", "parse_imports"]
 

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .elf import ElfInfo, read_elf
-from .rootfs import TRIPLETS, BaseFiles
+from ..rootfs.elf import ElfInfo, read_elf
+from ..rootfs.files import TRIPLETS, BaseFiles
 
 if TYPE_CHECKING:
-    from ..packaging.pyenv import TargetPython
+    from ..rootfs.pyenv import TargetPython
 
 __all__ = ["Gap", "Needs", "check", "scan"]
 

@@ -18,8 +18,8 @@ import yaml
 
 from ocibuild.errors import BaseImageError, InputError, UsageError
 from ocibuild.packaging.conda import convert
-from ocibuild.packaging.pyenv import TargetPython
 from ocibuild.packaging.sources import PackageSources
+from ocibuild.rootfs.pyenv import TargetPython
 
 __all__ = ["PythonEnvironment", "load_environment", "check_python_version"]
 

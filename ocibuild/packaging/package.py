@@ -32,11 +32,11 @@ from ..oci.mutate import ConfigChanges, mutate, timestamp
 from ..oci.store import BlobStore
 from ..oci.tempfiles import remove_tree
 from ..registry.transport import RegistryOptions
+from ..rootfs.pyenv import TargetPython, detect_target_python
 from ..transports.open import open_base
 from ..version import __version__
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
-from .pyenv import TargetPython, detect_target_python
 from .sources import redact_urls
 from .wheels import install_dependencies
 

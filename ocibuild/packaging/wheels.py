@@ -29,9 +29,9 @@ from typing import BinaryIO, Literal
 
 from ocibuild.errors import DependencyError, InputError
 from ocibuild.packaging.environment import check_readable
-from ocibuild.packaging.pyenv import TargetPython
 from ocibuild.packaging.sdist import SourceBuild, build_pure_wheel
 from ocibuild.packaging.sources import PackageSources, Redactor
+from ocibuild.rootfs.pyenv import TargetPython
 
 if sys.version_info >= (3, 11):
     import tomllib

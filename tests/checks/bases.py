@@ -4,8 +4,8 @@ libstdc++ define, as layers that ``checks.rootfs`` reads as it reads a real imag
 
 from __future__ import annotations
 
-from ocibuild.checks.rootfs import BaseFiles, read_base_files
-from ocibuild.packaging.pyenv import TargetPython
+from ocibuild.rootfs.files import BaseFiles, read_base_files
+from ocibuild.rootfs.pyenv import TargetPython
 from tests.checks.elfgen import elf
 from tests.packaging.test_pyenv import Layer
 

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from ocibuild.checks.build import BuildChecks, CheckOptions
+from ocibuild.cli.render import Renderer
 from ocibuild.errors import UsageError
 from ocibuild.events import Progress
+from ocibuild.oci.descriptor import Platform
+from ocibuild.oci.empty import empty_image
 from ocibuild.oci.store import BlobStore
 from tests.checks.bases import TARGET
 
@@ -27,8 +30,9 @@ def test_a_cached_layer_without_recorded_needs_is_not_checked_and_says_so(tmp_pa
     """A layer cached by an ocibuild from before the checks has no record of its needs: checking its imports
     against nothing would flag every one of them, so both checks are skipped with one warning."""
     err = io.StringIO()
+    progress = Progress(Renderer(err))
     checks = BuildChecks(
-        CheckOptions(), None, TARGET, BlobStore(tmp_path / "cache"), Progress(err), "opt/site"
+        CheckOptions(), empty_image(Platform()), TARGET, BlobStore(tmp_path / "cache"), progress, "opt/site"
     )
     checks.dependencies("deps-0123", None)
     assert err.getvalue() == (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ocibuild.checks import native
-from ocibuild.checks.elf import read_elf
+from ocibuild.rootfs.elf import read_elf
 from tests.checks.bases import GLIBCXX, LIBDIR, TARGET, debian, files
 from tests.checks.elfgen import elf, install
 from tests.packaging.test_pyenv import Layer

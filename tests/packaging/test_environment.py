@@ -8,7 +8,7 @@ import pytest
 
 from ocibuild.errors import BaseImageError, InputError
 from ocibuild.packaging.environment import PythonEnvironment, check_python_version, load_environment
-from ocibuild.packaging.pyenv import TargetPython
+from ocibuild.rootfs.pyenv import TargetPython
 
 # The conda file of Azure ML's own scikit-learn examples (azureml-examples), in its usual shape.
 AZURE_CONDA = """\

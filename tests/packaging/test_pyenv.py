@@ -1,4 +1,4 @@
-"""Tests for ocibuild.packaging.pyenv: target detection from synthesized (and host-real) layers, and wheel installs."""
+"""Tests for ocibuild.rootfs.pyenv: target detection from synthesized (and host-real) layers, and wheel installs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ocibuild.errors import BaseImageError, DependencyError, InputError
-from ocibuild.packaging.pyenv import TargetPython, detect_target_python
 from ocibuild.packaging.wheels import install_dependencies
+from ocibuild.rootfs.pyenv import TargetPython, detect_target_python
 
 # The banner of Debian bookworm's real libc.so.6 (`strings /lib/x86_64-linux-gnu/libc.so.6`), with its neighbours.
 GLIBC_BANNER = (

@@ -32,8 +32,8 @@ from ocibuild.oci.descriptor import Descriptor, Index, Manifest, Platform, sniff
 from ocibuild.oci.digest import Digest, VerifyingReader, is_digest
 from ocibuild.oci.image import Image, Layer, check_config
 from ocibuild.oci.name import parse_reference
-from ocibuild.packaging.pyenv import detect_target_python
 from ocibuild.registry.auth import parse_challenges
+from ocibuild.rootfs.pyenv import detect_target_python
 from tests.reliability.hostile import canonical, gzip, image_config, python_tar, sha256, write_layout
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,7 +22,7 @@ from ocibuild import cli
 from ocibuild.errors import BaseImageError
 from ocibuild.oci import media
 from ocibuild.packaging import pyenv
-from ocibuild.packaging.pyenv import detect_target_python
+from ocibuild.rootfs.pyenv import detect_target_python
 from tests.conftest import require
 from tests.reliability.hostile import (
     Tar,

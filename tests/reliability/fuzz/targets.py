@@ -36,8 +36,8 @@ with atheris.instrument_imports():
     )
     from ocibuild.oci.digest import Digest, VerifyingReader
     from ocibuild.oci.image import Image, Layer, check_config
-    from ocibuild.packaging.pyenv import detect_target_python
     from ocibuild.registry.auth import parse_challenges
+    from ocibuild.rootfs.pyenv import detect_target_python
 
 
 class _Blobs:

@@ -24,7 +24,7 @@ from .layers import Dir, File, Link, Path, Tree, as_abs, normalise, read_tree
 if TYPE_CHECKING:
     from ..oci.image import Image
     from ..oci.store import BlobStore
-    from ..packaging.pyenv import TargetPython
+    from .pyenv import TargetPython
 
 __all__ = ["BaseFiles", "read_base_files", "base_files"]
 

@@ -1,4 +1,4 @@
-"""Tests for ocibuild.checks.elf: the host's own libraries and a real manylinux wheel's extension module (checked
+"""Tests for ocibuild.rootfs.elf: the host's own libraries and a real manylinux wheel's extension module (checked
 against binutils' readelf where it is installed), and synthesized files for what real ones rarely show."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ocibuild.checks.elf import parse_elf, read_elf
+from ocibuild.rootfs.elf import parse_elf, read_elf
 from tests.checks.elfgen import elf
 
 

@@ -1,11 +1,11 @@
-"""Tests for ocibuild.checks.rootfs: what the checks learn of a base image from its layers."""
+"""Tests for ocibuild.rootfs.files: what the checks learn of a base image from its layers."""
 
 from __future__ import annotations
 
 import json
 
-from ocibuild.checks import rootfs
-from ocibuild.checks.rootfs import BaseFiles
+from ocibuild.rootfs import files as rootfs
+from ocibuild.rootfs.files import BaseFiles
 from tests.checks.bases import LIBDIR, debian, files
 from tests.checks.elfgen import elf
 from tests.packaging.test_pyenv import Layer

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ocibuild.checks.layers import Path as _Path
-from ocibuild.checks.layers import Tree as _Tree
-from ocibuild.checks.layers import normalise as _normalise
-from ocibuild.checks.layers import read_tree
 from ocibuild.errors import BaseImageError
+from ocibuild.rootfs.layers import Path as _Path
+from ocibuild.rootfs.layers import Tree as _Tree
+from ocibuild.rootfs.layers import normalise as _normalise
+from ocibuild.rootfs.layers import read_tree
 
 __all__ = [
     "TargetPython",

@@ -1,0 +1,2 @@
+"""What a base image holds, read from its layers without running or unpacking it: the files and links as a
+runtime stacks them (``layers``), its Python (``pyenv``), its libraries and modules (``files``), ELF headers (``elf``)."""
