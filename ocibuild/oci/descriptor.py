@@ -161,6 +161,7 @@ class Manifest:
     layers: tuple[Descriptor, ...]
     annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     artifact_type: str | None = None
+    subject: Descriptor | None = None  # the manifest this one is about (an SBOM's, a signature's image)
 
     @property
     def digest(self) -> Digest:
@@ -189,6 +190,9 @@ class Manifest:
             layers=tuple(Descriptor.from_json(x, f"{what} layer") for x in layers),
             annotations=_str_map(doc.get("annotations"), what, "annotations"),
             artifact_type=_opt_str(doc, "artifactType", what),
+            subject=None
+            if doc.get("subject") is None
+            else Descriptor.from_json(doc["subject"], f"{what} subject"),
         )
 
     @classmethod
@@ -198,6 +202,7 @@ class Manifest:
         layers: list[Descriptor],
         annotations: dict[str, str] | None = None,
         artifact_type: str | None = None,
+        subject: Descriptor | None = None,
     ) -> Manifest:
         doc: dict[str, Any] = {
             "schemaVersion": 2,
@@ -209,6 +214,8 @@ class Manifest:
             doc["artifactType"] = artifact_type
         if annotations:
             doc["annotations"] = dict(annotations)
+        if subject is not None:
+            doc["subject"] = subject.to_json()
         return cls.parse(canonical_json(doc))
 
 

@@ -47,7 +47,9 @@ def test_layout_round_trip_and_add_tag(tmp_path, image):
     assert back.digest == image.digest and back.manifest.raw == image.manifest.raw
     assert _blobs(back) == _blobs(image)
     assert json.loads((out / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
-    write_layout([Tagged(image, ImageName(None, "v2", None))], out)  # adding to an existing layout keeps the old tag
+    write_layout(
+        [Tagged(image, ImageName(None, "v2", None))], out
+    )  # adding to an existing layout keeps the old tag
     assert open_layout(out, "v1", AMD64).digest == open_layout(out, "v2", AMD64).digest
     with pytest.raises(InputError, match="several images"):
         open_layout(out, None, AMD64)
@@ -132,3 +134,17 @@ def test_legacy_docker_save_layout_is_read(tmp_path, image):
     img = open_docker_archive(archive, "old:1", AMD64)
     assert img.layers[0].digest == built.diff_id and img.layers[0].media_type == media.OCI_LAYER
     assert read_all(img.open_blob(img.layers[0])) == store.path(built.descriptor.digest).read_bytes()
+
+
+def test_a_manifest_about_another_names_it_as_its_subject(image):
+    """An attachment (an SBOM, a signature) is an artifact whose manifest's ``subject`` is the image's descriptor."""
+    from ocibuild.oci.descriptor import Descriptor, Manifest
+    from ocibuild.oci.digest import Digest
+
+    empty = Descriptor("application/vnd.oci.empty.v1+json", Digest.of(b"{}"), 2)
+    subject = image.manifest.descriptor()
+    about = Manifest.build(empty, [], artifact_type="application/spdx+json", subject=subject)
+    assert json.loads(about.raw)["subject"] == {"mediaType": subject.media_type, "digest": str(image.digest),
+                                                "size": len(image.manifest.raw)}  # fmt: skip
+    assert Manifest.parse(about.raw).subject == subject
+    assert Manifest.parse(image.manifest.raw).subject is None
