@@ -6,11 +6,11 @@ submodule such as ``ocibuild.oci`` stays cheap.
 
 from .version import __version__
 
-__all__ = ["Environment", "InferenceConfig", "OcibuildError", "Package", "package", "__version__"]
+__all__ = ["Environment", "InferenceConfig", "OcibuildError", "Outputs", "Package", "package", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("Environment", "InferenceConfig", "Package", "package"):
+    if name in ("Environment", "InferenceConfig", "Outputs", "Package", "package"):
         from . import api
 
         return getattr(api, name)
