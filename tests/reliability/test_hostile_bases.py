@@ -21,7 +21,7 @@ import pytest
 from ocibuild import cli
 from ocibuild.errors import BaseImageError
 from ocibuild.oci import media
-from ocibuild.packaging import pyenv
+from ocibuild.rootfs import pyenv
 from ocibuild.rootfs.pyenv import detect_target_python
 from tests.conftest import require
 from tests.reliability.hostile import (
