@@ -137,18 +137,21 @@ def test_base_without_python(tmp_path, inputs):
     )
 
 
-def test_requirement_without_wheel_for_target(tmp_path, inputs, base_ref):
-    # docopt 0.6.2 is published as an sdist only: there is no wheel for any target.
+def test_requirement_without_wheel_for_target(tmp_path, inputs, base_ref, package_index):
+    # ocitest-cext is published as a source archive only, whose build compiles a C extension: no wheel can be had
+    # for the image (a pure-Python one would be built into a wheel; this one is refused).
     fails(
         tmp_path,
         inputs["model"],
         "--entry-script",
         inputs["score"],
         "--pip",
-        "docopt==0.6.2",
+        "ocitest-cext",
+        "--index-url",
+        package_index.url_with(),
         "--base",
         base_ref,
-        expect="no wheel of 'docopt'",
+        expect="ocitest-cext",
     )
 
 
