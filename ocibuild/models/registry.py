@@ -34,8 +34,6 @@ from ..transports.open import open_location
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
 from .orasclient import OrasRegistry
 
-LIST_WORKERS = 8
-
 
 def is_model_reference(text: str) -> bool:
     """Whether a ``package`` model argument names a registered model rather than a local path: ``docker://…``,
@@ -212,8 +210,9 @@ class Listed:
     note: str = ""  # why ``info`` is None: what else the tag holds
 
 
-def list_models(repository: str, options: RegistryOptions | None = None) -> list[Listed]:
-    """Every tag of ``repository`` with its model's annotations (other content is listed with what it is)."""
+def list_models(repository: str, options: RegistryOptions | None = None, workers: int = 8) -> list[Listed]:
+    """Every tag of ``repository`` with its model's annotations (other content is listed with what it is); the
+    tags' manifests are fetched ``workers`` at a time (a registry far away makes each a round trip)."""
     ref = parse_reference(repository.removeprefix("docker://"), default_tag=None)
     if ref.tag or ref.digest:
         raise UsageError(f"{repository}: name a repository (HOST/REPO), without a tag or digest")
@@ -227,7 +226,7 @@ def list_models(repository: str, options: RegistryOptions | None = None) -> list
 
         tags = sorted(reg.get_tags(reg.container))
         # One manifest per tag: fetched a few at a time, as a registry far away makes each a round trip.
-        with ThreadPoolExecutor(max_workers=max(1, min(LIST_WORKERS, len(tags)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tags)))) as pool:
             return list(pool.map(listed, tags))
 
 
