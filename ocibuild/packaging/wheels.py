@@ -4,7 +4,7 @@
 becomes the dependencies layer, with uv when it can name the image's platform, else pip with every compatible tag.
 Installs are wheel-only: a wheel compiled on the host would be wrong in the image. A package that the resolver can
 only take from a source archive is built by ``packaging.sdist`` into a wheelhouse first, and kept only if the
-result is pure Python. What the target is comes from ``packaging.pyenv``; this module never reads an image.
+result is pure Python. What the target is comes from ``rootfs.pyenv``; this module never reads an image.
 """
 
 from __future__ import annotations

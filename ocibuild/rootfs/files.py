@@ -2,7 +2,7 @@
 the loader's search path (``/etc/ld.so.conf``, ``LD_LIBRARY_PATH``), and the Python modules its interpreter can
 import (standard library, ``lib-dynload``, modules built into the interpreter, site-/dist-packages).
 
-Read once from the layers (``checks.layers``: names, plus the content of the few files that say something: the
+Read once from the layers (``rootfs.layers``: names, plus the content of the few files that say something: the
 loader's configuration, libraries up to ``_LIBRARY_LIMIT`` bytes, the interpreter and libpython), and kept as a
 small JSON document cached by the image's layer and config digests, so a rebuild on the same base reads nothing.
 """

@@ -4,7 +4,7 @@ Symlinks, hardlinks, whiteouts and opaque directories are applied; ``..`` and ab
 image's root, as a chroot would. A caller's ``scan`` decides, by name and size, which few regular files are worth
 reading and keeps only what it found in them (``File.facts``): the tree never holds file contents.
 
-Shared by the base image's Python detection (``packaging.pyenv``) and the build checks (``checks.rootfs``).
+Shared by the base image's Python detection (``rootfs.pyenv``) and the build checks (``checks``).
 Never: runs anything from the image, writes anything read from a layer to disk, or follows a path outside the
 image's own root.
 """

@@ -1,7 +1,7 @@
 """The base image's Python: which interpreter, C library and architecture it has (``detect_target_python``).
 
 Found by reading its layer tars (names, symlinks, hardlinks, whiteouts, and the contents of a handful of small
-files) the way the container runtime would stack them (``checks.layers``); ``TargetPython`` then names the wheel
+files) the way the container runtime would stack them (``rootfs.layers``); ``TargetPython`` then names the wheel
 platforms that fit. Installing wheels for it is ``build.wheels``.
 
 Never: runs the image or any binary from it, writes anything read from a layer to disk, follows a path outside the
