@@ -21,19 +21,18 @@ from ..events import Counted, Progress, human_size
 from ..oci import compress
 from ..oci.descriptor import Descriptor
 from ..oci.digest import CHUNK, Digest, Stream
-from ..oci.image import EXPANSION_ALLOWANCE, MAX_EXPANSION, Layer
+from ..oci.image import EXPANSION_ALLOWANCE, MAX_EXPANSION, Image, ImageIndex, Layer
 from ..oci.name import Reference, parse_reference
 from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
 from ..oci.tempfiles import new_directory
 from ..registry.errors import NotFoundError
 from ..registry.push import push_image
-from ..registry.source import RegistrySource
 from ..registry.transport import RegistryOptions, Transport
+from ..transports.location import Location
+from ..transports.open import open_location
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
 from .orasclient import OrasRegistry
-
-LIST_WORKERS = 8
 
 
 def is_model_reference(text: str) -> bool:
@@ -170,10 +169,38 @@ def fetch_model(reg: OrasRegistry, ref: Reference) -> ModelInfo:
     return read_model_manifest(raw, what, mt)
 
 
+def open_model(
+    ref: Reference, options: RegistryOptions | None, store: BlobStore | None = None
+) -> tuple[ModelInfo, Image]:
+    """The model ``ref`` names, opened as any image is (``transports.open``): its manifest verified and read as a
+    model artifact, its layer streamed (or pulled through ``store``) when opened. A missing tag says which
+    versions exist."""
+    try:
+        entry = open_location(
+            Location.parse(f"docker://{ref}"), options=options or RegistryOptions(), store=store
+        )
+    except NotFoundError:
+        with connect(ref, options) as reg:
+            fetch_model(reg, ref)  # says what is missing, and which versions there are
+        raise
+    from .artifact import read_model_manifest
+
+    if isinstance(entry, ImageIndex):
+        entry.close()
+        raise FormatError(
+            f"model {ref} is an image index, not an ocibuild model; use ocibuild model push to register one"
+        )
+    try:
+        return read_model_manifest(entry.manifest.raw, f"model {ref}", entry.manifest.media_type), entry
+    except BaseException:
+        entry.close()
+        raise
+
+
 def show_model(reference: str, options: RegistryOptions | None = None) -> ModelInfo:
-    ref = model_reference(reference)
-    with connect(ref, options) as reg:
-        return fetch_model(reg, ref)
+    info, image = open_model(model_reference(reference), options)
+    image.close()
+    return info
 
 
 @dataclass(frozen=True)
@@ -183,8 +210,9 @@ class Listed:
     note: str = ""  # why ``info`` is None: what else the tag holds
 
 
-def list_models(repository: str, options: RegistryOptions | None = None) -> list[Listed]:
-    """Every tag of ``repository`` with its model's annotations (other content is listed with what it is)."""
+def list_models(repository: str, options: RegistryOptions | None = None, workers: int = 8) -> list[Listed]:
+    """Every tag of ``repository`` with its model's annotations (other content is listed with what it is); the
+    tags' manifests are fetched ``workers`` at a time (a registry far away makes each a round trip)."""
     ref = parse_reference(repository.removeprefix("docker://"), default_tag=None)
     if ref.tag or ref.digest:
         raise UsageError(f"{repository}: name a repository (HOST/REPO), without a tag or digest")
@@ -198,7 +226,7 @@ def list_models(repository: str, options: RegistryOptions | None = None) -> list
 
         tags = sorted(reg.get_tags(reg.container))
         # One manifest per tag: fetched a few at a time, as a registry far away makes each a round trip.
-        with ThreadPoolExecutor(max_workers=max(1, min(LIST_WORKERS, len(tags)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tags)))) as pool:
             return list(pool.map(listed, tags))
 
 
@@ -225,13 +253,15 @@ def pull_model(
     parent = directory.absolute().parent
     if not parent.is_dir():
         raise OutputError(f"{directory}: folder {parent} does not exist; create it first")
-    with connect(ref, options) as reg:
-        info = fetch_model(reg, ref)
+    info, image = open_model(ref, options)
+    try:
         with new_directory(directory) as tmp:
             counter = progress.bytes(f"pulling {info.name}:{info.version}", info.layer.size)
-            with reg.open_blob(info.layer) as blob:
+            with image.layers[0].open() as blob:
                 _unpack(Counted(blob, counter), info, tmp, f"model {ref}")
             counter.done()
+    finally:
+        image.close()
     progress.step(f"pulled model {info.name}:{info.version} ({info.digest}) into {directory}")
     return info
 
@@ -406,27 +436,24 @@ def resolve_model(
     the cache, and a layer this cache built itself (``model push``) is known good without a download.
     """
     ref = model_reference(reference)
-    transport = Transport(ref.registry, options or RegistryOptions())
-    reg = OrasRegistry(transport, ref.repository)
-    info = fetch_model(reg, ref)
+    # Pulled through the store; a stale derived recipe there (a registered file edited since) is pulled over.
+    info, image = open_model(ref, options, store)
+    artifact_layer = image.layers[0]
     desc = Descriptor(info.layer.media_type, info.layer.digest, info.layer.size)
-    # Claims only its own blob, so it never stands in for the local store's; a stale derived recipe (a registered
-    # file edited since) is pulled over.
-    source = RegistrySource(reg.client, store, {str(desc.digest)}, progress)
     progress.step(f"model {ref}: {info.name}:{info.version} ({info.digest.short}, {human_size(desc.size)})")
-    diff_id = _checked_diff_id(info, source, store, str(ref))
-    return ResolvedModel(str(ref), info, Layer(desc, diff_id, source, source.origin))
+    diff_id = _checked_diff_id(info, artifact_layer, store, str(ref))
+    return ResolvedModel(str(ref), info, Layer(desc, diff_id, artifact_layer.source, artifact_layer.origin))
 
 
 def _checked_key(info: ModelInfo) -> str:
     return "model-layer-" + hashlib.sha256(f"{info.layer.digest}\n{info.path}".encode()).hexdigest()
 
 
-def _checked_diff_id(info: ModelInfo, source: RegistrySource, store: BlobStore, what: str) -> Digest:
+def _checked_diff_id(info: ModelInfo, layer: Layer, store: BlobStore, what: str) -> Digest:
     key = _checked_key(info)
     if (doc := store.get_ref(key)) and isinstance(doc.get("diff_id"), str):
         return Digest(doc["diff_id"])
-    with source.open_blob(info.layer) as blob:
+    with layer.open() as blob:
         diff_id = _unpack(blob, info, None, f"model {what}")
     store.put_ref(key, {"diff_id": str(diff_id)})
     return diff_id

@@ -3,7 +3,7 @@
 ``tarfile`` buffers a pax or GNU long-name header of any declared length and follows a GNU sparse map for as long
 as it says another block follows; in a compressed layer a few MB can declare gigabytes. ``BoundedTarInfo`` (passed
 as ``tarinfo=`` to ``tarfile.open``) refuses both past fixed limits. Used by every reader of foreign tars: base
-layers (``build.pyenv``) and image archives (``oci.archive``).
+layers (``rootfs.layers``) and image archives (``oci.archive``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ MANIFEST_ACCEPT = ", ".join(
     [media.OCI_MANIFEST, media.OCI_INDEX, media.DOCKER_MANIFEST, media.DOCKER_MANIFEST_LIST]
 )
 MIN_CHUNK = 5 << 20  # ECR refuses PATCH chunks under 5 MiB (except the last)
-UPLOAD_WAIT = 5  # read timeouts to wait after a blob's last byte: a registry may hash a large blob first
 
 Progress = Callable[[int], None]  # bytes sent so far
 
@@ -235,7 +234,7 @@ class RegistryClient:
                 response = self._request(
                     "PUT", _with_digest(location, desc.digest), replayable=False, data=body,
                     headers={"Content-Type": "application/octet-stream"},
-                    timeout=self.transport.options.retry.read_timeout * UPLOAD_WAIT,
+                    timeout=self.transport.options.retry.read_timeout * self.transport.options.retry.upload_wait,
                 )  # fmt: skip
             except StaleToken:
                 raise

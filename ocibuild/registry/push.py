@@ -26,8 +26,6 @@ from .client import RegistryClient
 from .errors import TransientError
 from .transport import RegistryOptions, Transport, retry_delay
 
-BLOB_ATTEMPTS = 3
-
 
 class _Tally:
     """Bytes done across parallel blobs, for one progress count; per-blob lines are reported as they end."""
@@ -102,7 +100,7 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
             tally.line(f"{label}  mounted from {origin.repository}")
             return "mounted"
     policy = client.transport.options.retry
-    for attempt in range(1, BLOB_ATTEMPTS + 1):
+    for attempt in range(1, policy.blob_attempts + 1):
         sent = [0]
 
         def on_bytes(n: int, sent=sent) -> None:
@@ -115,7 +113,7 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
         except TransientError as e:
             tally.add(-sent[0])
             delay = retry_delay(attempt, e.retry_after, policy)  # a 429's Retry-After too
-            if attempt == BLOB_ATTEMPTS or delay > policy.budget:
+            if attempt == policy.blob_attempts or delay > policy.budget:
                 raise
             time.sleep(delay)
             location = None

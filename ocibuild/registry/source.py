@@ -26,8 +26,6 @@ from .client import RegistryClient
 from .errors import TransientError
 from .transport import RegistryOptions, Transport, retry_delay
 
-PULL_ATTEMPTS = 3
-
 
 class RegistrySource:
     """The blobs and child manifests of one repository.
@@ -94,7 +92,7 @@ class RegistrySource:
                     )
                 break
             except TransientError:
-                if attempt >= PULL_ATTEMPTS:
+                if attempt >= policy.blob_attempts:
                     raise
                 time.sleep(retry_delay(attempt, None, policy))
         if desc.size > 64 << 10:

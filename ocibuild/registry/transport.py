@@ -54,6 +54,10 @@ class RetryPolicy:
     budget: float = 60.0  # total seconds one request may spend waiting between attempts
     connect_timeout: float = 5.0
     read_timeout: float = 120.0
+    blob_attempts: int = 3  # a whole blob upload or download started over after a transient failure
+    upload_wait: int = (
+        5  # read timeouts to wait after a blob's last byte: a registry may hash a large blob first
+    )
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

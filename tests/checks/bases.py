@@ -1,6 +1,6 @@
 """Synthesized base images for the checks' tests: a Debian-shaped root (usrmerge symlinks, multiarch library
 folder, ld.so.conf with an include) whose libraries are ELF files defining the symbol versions a real glibc and
-libstdc++ define, as layers that ``checks.rootfs`` reads as it reads a real image's."""
+libstdc++ define, as layers that ``rootfs.files`` reads as it reads a real image's."""
 
 from __future__ import annotations
 
