@@ -308,37 +308,29 @@ class App:
             return error_response(503, STARTING_MESSAGE, headers=[("Retry-After", "1")])
         assert entry is not None
         if raw:
-            try:
-                request, close = self._raw_request(req)
-            except BodyError as exc:
-                return error_response(exc.status, exc.message, close=True)
-            except MultipartError as exc:
-                if exc.status >= 500:
-                    logger.error("Cannot answer a multipart request: %s", exc.message)
-                return error_response(exc.status, exc.message)
-            return self._score_answer(self._invoke(request, req.headers, close))
-        if req.method == "GET":
-            data: Any = _query_params(req.query)
-            text = json.dumps(data)
-        else:
-            try:
-                body = req.read_body()
-            except BodyError as exc:
-                return error_response(exc.status, exc.message, close=True)
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return error_response(400, f"Input cannot be decoded as UTF-8: {exc}")
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                return error_response(400, f"Input is not valid JSON: {exc}")
+            return self._score_raw(req)
+        parsed = _json_input(req)
+        if isinstance(parsed, Response):
+            return parsed
+        data, text = parsed
         if entry.style == OBJECT:
             try:
                 return self._score_answer(self._invoke(entry.arguments(data), req.headers))
             except InputError as exc:
                 return error_response(400, str(exc))
         return self._score_answer(self._invoke(text, req.headers))
+
+    def _score_raw(self, req: Request) -> Response:
+        """/score for a ``@rawhttp`` ``run()``: it gets the request object, whatever the body holds."""
+        try:
+            request, close = self._raw_request(req)
+        except BodyError as exc:
+            return error_response(exc.status, exc.message, close=True)
+        except MultipartError as exc:
+            if exc.status >= 500:
+                logger.error("Cannot answer a multipart request: %s", exc.message)
+            return error_response(exc.status, exc.message)
+        return self._score_answer(self._invoke(request, req.headers, close))
 
     def _raw_request(self, req: Request) -> tuple[Any, Callable[[], None]]:
         """The request object for a ``@rawhttp`` ``run()`` and what closes it after the call (see ``rawhttp``).
@@ -442,39 +434,32 @@ class App:
     def _v2(self, req: Request) -> Response:
         parts = req.path.split("/")[2:]
         if parts in ([], [""]):
-            if req.method not in ("GET", "HEAD"):
-                return _v2_not_allowed("GET, HEAD")
             meta = {"name": "ocibuild-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
-            return json_response(200, meta)
+            return _v2_wrong_method(req, "GET", "HEAD") or json_response(200, meta)
         if parts in (["health", "live"], ["health", "ready"]):
-            if req.method not in ("GET", "HEAD"):
-                return _v2_not_allowed("GET, HEAD")
             ok = parts[1] == "live" or self._model_ready()
-            return Response(200 if ok else 400)  # the protocol: 200 is true, 4xx is false, bodies empty
+            # the protocol: 200 is true, 4xx is false, bodies empty
+            return _v2_wrong_method(req, "GET", "HEAD") or Response(200 if ok else 400)
         if len(parts) < 2 or parts[0] != "models":
             return v2_error(404, f"No route for {req.path}")
-        name, rest = parts[1], parts[2:]
-        version = None
-        if rest[:1] == ["versions"]:
-            if len(rest) < 2:
-                return v2_error(404, f"No route for {req.path}")
-            version, rest = rest[1], rest[2:]
+        return self._v2_model(req, parts[1:])
+
+    def _v2_model(self, req: Request, parts: list[str]) -> Response:
+        """The routes under ``/v2/models/{name}[/versions/{version}]``; ``parts`` starts with the name."""
+        address = _model_address(parts)
+        if address is None:
+            return v2_error(404, f"No route for {req.path}")
+        name, version, rest = address
         if name != self.model_name or (version is not None and version != self.model_version):
             served = self.model_name + (f" version {self.model_version}" if self.model_version else "")
             asked = name + (f" version {version}" if version is not None else "")
             return v2_error(404, f"Model {asked} not found; this server serves {served}")
         if not rest:
-            if req.method not in ("GET", "HEAD"):
-                return _v2_not_allowed("GET, HEAD")
-            return json_response(200, self._model_metadata())
+            return _v2_wrong_method(req, "GET", "HEAD") or json_response(200, self._model_metadata())
         if rest == ["ready"]:
-            if req.method not in ("GET", "HEAD"):
-                return _v2_not_allowed("GET, HEAD")
-            return Response(200 if self._model_ready() else 400)
+            return _v2_wrong_method(req, "GET", "HEAD") or Response(200 if self._model_ready() else 400)
         if rest == ["infer"]:
-            if req.method != "POST":
-                return _v2_not_allowed("POST")
-            return self._v2_infer(req)
+            return _v2_wrong_method(req, "POST") or self._v2_infer(req)
         return v2_error(404, f"No route for {req.path}")
 
     def _model_ready(self) -> bool:
@@ -498,32 +483,29 @@ class App:
             body = req.read_body()
         except BodyError as exc:
             return v2_error(exc.status, exc.message, close=True)
-        close: Callable[[], None] | None = None  # a @rawhttp request object's
         try:
             request = v2.decode_request(body, req.headers)
-            payload = request.run_input()
-            if self.entry.style == OBJECT:
-                data: Any = self.entry.arguments(payload)
-            elif self.entry.style == RAW:
-                text = json.dumps(payload).encode("utf-8")
-                headers = [
-                    (k, v)
-                    for k, v in req.headers.items()
-                    if k.lower() not in ("content-type", "content-length")
-                ]
-                headers += [("Content-Type", JSON), ("Content-Length", str(len(text)))]
-                data, close = make_request(
-                    method="POST", path=req.path, query="", headers=headers, body=text, length=len(text),
-                    client=(req.client, req.client_port), server=req.server, protocol=req.protocol,
-                )  # fmt: skip
-            else:
-                data = json.dumps(payload)
+            data, close = self._v2_run_argument(req, request.run_input())
         except (v2.V2Error, InputError) as exc:
             return v2_error(400, str(exc))
         outcome = self._invoke(data, req.headers, close)
         if isinstance(outcome, Response):
             return _as_v2_error(outcome)
         result, elapsed_ms = outcome
+        return self._v2_answer(request, result, elapsed_ms)
+
+    def _v2_run_argument(self, req: Request, payload: Any) -> tuple[Any, Callable[[], None] | None]:
+        """``run()``'s argument for the V2 input ``payload``, in the script's style, and what closes it."""
+        entry = self.entry
+        assert entry is not None
+        if entry.style == OBJECT:
+            return entry.arguments(payload), None
+        if entry.style == RAW:
+            return _v2_raw_request(req, payload)
+        return json.dumps(payload), None
+
+    def _v2_answer(self, request: v2.InferRequest, result: Any, elapsed_ms: float) -> Response:
+        """``run()``'s result as the inference response: its outputs as tensors, in JSON or binary."""
         try:
             if is_response(result):
                 status, raw_body, _ = response_parts(result)
@@ -547,6 +529,46 @@ class App:
         return Response(200, out, "application/octet-stream", headers)
 
 
+def _json_input(req: Request) -> Response | tuple[Any, str]:
+    """The /score input as data and as JSON text: GET's query parameters or the body; or the 400 answer."""
+    if req.method == "GET":
+        data = _query_params(req.query)
+        return data, json.dumps(data)
+    try:
+        body = req.read_body()
+    except BodyError as exc:
+        return error_response(exc.status, exc.message, close=True)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return error_response(400, f"Input cannot be decoded as UTF-8: {exc}")
+    try:
+        return json.loads(text), text
+    except ValueError as exc:
+        return error_response(400, f"Input is not valid JSON: {exc}")
+
+
+def _model_address(parts: list[str]) -> tuple[str, str | None, list[str]] | None:
+    """``name[/versions/version]/rest...`` as name, version and the rest; None when a version is missing."""
+    name, rest = parts[0], parts[1:]
+    if rest[:1] != ["versions"]:
+        return name, None, rest
+    if len(rest) < 2:
+        return None
+    return name, rest[1], rest[2:]
+
+
+def _v2_raw_request(req: Request, payload: Any) -> tuple[Any, Callable[[], None]]:
+    """A ``@rawhttp`` ``run()``'s request for a V2 inference: the input as a JSON POST to the same path."""
+    text = json.dumps(payload).encode("utf-8")
+    headers = [(k, v) for k, v in req.headers.items() if k.lower() not in ("content-type", "content-length")]
+    headers += [("Content-Type", JSON), ("Content-Length", str(len(text)))]
+    return make_request(
+        method="POST", path=req.path, query="", headers=headers, body=text, length=len(text),
+        client=(req.client, req.client_port), server=req.server, protocol=req.protocol,
+    )  # fmt: skip
+
+
 def _as_v2_error(resp: Response) -> Response:
     """A ``{"message"}`` answer rewritten in the V2 error shape."""
     try:
@@ -556,8 +578,11 @@ def _as_v2_error(resp: Response) -> Response:
     return v2_error(resp.status, message, headers=resp.headers, close=resp.close)
 
 
-def _v2_not_allowed(allow: str) -> Response:
-    return v2_error(405, "Method not allowed", headers=[("Allow", allow)])
+def _v2_wrong_method(req: Request, *allowed: str) -> Response | None:
+    """The 405 answer when the request's method is not one of ``allowed``, else None."""
+    if req.method in allowed:
+        return None
+    return v2_error(405, "Method not allowed", headers=[("Allow", ", ".join(allowed))])
 
 
 def _is_preflight(req: Request) -> bool:

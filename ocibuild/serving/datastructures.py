@@ -259,46 +259,64 @@ def parse_options(value: str) -> tuple[str, dict[str, str]]:
     main, _, rest = value.partition(";")
     params: dict[str, str] = {}
     extended: dict[str, str] = {}
-    i, n = 0, len(rest)
-    while i < n:
-        while i < n and rest[i] in " \t;":
-            i += 1
-        start = i
-        while i < n and rest[i] not in "=;":
-            i += 1
-        key = rest[start:i].strip().lower()
-        val = ""
-        if i < n and rest[i] == "=":
-            i += 1
-            while i < n and rest[i] in " \t":
-                i += 1
-            if i < n and rest[i] == '"':
-                i += 1
-                chars = []
-                while i < n and rest[i] != '"':
-                    if rest[i] == "\\" and i + 1 < n and rest[i + 1] in '"\\':
-                        i += 1
-                    chars.append(rest[i])
-                    i += 1
-                i += 1  # the closing quote
-                val = "".join(chars)
-                while i < n and rest[i] != ";":
-                    i += 1
-            else:
-                start = i
-                while i < n and rest[i] != ";":
-                    i += 1
-                val = rest[start:i].strip()
+    i = 0
+    while i < len(rest):
+        key, val, i = _next_param(rest, i)
         if not key:
             continue
         if key.endswith("*"):
-            charset, _, encoded = val.partition("'")
-            _, _, encoded = encoded.partition("'")
-            try:
-                extended[key[:-1]] = unquote(encoded, encoding=charset or "utf-8", errors="strict")
-            except (LookupError, UnicodeDecodeError):
-                continue  # undecodable: the plain parameter, if any, stands
+            decoded = _decode_extended(val)
+            if decoded is not None:  # undecodable: the plain parameter, if any, stands
+                extended[key[:-1]] = decoded
         else:
             params.setdefault(key, val)
     params.update(extended)
     return main.strip().lower(), params
+
+
+def _next_param(rest: str, i: int) -> tuple[str, str, int]:
+    """The ``key=value`` parameter at or after ``rest[i]`` (key lower-cased, value unquoted), and its end."""
+    n = len(rest)
+    while i < n and rest[i] in " \t;":
+        i += 1
+    start = i
+    while i < n and rest[i] not in "=;":
+        i += 1
+    key = rest[start:i].strip().lower()
+    if i >= n or rest[i] != "=":
+        return key, "", i
+    i += 1
+    while i < n and rest[i] in " \t":
+        i += 1
+    if i < n and rest[i] == '"':
+        val, i = _quoted_value(rest, i + 1)
+        return key, val, i
+    start = i
+    while i < n and rest[i] != ";":
+        i += 1
+    return key, rest[start:i].strip(), i
+
+
+def _quoted_value(rest: str, i: int) -> tuple[str, int]:
+    """The quoted string that opens before ``rest[i]``, unescaped, and where its parameter ends."""
+    n = len(rest)
+    chars = []
+    while i < n and rest[i] != '"':
+        if rest[i] == "\\" and i + 1 < n and rest[i + 1] in '"\\':
+            i += 1
+        chars.append(rest[i])
+        i += 1
+    i += 1  # the closing quote
+    while i < n and rest[i] != ";":  # anything after it, up to the next parameter, is dropped
+        i += 1
+    return "".join(chars), i
+
+
+def _decode_extended(value: str) -> str | None:
+    """An RFC 2231/5987 ``charset'lang'percent-encoded`` value decoded, or None when it cannot be."""
+    charset, _, encoded = value.partition("'")
+    _, _, encoded = encoded.partition("'")
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="strict")
+    except (LookupError, UnicodeDecodeError):
+        return None

@@ -163,33 +163,8 @@ class _Parser:
         )
 
     def _headers(self, number: int) -> Headers:
-        lines: list[bytes] = []
-        size = 0
-        while True:
-            j = self._buf.find(b"\n")
-            while j < 0:
-                if len(self._buf) + size > MAX_HEADER_BYTES:
-                    raise MultipartError(400, f"Malformed multipart body: part {number} headers are too long")
-                if not self._fill():
-                    raise MultipartError(
-                        400, f"Malformed multipart body: it ends inside part {number}'s headers"
-                    )
-                j = self._buf.find(b"\n")
-            line = bytes(self._buf[:j])
-            del self._buf[: j + 1]
-            size += j + 1
-            if size > MAX_HEADER_BYTES:
-                raise MultipartError(400, f"Malformed multipart body: part {number} headers are too long")
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                break
-            if line[:1] in (b" ", b"\t") and lines:  # an obsolete folded continuation line
-                lines[-1] += b" " + line.strip()
-            else:
-                lines.append(line)
         headers = Headers()
-        for line in lines:
+        for line in self._header_lines(number):
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip() or b" " in name:
                 shown = line[:60].decode("latin-1")
@@ -198,6 +173,37 @@ class _Parser:
                 )
             headers.add(_text(name), _text(value.strip()))
         return headers
+
+    def _header_lines(self, number: int) -> list[bytes]:
+        """The part's header lines up to the empty one, each folded continuation joined to the line before."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = self._header_line(number, size)
+            size += len(line) + 1
+            if size > MAX_HEADER_BYTES:
+                raise MultipartError(400, f"Malformed multipart body: part {number} headers are too long")
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                return lines
+            if line[:1] in (b" ", b"\t") and lines:  # an obsolete folded continuation line
+                lines[-1] += b" " + line.strip()
+            else:
+                lines.append(line)
+
+    def _header_line(self, number: int, size: int) -> bytes:
+        """The next header line, without its LF; ``size``: the header bytes read before it (for the limit)."""
+        j = self._buf.find(b"\n")
+        while j < 0:
+            if len(self._buf) + size > MAX_HEADER_BYTES:
+                raise MultipartError(400, f"Malformed multipart body: part {number} headers are too long")
+            if not self._fill():
+                raise MultipartError(400, f"Malformed multipart body: it ends inside part {number}'s headers")
+            j = self._buf.find(b"\n")
+        line = bytes(self._buf[:j])
+        del self._buf[: j + 1]
+        return line
 
     def _part(self, number: int) -> None:
         headers = self._headers(number)

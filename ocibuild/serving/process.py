@@ -54,17 +54,7 @@ def serve_process(
     )
     server = ScoringServer(sock, app, settings.max_request_bytes, settings.keepalive_timeout_s)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if not app.ready.is_set():
-            logger.info("Received %s before init() finished; exiting", name)
-            _flush()
-            os._exit(EXIT_OK)
-        if not stop.is_set():
-            logger.info("Received %s; finishing in-flight requests, then exiting", name)
-            stop.set()
-
+    on_signal = _stop_handler(app, stop)
     previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
     serving: threading.Thread | None = None
     try:
@@ -86,6 +76,22 @@ def serve_process(
             server.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_handler(app: App, stop: threading.Event) -> Callable[[int, Any], None]:
+    """The SIGTERM/SIGINT handler: exit at once before ``init()`` has finished, else set ``stop`` to drain."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not app.ready.is_set():
+            logger.info("Received %s before init() finished; exiting", name)
+            _flush()
+            os._exit(EXIT_OK)
+        if not stop.is_set():
+            logger.info("Received %s; finishing in-flight requests, then exiting", name)
+            stop.set()
+
+    return on_signal
 
 
 def _start(server: ScoringServer) -> threading.Thread:

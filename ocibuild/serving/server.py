@@ -336,28 +336,40 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         """The data of a chunked body, chunk by chunk, then its trailer consumed; 413 past ``limit`` bytes."""
         total = 0
         while True:
-            line = self.rfile.readline(1024)
-            if not line.endswith(b"\n"):
-                raise BodyError(400, "Malformed chunked body: chunk size line")
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BodyError(400, "Malformed chunked body: chunk size is not hexadecimal") from None
+            size = self._chunk_size()
             if size == 0:
                 break
             total += size
             if total > limit:
                 raise BodyError(413, f"Request body exceeds the limit of {limit} bytes")
-            while size:  # a huge chunk is passed on in pieces
-                data = self.rfile.read(min(size, _CHUNK))
-                if not data:
-                    raise BodyError(400, "Malformed chunked body: chunk shorter than its size")
-                size -= len(data)
-                yield data
-            if self.rfile.readline(3).strip():
+            yield from self._chunk_data(size)
+        self._skip_trailer()
+
+    def _chunk_size(self) -> int:
+        """The size on the next chunk's size line (its extensions ignored)."""
+        line = self.rfile.readline(1024)
+        if not line.endswith(b"\n"):
+            raise BodyError(400, "Malformed chunked body: chunk size line")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            return int(size_text, 16)
+        except ValueError:
+            raise BodyError(400, "Malformed chunked body: chunk size is not hexadecimal") from None
+
+    def _chunk_data(self, size: int) -> Iterator[bytes]:
+        """One chunk's data, in pieces when it is huge, then the line break that ends it."""
+        while size:
+            data = self.rfile.read(min(size, _CHUNK))
+            if not data:
                 raise BodyError(400, "Malformed chunked body: chunk shorter than its size")
-        while True:  # trailer fields, up to the empty line
+            size -= len(data)
+            yield data
+        if self.rfile.readline(3).strip():
+            raise BodyError(400, "Malformed chunked body: chunk shorter than its size")
+
+    def _skip_trailer(self) -> None:
+        """Read the trailer fields that follow the last chunk, up to the empty line."""
+        while True:
             line = self.rfile.readline(65537)
             if not line.endswith(b"\n"):
                 raise BodyError(400, "Malformed chunked body: trailer")

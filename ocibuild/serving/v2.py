@@ -89,17 +89,27 @@ class InferRequest:
 
 def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
     """The inference request in ``body`` (JSON, or JSON + binary tensors); raises ``V2Error``."""
+    head, binary = _split_body(body, headers)
+    doc = _request_document(head)
+    return InferRequest(doc, _decode_inputs(doc["inputs"], binary))
+
+
+def _split_body(body: bytes, headers: Mapping[str, str]) -> tuple[bytes, memoryview]:
+    """The JSON part of ``body`` and the binary data after it (``Inference-Header-Content-Length`` apart)."""
     raw_length = headers.get(HEADER_LENGTH)
-    if raw_length is not None:
-        try:
-            json_length = int(raw_length)
-        except ValueError:
-            raise V2Error(f"{HEADER_LENGTH} {raw_length!r} is not an integer") from None
-        if not 0 <= json_length <= len(body):
-            raise V2Error(f"{HEADER_LENGTH} {json_length} is outside the body of {len(body)} bytes")
-        head, binary = body[:json_length], memoryview(body)[json_length:]
-    else:
-        head, binary = body, memoryview(b"")
+    if raw_length is None:
+        return body, memoryview(b"")
+    try:
+        json_length = int(raw_length)
+    except ValueError:
+        raise V2Error(f"{HEADER_LENGTH} {raw_length!r} is not an integer") from None
+    if not 0 <= json_length <= len(body):
+        raise V2Error(f"{HEADER_LENGTH} {json_length} is outside the body of {len(body)} bytes")
+    return body[:json_length], memoryview(body)[json_length:]
+
+
+def _request_document(head: bytes) -> dict[str, Any]:
+    """The request's JSON object, its ``inputs``, ``outputs`` and ``parameters`` of the right kinds."""
     try:
         doc = json.loads(head.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -114,6 +124,11 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
         raise V2Error("'outputs' must be a list of objects")
     if doc.get("parameters") is not None and not isinstance(doc["parameters"], dict):
         raise V2Error("'parameters' must be an object")
+    return doc
+
+
+def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> list[Tensor]:
+    """The input tensors, which between them must claim all the binary data, in order, under unique names."""
     inputs: list[Tensor] = []
     offset = 0
     for i, raw in enumerate(raw_inputs):
@@ -125,10 +140,11 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
     names = [t.name for t in inputs]
     if len(set(names)) != len(names):
         raise V2Error("input names must be unique")
-    return InferRequest(doc, inputs)
+    return inputs
 
 
 def _decode_input(raw: Any, index: int, binary: memoryview) -> tuple[Tensor, int]:
+    """One input tensor and how many bytes of ``binary`` it took (0 when its data is in the JSON)."""
     if not isinstance(raw, dict):
         raise V2Error(f"input {index} must be an object")
     name = raw.get("name")
@@ -138,11 +154,7 @@ def _decode_input(raw: Any, index: int, binary: memoryview) -> tuple[Tensor, int
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
         raise V2Error(f"{what}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
-    shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise V2Error(f"{what}: 'shape' must be a list of non-negative integers")
+    shape = _input_shape(raw.get("shape"), what)
     count = 1
     for d in shape:
         count *= d
@@ -150,14 +162,27 @@ def _decode_input(raw: Any, index: int, binary: memoryview) -> tuple[Tensor, int
     if not isinstance(params, dict):
         raise V2Error(f"{what}: 'parameters' must be an object")
     size = params.get("binary_data_size")
-    if size is not None:
-        if "data" in raw:
-            raise V2Error(f"{what}: has both 'data' and binary_data_size")
-        if not isinstance(size, int) or size < 0 or size > len(binary):
-            raise V2Error(
-                f"{what}: binary_data_size {size!r} exceeds the {len(binary)} bytes of binary data left"
-            )
-        return Tensor(name, datatype, shape, _from_binary(binary[:size], datatype, count, what)), size
+    if size is None:
+        return Tensor(name, datatype, shape, _json_data(raw, datatype, shape, count, what)), 0
+    if "data" in raw:
+        raise V2Error(f"{what}: has both 'data' and binary_data_size")
+    if not isinstance(size, int) or size < 0 or size > len(binary):
+        raise V2Error(
+            f"{what}: binary_data_size {size!r} exceeds the {len(binary)} bytes of binary data left"
+        )
+    return Tensor(name, datatype, shape, _from_binary(binary[:size], datatype, count, what)), size
+
+
+def _input_shape(shape: Any, what: str) -> list[int]:
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise V2Error(f"{what}: 'shape' must be a list of non-negative integers")
+    return shape
+
+
+def _json_data(raw: dict[str, Any], datatype: str, shape: list[int], count: int, what: str) -> list[Any]:
+    """An input's elements from its JSON ``data``, flat, checked against its datatype and element count."""
     if "data" not in raw:
         raise V2Error(f"{what}: has no 'data'")
     flat = flatten(raw["data"], what)
@@ -166,7 +191,7 @@ def _decode_input(raw: Any, index: int, binary: memoryview) -> tuple[Tensor, int
     _check_types(flat, datatype, what)
     if datatype in _FLOATS:
         flat = [float(x) for x in flat]  # JSON writes 1.0 as 1: an FP tensor holds floats all the same
-    return Tensor(name, datatype, shape, flat), 0
+    return flat
 
 
 def flatten(data: Any, what: str) -> list[Any]:

@@ -50,54 +50,84 @@ def supervise(
 
     ``on_stop`` runs when stopping begins (the parent closes its copy of the listening socket there).
     """
-    stop_reasons: list[str] = []
+    supervisor = _Supervisor(worker_main, graceful_timeout_s, on_stop)
 
     def on_signal(signum: int, frame: Any) -> None:
-        stop_reasons.append(f"received {signal.Signals(signum).name}")
+        supervisor.stop_reasons.append(f"received {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
-    workers: dict[int, _Worker] = {}
-    status = 0
-    deadline: float | None = None
     try:
-        for index in range(count):
-            _spawn(index, worker_main, workers)
-        while workers:
-            if stop_reasons and deadline is None:
-                logger.info("Stopping %d worker(s): %s", len(workers), stop_reasons[0])
-                deadline = time.monotonic() + graceful_timeout_s + _KILL_GRACE_S
-                on_stop()
-                _signal_all(workers, signal.SIGTERM)
-            if deadline is not None and time.monotonic() > deadline:
-                logger.warning("Workers did not stop in time; killing %d", len(workers))
-                _signal_all(workers, signal.SIGKILL)
-                deadline = float("inf")
-            _read_ready(workers, _POLL_S)
-            for worker in list(workers.values()):
-                code = _exit_status(worker.pid)
-                if code is None:
-                    continue
-                del workers[worker.pid]
-                _read_ready({worker.pid: worker}, 0)
-                os.close(worker.ready_fd)
-                if deadline is not None:
-                    if code != 0:
-                        status = status or 1
-                elif not worker.ready:
-                    logger.error(
-                        "Worker %d exited with status %d before it was ready; stopping", worker.pid, code
-                    )
-                    status = code or 1
-                    stop_reasons.append(f"worker {worker.index} failed")
-                else:
-                    logger.warning("Worker %d exited with status %d; starting a new one", worker.pid, code)
-                    _spawn(worker.index, worker_main, workers)
-        return status
+        return supervisor.run(count)
     finally:
-        for worker in workers.values():  # only when the supervisor itself failed
+        for worker in supervisor.workers.values():  # only when the supervisor itself failed
             _kill(worker.pid, signal.SIGKILL)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _Supervisor:
+    """The workers and the service's state: why it stops, its exit status, once stopping a kill deadline."""
+
+    def __init__(
+        self,
+        worker_main: Callable[[int, Callable[[], None]], int],
+        graceful_timeout_s: float,
+        on_stop: Callable[[], None],
+    ) -> None:
+        self.worker_main = worker_main
+        self.graceful_timeout_s = graceful_timeout_s
+        self.on_stop = on_stop
+        self.workers: dict[int, _Worker] = {}
+        self.stop_reasons: list[str] = []
+        self.status = 0
+        self.deadline: float | None = None  # set when stopping begins
+
+    def run(self, count: int) -> int:
+        """Start ``count`` workers and look after them until none is left; the service's exit status."""
+        for index in range(count):
+            _spawn(index, self.worker_main, self.workers)
+        while self.workers:
+            self._stop_if_asked()
+            self._kill_if_late()
+            _read_ready(self.workers, _POLL_S)
+            for worker in list(self.workers.values()):
+                code = _exit_status(worker.pid)
+                if code is not None:
+                    self._exited(worker, code)
+        return self.status
+
+    def _stop_if_asked(self) -> None:
+        """At the first stop reason: ``on_stop``, SIGTERM to every worker, and a deadline to kill them."""
+        if self.stop_reasons and self.deadline is None:
+            logger.info("Stopping %d worker(s): %s", len(self.workers), self.stop_reasons[0])
+            self.deadline = time.monotonic() + self.graceful_timeout_s + _KILL_GRACE_S
+            self.on_stop()
+            _signal_all(self.workers, signal.SIGTERM)
+
+    def _kill_if_late(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            logger.warning("Workers did not stop in time; killing %d", len(self.workers))
+            _signal_all(self.workers, signal.SIGKILL)
+            self.deadline = float("inf")
+
+    def _exited(self, worker: _Worker, code: int) -> None:
+        """Forget an exited worker and replace it, unless the service is stopping.
+
+        One that exits before it was ready (script or ``init()`` failed) stops the service with its status.
+        """
+        del self.workers[worker.pid]
+        _read_ready({worker.pid: worker}, 0)
+        os.close(worker.ready_fd)
+        if self.deadline is not None:
+            if code != 0:
+                self.status = self.status or 1
+        elif not worker.ready:
+            logger.error("Worker %d exited with status %d before it was ready; stopping", worker.pid, code)
+            self.status = code or 1
+            self.stop_reasons.append(f"worker {worker.index} failed")
+        else:
+            logger.warning("Worker %d exited with status %d; starting a new one", worker.pid, code)
+            _spawn(worker.index, self.worker_main, self.workers)
 
 
 def _spawn(
