@@ -98,33 +98,12 @@ class _Parser:
         e_type, machine = struct.unpack_from(end + "HH", head, 16)
         if e_type not in (2, 3):  # relocatable objects and core dumps are never loaded
             return None
-        if is64:
-            (phoff,) = struct.unpack_from(end + "Q", head, 32)
-            phentsize, phnum = struct.unpack_from(end + "HH", head, 54)
-        else:
-            (phoff,) = struct.unpack_from(end + "I", head, 28)
-            phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
+        phoff, phentsize, phnum = self._program_headers_place(head)
         arch = "ppc64" if machine == 21 and end == ">" else MACHINES.get(machine)
         info = dict(bits=64 if is64 else 32, little_endian=end == "<", machine=arch, type=e_type)
         if phnum == 0 or phnum > _MAX_PHNUM or phentsize < (56 if is64 else 32):
             return ElfInfo(**info)  # type: ignore[arg-type]
-        table = self.read(phoff, phnum * phentsize)
-        self.loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
-        dynamic = interp = None
-        for i in range(phnum):
-            at = i * phentsize
-            if at + phentsize > len(table):
-                break
-            if is64:
-                p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(end + "IIQQQQ", table, at)
-            else:
-                p_type, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(end + "IIIII", table, at)
-            if p_type == _PT_LOAD:
-                self.loads.append((p_vaddr, p_offset, p_filesz))
-            elif p_type == _PT_DYNAMIC:
-                dynamic = (p_offset, p_filesz)
-            elif p_type == _PT_INTERP:
-                interp = self.read(p_offset, min(p_filesz, _MAX_STRING)).split(b"\0", 1)[0]
+        dynamic, interp = self._segments(phoff, phentsize, phnum)
         if interp:
             info["interpreter"] = interp.decode("utf-8", "replace")
         if dynamic is None:
@@ -132,6 +111,39 @@ class _Parser:
         info["dynamic"] = True
         info.update(self._dynamic(*dynamic))
         return ElfInfo(**info)  # type: ignore[arg-type]
+
+    def _program_headers_place(self, head: bytes) -> tuple[int, int, int]:
+        """The program header table's offset, entry size and entry count, from the ELF header."""
+        if self.is64:
+            (phoff,) = struct.unpack_from(self.end + "Q", head, 32)
+            phentsize, phnum = struct.unpack_from(self.end + "HH", head, 54)
+        else:
+            (phoff,) = struct.unpack_from(self.end + "I", head, 28)
+            phentsize, phnum = struct.unpack_from(self.end + "HH", head, 42)
+        return phoff, phentsize, phnum
+
+    def _segments(
+        self, phoff: int, phentsize: int, phnum: int
+    ) -> tuple[tuple[int, int] | None, bytes | None]:
+        """The program headers: loaded segments into ``self.loads``; the dynamic section and interpreter."""
+        table = self.read(phoff, phnum * phentsize)
+        self.loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
+        dynamic = interp = None
+        for i in range(phnum):
+            at = i * phentsize
+            if at + phentsize > len(table):
+                break
+            if self.is64:
+                p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(self.end + "IIQQQQ", table, at)
+            else:
+                p_type, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(self.end + "IIIII", table, at)
+            if p_type == _PT_LOAD:
+                self.loads.append((p_vaddr, p_offset, p_filesz))
+            elif p_type == _PT_DYNAMIC:
+                dynamic = (p_offset, p_filesz)
+            elif p_type == _PT_INTERP:
+                interp = self.read(p_offset, min(p_filesz, _MAX_STRING)).split(b"\0", 1)[0]
+        return dynamic, interp
 
     def _offset(self, vaddr: int) -> int | None:
         """The file offset the loader maps ``vaddr`` from."""

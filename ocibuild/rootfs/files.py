@@ -287,38 +287,20 @@ def _python_modules(
 ) -> tuple[frozenset[str], ModuleTree, list[str]]:
     """The standard library's top-level names and the merged tree of site-/dist-packages and PYTHONPATH."""
     minor = f"python{target.version[0]}.{target.version[1]}"
-    _, real = tree.file(normalise(target.executable))
-    prefixes = [("usr",), ("usr", "local")]
-    if len(real) >= 2 and real[-2] == "bin" and real[:-2] not in prefixes:
-        prefixes.insert(0, real[:-2])
     stdlib: set[str] = set(_CORE_MODULES)
     site_dirs: list[Path] = []
     python_dirs: list[str] = []
-    for prefix in prefixes:
+    for prefix in _prefixes(tree, target):
         for lib in ("lib", "lib64"):
             home = (*prefix, lib, minor)
             names = tree.listdir(home)
             if not names:
                 continue
             python_dirs.append(as_abs(home))
-            for name in names:
-                if name.endswith(".py"):
-                    stdlib.add(name[:-3])
-                elif tree.file((*home, name, "__init__.py"))[0] is not None:
-                    stdlib.add(name)
-            for name in tree.listdir((*home, "lib-dynload")):
-                if m := _EXTENSION.fullmatch(name):
-                    stdlib.add(m[1])
+            stdlib |= _stdlib_modules(tree, home, names)
             site_dirs += [(*home, "site-packages"), (*home, "dist-packages")]
         site_dirs.append((*prefix, "lib", "python3", "dist-packages"))
-        for lib in ("lib", "lib64"):
-            for name in tree.listdir((*prefix, lib)):
-                if _PYTHON_FILE.fullmatch(name) and name.startswith("libpython"):
-                    stdlib |= _pyinit(tree, (*prefix, lib, name))
-        for triplet in TRIPLETS.values():
-            for name in tree.listdir((*prefix, "lib", triplet)):
-                if name.startswith(f"lib{minor}.so"):
-                    stdlib |= _pyinit(tree, (*prefix, "lib", triplet, name))
+        stdlib |= _libpython_modules(tree, prefix, minor)
     stdlib |= _pyinit(tree, normalise(target.executable))
     site_dirs += [normalise(p) for p in pythonpath.split(":") if p.startswith("/")]
     site: ModuleTree = {}
@@ -327,6 +309,43 @@ def _python_modules(
             python_dirs.append(as_abs(directory))
             merge(site, _module_tree(tree, directory, 0))
     return frozenset(stdlib), site, python_dirs
+
+
+def _prefixes(tree: Tree, target: TargetPython) -> list[Path]:
+    """Where the Python may be installed: /usr and /usr/local, after the executable's prefix if it differs."""
+    _, real = tree.file(normalise(target.executable))
+    prefixes = [("usr",), ("usr", "local")]
+    if len(real) >= 2 and real[-2] == "bin" and real[:-2] not in prefixes:
+        prefixes.insert(0, real[:-2])
+    return prefixes
+
+
+def _stdlib_modules(tree: Tree, home: Path, names: list[str]) -> set[str]:
+    """The top-level modules in ``lib/pythonX.Y`` (``names``): modules, packages, lib-dynload's extensions."""
+    found: set[str] = set()
+    for name in names:
+        if name.endswith(".py"):
+            found.add(name[:-3])
+        elif tree.file((*home, name, "__init__.py"))[0] is not None:
+            found.add(name)
+    for name in tree.listdir((*home, "lib-dynload")):
+        if m := _EXTENSION.fullmatch(name):
+            found.add(m[1])
+    return found
+
+
+def _libpython_modules(tree: Tree, prefix: Path, minor: str) -> set[str]:
+    """The modules built into the libpython libraries under ``prefix`` (the multiarch directories too)."""
+    found: set[str] = set()
+    for lib in ("lib", "lib64"):
+        for name in tree.listdir((*prefix, lib)):
+            if _PYTHON_FILE.fullmatch(name) and name.startswith("libpython"):
+                found |= _pyinit(tree, (*prefix, lib, name))
+    for triplet in TRIPLETS.values():
+        for name in tree.listdir((*prefix, "lib", triplet)):
+            if name.startswith(f"lib{minor}.so"):
+                found |= _pyinit(tree, (*prefix, "lib", triplet, name))
+    return found
 
 
 def _pyinit(tree: Tree, path: Path) -> set[str]:

@@ -93,19 +93,14 @@ class Tree:
                     real.pop()
                     dirs.pop()
                 continue
-            child = dirs[-1].children.get(name)
+            child = _child(dirs[-1], name, create)
             if child is None:
-                if not create:
-                    return None, ()
-                child = dirs[-1].children[name] = Dir()
+                return None, ()
             if isinstance(child, Link) and (todo or follow_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
                     return None, ()
-                if child.target.startswith("/"):
-                    del real[:]
-                    del dirs[1:]
-                todo.extend(reversed(child.target.split("/")))
+                _enter_link(child.target, todo, real, dirs)
                 continue
             if isinstance(child, Dir):
                 real.append(name)
@@ -144,6 +139,22 @@ class Tree:
         return (node, real) if isinstance(node, File) else (None, ())
 
 
+def _child(parent: Dir, name: str, create: bool) -> Node | None:
+    """``parent``'s entry ``name``; when it is missing, None, or with ``create`` a new directory."""
+    child = parent.children.get(name)
+    if child is None and create:
+        child = parent.children[name] = Dir()
+    return child
+
+
+def _enter_link(target: str, todo: list[str], real: list[str], dirs: list[Dir]) -> None:
+    """Walk on through a symlink: its target's names come next in ``todo``, from the root if absolute."""
+    if target.startswith("/"):
+        del real[:]
+        del dirs[1:]
+    todo.extend(reversed(target.split("/")))
+
+
 # One member of a layer, as kept between reading the layer and applying it: (kind, path, payload).
 _Entry = tuple[str, Path, object]
 
@@ -171,28 +182,9 @@ def _read_layer(
                         f"{what}: its layers hold more than {limit} entries; refusing to read them all "
                         "(a real image has far fewer), use another base image"
                     )
-                path = normalise(member.name)
-                if not path:
-                    continue
-                base = path[-1]
-                if base == ".wh..wh..opq":
-                    entries.append(("opaque", path[:-1], None))
-                elif base.startswith(".wh..wh."):
-                    continue  # other aufs metadata
-                elif base.startswith(".wh."):
-                    if len(base) > 4:
-                        entries.append(("whiteout", (*path[:-1], base[4:]), None))
-                elif member.isdir():
-                    entries.append(("dir", path, None))
-                elif member.issym():
-                    entries.append(("symlink", path, member.linkname))
-                elif member.islnk():
-                    entries.append(("hardlink", path, normalise(member.linkname)))
-                elif member.isreg():
-                    facts = scan(path, member.size, lambda m=member: tar.extractfile(m))
-                    entries.append(("file", path, facts))
-                else:  # devices, fifos
-                    entries.append(("file", path, None))
+                entry = _layer_entry(member, tar, scan)
+                if entry is not None:
+                    entries.append(entry)
     except tarfile.ReadError as e:
         if "empty file" in str(e):
             return entries
@@ -207,6 +199,29 @@ def _read_layer(
     finally:
         stream.close()
     return entries
+
+
+def _layer_entry(member: tarfile.TarInfo, tar: tarfile.TarFile, scan: Scan) -> _Entry | None:
+    """What one member of a layer's tar does to the tree; None for nothing (the root, aufs metadata)."""
+    path = normalise(member.name)
+    if not path:
+        return None
+    base = path[-1]
+    if base == ".wh..wh..opq":
+        return ("opaque", path[:-1], None)
+    if base.startswith(".wh..wh."):
+        return None  # other aufs metadata
+    if base.startswith(".wh."):
+        return ("whiteout", (*path[:-1], base[4:]), None) if len(base) > 4 else None
+    if member.isdir():
+        return ("dir", path, None)
+    if member.issym():
+        return ("symlink", path, member.linkname)
+    if member.islnk():
+        return ("hardlink", path, normalise(member.linkname))
+    if member.isreg():
+        return ("file", path, scan(path, member.size, lambda: tar.extractfile(member)))
+    return ("file", path, None)  # devices, fifos
 
 
 def _apply_layer(tree: Tree, entries: list[_Entry]) -> None:

@@ -244,47 +244,66 @@ def _parse_elf(head: bytes) -> _Elf | None:
 
 def _scan(kind: str, name: str, stream: BinaryIO) -> _Facts:
     """Read one interesting file's first _SCAN_LIMIT bytes in chunks and keep only what was found."""
+    if kind == "apk":
+        return _scan_apk_db(stream)
+    if kind == "libc":
+        return _scan_libc(name, stream)
+    return _scan_python(stream, with_elf=kind == "python")
+
+
+def _scan_apk_db(stream: BinaryIO) -> _Facts:
+    """Alpine's package database: the version of its musl package."""
+    for _, window in _chunks(stream):
+        if m := _APK_MUSL.search(window):
+            return _Facts(musl=(int(m[1]), int(m[2])))
+    return _Facts()
+
+
+def _scan_libc(name: str, stream: BinaryIO) -> _Facts:
+    """A C library or loader: glibc's version; musl's when its banner and exactly one version string show."""
     banner: tuple[int, int] | None = None
     symver = -1
     musl_seen = False
     musl_versions: set[tuple[int, int]] = set()
-    apk_musl: tuple[int, int] | None = None
+    for _, window in _chunks(stream):
+        if banner is None and (m := _GLIBC_BANNER.search(window)):
+            banner = (int(m[1]), int(m[2]))
+        for m in _GLIBC_SYMVER.finditer(window):
+            symver = max(symver, int(m[1]))
+        musl_seen = musl_seen or _MUSL_BANNER.search(window) is not None
+        for m in _MUSL_VERSION.finditer(window):
+            if len(musl_versions) < _MAX_VERSIONS:
+                musl_versions.add((int(m[1]), int(m[2])))
+    musl = None
+    if musl_seen and len(musl_versions) == 1:
+        musl = next(iter(musl_versions))
+    return _Facts(glibc=_file_glibc_version(banner, symver, name), musl=musl)
+
+
+def _file_glibc_version(banner: tuple[int, int] | None, symver: int, name: str) -> tuple[int, int] | None:
+    """The banner's version, else the newest GLIBC_2.N symbol version (-1: none), else the file name's."""
+    if banner is not None:
+        return banner
+    if symver >= 0:
+        return (2, symver)  # the newest symbol version it defines: a lower bound, never too new
+    if m := re.fullmatch(r"libc-(\d+)\.(\d+)\.so", name):
+        return (int(m[1]), int(m[2]))
+    return None
+
+
+def _scan_python(stream: BinaryIO, *, with_elf: bool) -> _Facts:
+    """An interpreter or libpython: every "3.M.P" version string in it and, ``with_elf``, its ELF header."""
     py_versions: set[tuple[int, int]] = set()
     head = b""
     for offset, window in _chunks(stream):
         if offset <= 0:
             head = window[:_ELF_HEAD]
-        if kind == "libc":
-            if banner is None and (m := _GLIBC_BANNER.search(window)):
-                banner = (int(m[1]), int(m[2]))
-            for m in _GLIBC_SYMVER.finditer(window):
-                symver = max(symver, int(m[1]))
-            musl_seen = musl_seen or _MUSL_BANNER.search(window) is not None
-            for m in _MUSL_VERSION.finditer(window):
-                if len(musl_versions) < _MAX_VERSIONS:
-                    musl_versions.add((int(m[1]), int(m[2])))
-        elif kind == "apk":
-            if apk_musl is None and (m := _APK_MUSL.search(window)):
-                apk_musl = (int(m[1]), int(m[2]))
-        else:
-            for m in _PY_VERSION.finditer(window):
-                if m.start() > 0 and window[m.start() - 1] in b"0123456789.":
-                    continue
-                if len(py_versions) < _MAX_VERSIONS:
-                    py_versions.add((int(m[1]), int(m[2])))
-    if kind == "apk":
-        return _Facts(musl=apk_musl)
-    if kind == "libc":
-        glibc = banner
-        if glibc is None and symver >= 0:
-            glibc = (2, symver)  # the newest symbol version it defines: a lower bound, never too new
-        if glibc is None and (m := re.fullmatch(r"libc-(\d+)\.(\d+)\.so", name)):
-            glibc = (int(m[1]), int(m[2]))
-        musl = None
-        if musl_seen and len(musl_versions) == 1:
-            musl = next(iter(musl_versions))
-        return _Facts(glibc=glibc, musl=musl)
-    return _Facts(py_versions=frozenset(py_versions), elf=_parse_elf(head) if kind == "python" else None)
+        for m in _PY_VERSION.finditer(window):
+            if m.start() > 0 and window[m.start() - 1] in b"0123456789.":
+                continue
+            if len(py_versions) < _MAX_VERSIONS:
+                py_versions.add((int(m[1]), int(m[2])))
+    return _Facts(py_versions=frozenset(py_versions), elf=_parse_elf(head) if with_elf else None)
 
 
 _MAX_ENTRIES = 1_000_000
