@@ -196,51 +196,59 @@ def _tokens(expr: str) -> list[str]:
 
 def _alternatives(expr: str) -> list[list[_Term]]:
     """The version expression as alternatives ('|') of conjunctions (','); ',' binds tighter, as in conda."""
-    tokens = _tokens(expr)
-    pos = 0
+    return _ExpressionParser(expr).parse()
 
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
 
-    def take() -> str:
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
+class _ExpressionParser:
+    """A recursive descent over a version expression's tokens: ``either`` of ``both`` of ``atom``s."""
 
-    def either() -> list[list[_Term]]:
-        out = both()
-        while peek() == "|":
-            take()
-            out = out + both()
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
+        self.tokens = _tokens(expr)
+        self.pos = 0
+
+    def parse(self) -> list[list[_Term]]:
+        result = self.either()
+        if self.peek() is not None:
+            raise SpecError(f"has unbalanced parentheses in '{self.expr}'")
+        return result
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> str:
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def either(self) -> list[list[_Term]]:
+        out = self.both()
+        while self.peek() == "|":
+            self.take()
+            out = out + self.both()
         return out
 
-    def both() -> list[list[_Term]]:
-        out = atom()
-        while peek() == ",":
-            take()
-            right = atom()
+    def both(self) -> list[list[_Term]]:
+        out = self.atom()
+        while self.peek() == ",":
+            self.take()
+            right = self.atom()
             out = [a + b for a in out for b in right]
             if len(out) > _MAX_ALTERNATIVES:
                 raise SpecError("has a version expression too large to translate")
         return out
 
-    def atom() -> list[list[_Term]]:
-        token = peek()
+    def atom(self) -> list[list[_Term]]:
+        token = self.peek()
         if token is None or token in "|,)":
-            raise SpecError(f"has an incomplete version expression ('{expr}')")
-        take()
+            raise SpecError(f"has an incomplete version expression ('{self.expr}')")
+        self.take()
         if token == "(":
-            inner = either()
-            if peek() != ")":
-                raise SpecError(f"has unbalanced parentheses in '{expr}'")
-            take()
+            inner = self.either()
+            if self.peek() != ")":
+                raise SpecError(f"has unbalanced parentheses in '{self.expr}'")
+            self.take()
             return inner
         return [[_term(token.strip())]]
-
-    result = either()
-    if peek() is not None:
-        raise SpecError(f"has unbalanced parentheses in '{expr}'")
-    return result
 
 
 def _plain_release(v: Version) -> bool:
@@ -434,12 +442,7 @@ def convert(
     where = f"conda file {path}"
     mapped = parse_conda_map(conda_map)
     renamed, not_python = _mapping()
-    specs: list[MatchSpec] = []
-    for entry in entries:
-        try:
-            specs.append(parse_match_spec(entry))
-        except SpecError as e:
-            raise InputError(f"{where}: dependency '{entry}' {e}; fix the entry") from None
+    specs = _parse_entries(entries, where)
     dropping = {d.strip().lower() for d in drop if d.strip()}
     if unknown := sorted(dropping - {s.name for s in specs}):
         raise UsageError(f"--drop-conda {','.join(unknown)}: {path.name} lists no such conda package")
@@ -465,30 +468,57 @@ def convert(
                 continue
             # Not in the data: a Python distribution of the same name (or one conda-forge does not have).
             pypi = renamed.get(spec.name, spec.name)
-        try:
-            version = translate_version(spec.version)
-        except SpecError as e:
-            raise InputError(f"{where}: dependency '{spec.text}' {e}; write one range in the file") from None
-        requirement = f"{pypi}{version}"
-        try:
-            Requirement(requirement)
-        except InvalidRequirement:
-            raise InputError(
-                f"{where}: dependency '{spec.text}' gives '{requirement}', which is not a pip requirement; "
-                "fix the entry"
-            ) from None
+        requirement = _requirement(spec, pypi, where)
         requirements.append(requirement)
         changed = canonicalize_name(Requirement(requirement).name) != canonicalize_name(spec.name)
         shown.append(f"{requirement} (from {spec.name})" if changed else requirement)
     if missing:
-        one = len(missing) == 1
-        raise InputError(
-            f"{where}: {', '.join(s.name for s in missing)} {'is a conda package' if one else 'are conda packages'} "
-            f"with no Python distribution that no wheel brings; put {'it' if one else 'them'} in the base image "
-            f"and pass --drop-conda {','.join(s.name for s in missing)}, or name a PyPI project with "
-            "--conda-map NAME=PYPI"
-        )
+        raise _missing_error(where, missing)
+    return CondaDependencies(tuple(requirements), python, _notes(where, shown, dropped, specs))
 
+
+def _parse_entries(entries: Sequence[str], where: str) -> list[MatchSpec]:
+    specs: list[MatchSpec] = []
+    for entry in entries:
+        try:
+            specs.append(parse_match_spec(entry))
+        except SpecError as e:
+            raise InputError(f"{where}: dependency '{entry}' {e}; fix the entry") from None
+    return specs
+
+
+def _requirement(spec: MatchSpec, pypi: str, where: str) -> str:
+    """The pip requirement for ``spec`` under its PyPI name ``pypi``, checked to be one."""
+    try:
+        version = translate_version(spec.version)
+    except SpecError as e:
+        raise InputError(f"{where}: dependency '{spec.text}' {e}; write one range in the file") from None
+    requirement = f"{pypi}{version}"
+    try:
+        Requirement(requirement)
+    except InvalidRequirement:
+        raise InputError(
+            f"{where}: dependency '{spec.text}' gives '{requirement}', which is not a pip requirement; "
+            "fix the entry"
+        ) from None
+    return requirement
+
+
+def _missing_error(where: str, missing: list[MatchSpec]) -> InputError:
+    """The error for conda packages that hold no Python distribution and that nothing else brings."""
+    one = len(missing) == 1
+    return InputError(
+        f"{where}: {', '.join(s.name for s in missing)} {'is a conda package' if one else 'are conda packages'} "
+        f"with no Python distribution that no wheel brings; put {'it' if one else 'them'} in the base image "
+        f"and pass --drop-conda {','.join(s.name for s in missing)}, or name a PyPI project with "
+        "--conda-map NAME=PYPI"
+    )
+
+
+def _notes(
+    where: str, shown: list[str], dropped: dict[str, list[str]], specs: list[MatchSpec]
+) -> tuple[str, ...]:
+    """What the conversion tells: what comes from PyPI, what is not installed, which channels are ignored."""
     notes = []
     if shown:
         notes.append(f"{where}: from PyPI: {', '.join(shown)}")
@@ -498,4 +528,4 @@ def convert(
     if channeled := [s for s in specs if s.channel]:
         listed = ", ".join(f"{s.channel}::{s.name}" for s in channeled)
         notes.append(f"{where}: channel ignored for {listed}; every package comes from PyPI")
-    return CondaDependencies(tuple(requirements), python, tuple(notes))
+    return tuple(notes)

@@ -329,19 +329,7 @@ def _make_reproducible(dest: Path, target: TargetPython) -> None:
     * ``direct_url.json`` (PEP 610) records a local path or URL for packages installed from one; it is removed.
     * RECORD follows both changes (new hashes and sizes; pip's ``../../bin/NAME`` rows become ``bin/NAME``).
     """
-    shebang = b"#!" + target.executable.encode()
-    rewritten: dict[str, bytes] = {}
-    bindir = dest / "bin"
-    if bindir.is_dir() and not bindir.is_symlink():
-        for script in sorted(bindir.iterdir()):
-            if script.is_symlink() or not script.is_file():
-                continue
-            data = script.read_bytes()
-            first, sep, rest = data.partition(b"\n")
-            if first.startswith(b"#!") and b"python" in first and first != shebang:
-                data = shebang + sep + rest
-                _replace_file(script, data)
-            rewritten[f"bin/{script.name}"] = data
+    rewritten = _rewrite_shebangs(dest / "bin", b"#!" + target.executable.encode())
     for info in sorted(dest.glob("*.dist-info")):
         removed = set()
         direct = info / "direct_url.json"
@@ -349,23 +337,47 @@ def _make_reproducible(dest: Path, target: TargetPython) -> None:
             direct.unlink()
             removed.add(f"{info.name}/direct_url.json")
         record = info / "RECORD"
-        if not record.is_file():
+        if record.is_file():
+            _update_record(record, removed, rewritten)
+
+
+def _rewrite_shebangs(bindir: Path, shebang: bytes) -> dict[str, bytes]:
+    """Point the Python scripts in ``bindir`` at ``shebang``; every script's content by its RECORD path."""
+    rewritten: dict[str, bytes] = {}
+    if not bindir.is_dir() or bindir.is_symlink():
+        return rewritten
+    for script in sorted(bindir.iterdir()):
+        if script.is_symlink() or not script.is_file():
             continue
-        rows = record.read_text(encoding="utf-8").splitlines()
-        out = []
-        for row in rows:
-            name, _, rest = row.partition(",")
-            norm = os.path.normpath(name)
-            while norm.startswith("../"):
-                norm = norm[3:]
-            if norm in removed:
-                continue
-            if norm in rewritten:
-                data = rewritten[norm]
-                row = f"{norm},{_record_hash(data)},{len(data)}"
-            out.append(row)
-        if out != rows:
-            _replace_file(record, ("\n".join(out) + "\n").encode("utf-8"))
+        data = script.read_bytes()
+        first, sep, rest = data.partition(b"\n")
+        if first.startswith(b"#!") and b"python" in first and first != shebang:
+            data = shebang + sep + rest
+            _replace_file(script, data)
+        rewritten[f"bin/{script.name}"] = data
+    return rewritten
+
+
+def _update_record(record: Path, removed: set[str], rewritten: dict[str, bytes]) -> None:
+    """RECORD without the ``removed`` files, with new hashes and sizes for the ``rewritten`` ones.
+
+    pip's ``../../bin/NAME`` rows become ``bin/NAME``.
+    """
+    rows = record.read_text(encoding="utf-8").splitlines()
+    out = []
+    for row in rows:
+        name, _, rest = row.partition(",")
+        norm = os.path.normpath(name)
+        while norm.startswith("../"):
+            norm = norm[3:]
+        if norm in removed:
+            continue
+        if norm in rewritten:
+            data = rewritten[norm]
+            row = f"{norm},{_record_hash(data)},{len(data)}"
+        out.append(row)
+    if out != rows:
+        _replace_file(record, ("\n".join(out) + "\n").encode("utf-8"))
 
 
 _MAX_SOURCE_ROUNDS = 8  # resolutions after source builds were refused; each round marks at least one package
@@ -505,18 +517,7 @@ def _install_with_uv(inst: _Install, uv: str, platform: str) -> tuple[_Run, str]
                     raise error
             return run, "uv"
         sources, pins = _sdist_only(lock)
-        round_refused = False
-        for package in sources:
-            done = inst.built.get(_canonical(package.name))
-            if done is not None and f"=={done.name.split('-')[1]}" == package.specifier:
-                continue
-            try:
-                inst.build(package, pip_env)
-            except DependencyError as e:
-                refused[package.name] = e
-                no_build.append(package.name)
-                round_refused = True
-        if not round_refused:
+        if not _build_sources(inst, sources, pip_env, refused, no_build):
             break
     else:
         raise next(iter(refused.values()))
@@ -525,6 +526,29 @@ def _install_with_uv(inst: _Install, uv: str, platform: str) -> tuple[_Run, str]
     inst.say(f"installing wheels for {inst.target.describe()} with uv ({platform})")
     cmd = _uv_command(uv, inst.target, platform, inst.dest, inst.files, inst.specs, inst.opts, constraints)
     return inst.run(cmd, env), "uv"
+
+
+def _build_sources(
+    inst: _Install,
+    sources: list[SourceBuild],
+    env: dict[str, str],
+    refused: dict[str, DependencyError],
+    no_build: list[str],
+) -> bool:
+    """Build the source-only packages not built yet; whether any was refused (then it is in ``refused`` and
+    ``no_build``, so the next resolution takes another version or fails with the build's error)."""
+    any_refused = False
+    for package in sources:
+        done = inst.built.get(_canonical(package.name))
+        if done is not None and f"=={done.name.split('-')[1]}" == package.specifier:
+            continue
+        try:
+            inst.build(package, env)
+        except DependencyError as e:
+            refused[package.name] = e
+            no_build.append(package.name)
+            any_refused = True
+    return any_refused
 
 
 def _install_with_pip(inst: _Install) -> tuple[_Run, str]:
@@ -568,6 +592,40 @@ def _pip_has_uploaded_prior_to(env: dict[str, str]) -> bool:
     return "--uploaded-prior-to" in out.stdout
 
 
+def _uv_for(target: TargetPython, installer: Installer) -> tuple[str | None, str | None]:
+    """uv and the target's uv platform name, or (None, None) when pip installs; the one chosen is there."""
+    uv = _find_uv() if installer in ("auto", "uv") else None
+    platform = target.uv_platform()
+    if installer == "uv" and (uv is None or platform is None):
+        raise DependencyError(
+            "uv cannot install for this base image "
+            + (
+                "(uv is not installed: pip install uv)"
+                if uv is None
+                else f"({target.describe()} has no uv platform)"
+            )
+        )
+    uses_pip = installer == "pip" or uv is None or platform is None
+    if uses_pip and importlib.util.find_spec("pip") is None:
+        raise DependencyError("neither uv nor pip is available to install the requirements; pip install uv")
+    return (None, None) if uses_pip else (uv, platform)
+
+
+def _run_installer(
+    inst: _Install, uv: str | None, platform: str | None, installer: Installer
+) -> tuple[_Run, str]:
+    """Install with uv when it is given, else pip; pip too when ``auto`` and uv does not know the platform."""
+    if uv is not None and platform is not None:
+        run, tool = _install_with_uv(inst, uv, platform)
+        rejected = any("invalid value" in line and "python-platform" in line for line in run.tail)
+        if run.returncode == 0 or not rejected or installer != "auto":
+            return run, tool
+        # an older uv that does not know this platform name: pip can do it
+        shutil.rmtree(inst.dest)
+        inst.dest.mkdir()
+    return _install_with_pip(inst)
+
+
 def install_dependencies(
     target: TargetPython,
     dest: Path,
@@ -598,21 +656,7 @@ def install_dependencies(
     if any(dest.iterdir()):
         raise ValueError(f"{dest} must be empty")
 
-    uv = _find_uv() if installer in ("auto", "uv") else None
-    platform = target.uv_platform()
-    if installer == "uv" and (uv is None or platform is None):
-        raise DependencyError(
-            "uv cannot install for this base image "
-            + (
-                "(uv is not installed: pip install uv)"
-                if uv is None
-                else f"({target.describe()} has no uv platform)"
-            )
-        )
-    uses_pip = installer == "pip" or uv is None or platform is None
-    if uses_pip and importlib.util.find_spec("pip") is None:
-        raise DependencyError("neither uv nor pip is available to install the requirements; pip install uv")
-
+    uv, platform = _uv_for(target, installer)
     fd, log_name = tempfile.mkstemp(prefix="ocibuild-install-", suffix=".log")
     log_path = Path(log_name)
     work = Path(tempfile.mkdtemp(prefix="ocibuild-wheels-"))
@@ -622,18 +666,7 @@ def install_dependencies(
             inst = _Install(
                 target, dest, files, specs, opts, log, log_path, work, Redactor(sources.secrets()), progress
             )
-            run: _Run | None = None
-            tool = "pip"
-            if not uses_pip:
-                assert uv is not None and platform is not None
-                run, tool = _install_with_uv(inst, uv, platform)
-                rejected = any("invalid value" in line and "python-platform" in line for line in run.tail)
-                if run.returncode != 0 and rejected and installer == "auto":
-                    run = None  # an older uv that does not know this platform name: pip can do it
-                    shutil.rmtree(dest)
-                    dest.mkdir()
-            if run is None:
-                run, tool = _install_with_pip(inst)
+            run, tool = _run_installer(inst, uv, platform, installer)
         if run.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
             # Ctrl-C reached the installer (the whole process group gets it) an instant before it reaches us:
             # this is an interruption, not an installer failure whose log is worth keeping.
