@@ -30,37 +30,17 @@ def elf(
     executable: bool = False,
 ) -> bytes:
     """A little-endian ELF file with those dynamic entries (64- or 32-bit, x86-64 by default)."""
-    strtab = bytearray(b"\0")
-
-    def string(s: str) -> int:
-        at = len(strtab)
-        strtab.extend(s.encode() + b"\0")
-        return at
-
-    dyn: list[tuple[int, int]] = [(DT_NEEDED, string(n)) for n in needed]
-    if soname:
-        dyn.append((DT_SONAME, string(soname)))
-    if rpath:
-        dyn.append((DT_RPATH, string(rpath)))
-    if runpath:
-        dyn.append((DT_RUNPATH, string(runpath)))
+    strings = _StringTable()
+    dyn: list[tuple[int, int]] = [(DT_NEEDED, strings.add(n)) for n in needed]
+    for tag, value in ((DT_SONAME, soname), (DT_RPATH, rpath), (DT_RUNPATH, runpath)):
+        if value:
+            dyn.append((tag, strings.add(value)))
     needs = [(lib, [(v, 0) for v in vs]) for lib, vs in (version_needs or {}).items()]
-    for lib, vs in (weak_needs or {}).items():
-        needs.append((lib, [(v, 2) for v in vs]))
-    verneed = bytearray()
-    for i, (lib, versions) in enumerate(needs):
-        last = i == len(needs) - 1
-        verneed += struct.pack(
-            "<HHIII", 1, len(versions), string(lib), 16, 0 if last else 16 + 16 * len(versions)
-        )
-        for j, (v, flags) in enumerate(versions):
-            verneed += struct.pack("<IHHII", 0, flags, 2 + j, string(v), 0 if j == len(versions) - 1 else 16)
-    verdef = bytearray()
+    needs += [(lib, [(v, 2) for v in vs]) for lib, vs in (weak_needs or {}).items()]  # 2: VER_FLG_WEAK
+    verneed = _verneed(needs, strings)
     defs = [(soname or "self", 1), *((v, 0) for v in version_defs)] if version_defs else []
-    for i, (name, flags) in enumerate(defs):
-        last = i == len(defs) - 1
-        verdef += struct.pack("<HHHHIII", 1, flags, i + 1, 1, 0, 20, 0 if last else 28)
-        verdef += struct.pack("<II", string(name), 0)
+    verdef = _verdef(defs, strings)
+    strtab = strings.data
 
     is64 = bits == 64
     ehsize, phentsize = (64, 56) if is64 else (52, 32)
@@ -87,35 +67,12 @@ def elf(
     dynamic = b"".join(struct.pack(entry, tag, value) for tag, value in dyn)
     size = dynamic_at + len(dynamic)
 
-    e_type = 2 if executable else 3
-    if is64:
-        header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-        header += struct.pack(
-            "<HHIQQQIHHHHHH", e_type, machine, 1, 0, ehsize, 0, 0, ehsize, phentsize, phnum, 0, 0, 0
-        )
-        ph = "<IIQQQQQQ"
-        phdrs = struct.pack(ph, 1, 5, 0, VADDR, VADDR, size, size, 0x1000)
-        phdrs += struct.pack(
-            ph, 2, 6, dynamic_at, VADDR + dynamic_at, VADDR + dynamic_at, len(dynamic), len(dynamic), 8
-        )
-        if interp:
-            phdrs += struct.pack(
-                ph, 3, 4, interp_at, VADDR + interp_at, VADDR + interp_at, len(interp), len(interp), 1
-            )
-    else:
-        header = b"\x7fELF" + bytes([1, 1, 1]) + bytes(9)
-        header += struct.pack(
-            "<HHIIIIIHHHHHH", e_type, machine, 1, 0, ehsize, 0, 0, ehsize, phentsize, phnum, 0, 0, 0
-        )
-        ph = "<IIIIIIII"
-        phdrs = struct.pack(ph, 1, 0, VADDR, VADDR, size, size, 5, 0x1000)
-        phdrs += struct.pack(
-            ph, 2, dynamic_at, VADDR + dynamic_at, VADDR + dynamic_at, len(dynamic), len(dynamic), 6, 4
-        )
-        if interp:
-            phdrs += struct.pack(
-                ph, 3, interp_at, VADDR + interp_at, VADDR + interp_at, len(interp), len(interp), 4, 1
-            )
+    header = _elf_header(is64, 2 if executable else 3, machine, ehsize, phentsize, phnum)
+    # (type, flags, offset, size, alignment): PT_LOAD maps the whole file, then PT_DYNAMIC and PT_INTERP
+    segments = [(1, 5, 0, size, 0x1000), (2, 6, dynamic_at, len(dynamic), 8 if is64 else 4)]
+    if interp:
+        segments.append((3, 4, interp_at, len(interp), 1))
+    phdrs = b"".join(_program_header(is64, *segment) for segment in segments)
     out = bytearray(size)
     out[: len(header)] = header
     out[ehsize : ehsize + len(phdrs)] = phdrs
@@ -125,6 +82,58 @@ def elf(
     out[verdef_at : verdef_at + len(verdef)] = verdef
     out[dynamic_at:] = dynamic
     return bytes(out)
+
+
+class _StringTable:
+    """The dynamic string table, built as strings are added (each one's offset is what refers to it)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray(b"\0")
+
+    def add(self, s: str) -> int:
+        at = len(self.data)
+        self.data.extend(s.encode() + b"\0")
+        return at
+
+
+def _verneed(needs: list[tuple[str, list[tuple[str, int]]]], strings: _StringTable) -> bytes:
+    """The version needs section: for each (library, [(version, flags)]), a Verneed and its Vernauxes."""
+    verneed = bytearray()
+    for i, (lib, versions) in enumerate(needs):
+        last = i == len(needs) - 1
+        verneed += struct.pack(
+            "<HHIII", 1, len(versions), strings.add(lib), 16, 0 if last else 16 + 16 * len(versions)
+        )
+        for j, (v, flags) in enumerate(versions):
+            verneed += struct.pack(
+                "<IHHII", 0, flags, 2 + j, strings.add(v), 0 if j == len(versions) - 1 else 16
+            )
+    return bytes(verneed)
+
+
+def _verdef(defs: list[tuple[str, int]], strings: _StringTable) -> bytes:
+    """The version definitions section: one Verdef with one Verdaux per (name, flags)."""
+    verdef = bytearray()
+    for i, (name, flags) in enumerate(defs):
+        last = i == len(defs) - 1
+        verdef += struct.pack("<HHHHIII", 1, flags, i + 1, 1, 0, 20, 0 if last else 28)
+        verdef += struct.pack("<II", strings.add(name), 0)
+    return bytes(verdef)
+
+
+def _elf_header(is64: bool, e_type: int, machine: int, ehsize: int, phentsize: int, phnum: int) -> bytes:
+    """The ELF header: program headers right after it, no section headers."""
+    ident = b"\x7fELF" + bytes([2 if is64 else 1, 1, 1]) + bytes(9)
+    fmt = "<HHIQQQIHHHHHH" if is64 else "<HHIIIIIHHHHHH"
+    return ident + struct.pack(fmt, e_type, machine, 1, 0, ehsize, 0, 0, ehsize, phentsize, phnum, 0, 0, 0)
+
+
+def _program_header(is64: bool, p_type: int, flags: int, offset: int, size: int, align: int) -> bytes:
+    """A program header for a segment mapped at its file offset + ``VADDR`` (fields ordered per class)."""
+    vaddr = VADDR + offset
+    if is64:
+        return struct.pack("<IIQQQQQQ", p_type, flags, offset, vaddr, vaddr, size, size, align)
+    return struct.pack("<IIIIIIII", p_type, offset, vaddr, vaddr, size, size, flags, align)
 
 
 def install(site: Path, dist: str, files: dict[str, bytes], version: str = "1.0") -> None:

@@ -414,21 +414,11 @@ class RecordingProxy:
         fault = self._fault(method, h.path)
         action = fault.action if fault else ""
         if action == "drop" and int(h.headers.get("Content-Length") or 0) > 0:
-            length = int(h.headers["Content-Length"])
-            got = len(h.rfile.read(min(length - 1, fault.after if fault.after is not None else length // 2)))
-            self._record(Record(method, h.path, got, 0, action, arrived, self._tick()))
-            self._drop(h)
+            self._drop_mid_body(h, fault, arrived)
             return
         body = self._read_body(h)
         if action == "status" or (not fault and self.max_body is not None and len(body) > self.max_body):
-            status = fault.status if fault else 413
-            # recorded before answering: tests read it after
-            self._record(Record(method, h.path, len(body), status, action, arrived, self._tick()))
-            h.send_response(status)
-            for k, v in (fault.headers if fault else {}).items():
-                h.send_header(k, v)
-            h.send_header("Content-Length", "0")
-            h.end_headers()
+            self._answer_status(h, fault, len(body), arrived)
             return
         if action == "drop" or (action == "stall" and method != "GET"):
             self._record(Record(method, h.path, len(body), 0, action, arrived, self._tick()))
@@ -436,46 +426,90 @@ class RecordingProxy:
                 self._stopping.wait(fault.seconds)
             self._drop(h)
             return
+        self._forward(h, body, fault, arrived)
+
+    def _drop_mid_body(self, h: BaseHTTPRequestHandler, fault: Fault, arrived: int) -> None:
+        """Read only ``fault.after`` bytes of the body (default: half), then reset: an upload cut off."""
+        length = int(h.headers["Content-Length"])
+        got = len(h.rfile.read(min(length - 1, fault.after if fault.after is not None else length // 2)))
+        self._record(Record(h.command, h.path, got, 0, fault.action, arrived, self._tick()))
+        self._drop(h)
+
+    def _answer_status(
+        self, h: BaseHTTPRequestHandler, fault: Fault | None, body_bytes: int, arrived: int
+    ) -> None:
+        """Answer the fault's status and headers instead of forwarding; with no fault, 413 (``max_body``)."""
+        status = fault.status if fault else 413
+        action = fault.action if fault else ""
+        # recorded before answering: tests read it after
+        self._record(Record(h.command, h.path, body_bytes, status, action, arrived, self._tick()))
+        h.send_response(status)
+        for k, v in (fault.headers if fault else {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def _forward(self, h: BaseHTTPRequestHandler, body: bytes, fault: Fault | None, arrived: int) -> None:
+        """Send the request upstream and its answer back, damaged as the fault's action says."""
+        action = fault.action if fault else ""
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=300)
         try:
-            # Header by header: a client may send several Accept lines, and a dict would keep only the last.
-            conn.putrequest(method, h.path, skip_host=True, skip_accept_encoding=True)
-            for k, v in h.headers.items():
-                if k.lower() not in _HOP and k.lower() != "content-length":
-                    conn.putheader(k, v)
-            if body or method in ("PUT", "PATCH", "POST"):
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body or None)
-            resp = conn.getresponse()
-            data = resp.read()
+            resp, data = self._ask_upstream(conn, h, body)
             if fault and not (data and resp.status == 200):
                 action = ""  # nothing to damage: forward as it is, and keep the fault for a later request
                 with self._lock:
                     fault.times += 1
                     fault.injected -= 1
-            self._record(Record(method, h.path, len(body), resp.status, action, arrived, self._tick()))
-            h.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in _HOP and k.lower() != "content-length":
-                    h.send_header(k, v)
-            length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
-            part = data[: fault.after if fault and fault.after is not None else len(data) // 2]
-            if action == "truncate":
-                data, length = part, str(len(part))
-            elif action == "corrupt":
-                data = data[:-1] + bytes([data[-1] ^ 0xFF])
-            h.send_header("Content-Length", length or "0")
-            h.end_headers()
-            if action in ("cut", "stall"):
-                h.wfile.write(part)
-                h.wfile.flush()
-                if action == "stall":
-                    self._stopping.wait(fault.seconds)
-                self._drop(h)
-            elif method != "HEAD":
-                h.wfile.write(data)
+            self._record(Record(h.command, h.path, len(body), resp.status, action, arrived, self._tick()))
+            self._reply(h, resp, data, fault, action)
         finally:
             conn.close()
+
+    def _ask_upstream(
+        self, conn: http.client.HTTPConnection, h: BaseHTTPRequestHandler, body: bytes
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """The upstream's answer and body for the request as the client sent it (hop-by-hop headers aside)."""
+        # Header by header: a client may send several Accept lines, and a dict would keep only the last.
+        conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
+        for k, v in h.headers.items():
+            if k.lower() not in _HOP and k.lower() != "content-length":
+                conn.putheader(k, v)
+        if body or h.command in ("PUT", "PATCH", "POST"):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
+        resp = conn.getresponse()
+        return resp, resp.read()
+
+    def _reply(
+        self,
+        h: BaseHTTPRequestHandler,
+        resp: http.client.HTTPResponse,
+        data: bytes,
+        fault: Fault | None,
+        action: str,
+    ) -> None:
+        """Send the upstream's answer on to the client, with ``action`` done to its body."""
+        method = h.command
+        h.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in _HOP and k.lower() != "content-length":
+                h.send_header(k, v)
+        length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
+        part = data[: fault.after if fault and fault.after is not None else len(data) // 2]
+        if action == "truncate":
+            data, length = part, str(len(part))
+        elif action == "corrupt":
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        h.send_header("Content-Length", length or "0")
+        h.end_headers()
+        if action in ("cut", "stall"):
+            h.wfile.write(part)
+            h.wfile.flush()
+            if action == "stall":
+                self._stopping.wait(fault.seconds)
+            self._drop(h)
+        elif method != "HEAD":
+            h.wfile.write(data)
 
     def _record(self, record: Record) -> None:
         with self._lock:

@@ -140,6 +140,16 @@ def test_killed_and_interrupted_builds_leave_nothing_wrong(work, model, base_ima
     assert sum("rc 0" not in line for line in log) >= iterations // 2, "too few builds were actually stopped"
 
 
+# The ways a build is stopped, by the name the log shows.
+_STOPS = {
+    "SIGKILL": lambda proc: proc.send_signal(signal.SIGKILL),
+    # what Ctrl-C in a terminal does
+    "SIGINT to the process group": lambda proc: os.killpg(proc.pid, signal.SIGINT),
+    # what `kill -INT` or `timeout -s INT` does
+    "SIGINT to the process": lambda proc: proc.send_signal(signal.SIGINT),
+}
+
+
 def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, reference, log) -> None:
     # Every third build starts from an empty cache (dependencies installed again); the others share one cache that
     # keeps whatever the killed builds left in it. The model layer is always made again (a new mtime).
@@ -149,9 +159,40 @@ def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, 
     point = rng.choice(COLD_POINTS if cold else WARM_POINTS)
     seconds = reference.seconds_cold if cold else reference.seconds_warm
     delay = rng.uniform(0.2, seconds) if point == "start" else rng.uniform(0, 0.4)
-    how = rng.choice(["SIGKILL", "SIGINT to the process group", "SIGINT to the process"])
+    how = rng.choice(list(_STOPS))
+    proc, lines, reader = _start_build(package_argv(model, base_image.ref, cache, "--output", out), tmpdir)
+    if _kill_at(proc, point, delay, out, lines):
+        _STOPS[how](proc)
+    proc.wait(timeout=120)
+    reader.join(10)
+    stdout = proc.stdout.read()
+    stderr = "".join(lines)
+    finished = stdout.strip() == reference.digest
+    phase = ([x for x in stderr.splitlines() if x and not x.startswith("ocibuild:")] or ["(starting)"])[-1]
+    log.append(
+        f"{i:2} {'cold' if cold else 'warm'} {how:27} at {point!r} + {delay:.2f} s: rc {proc.returncode}, "
+        f"last progress: {phase[:60]}"
+    )
+    where = f"{log[-1]}\n{stderr[-2000:]}"
+    _check_no_process_left(proc, how, where)
+    _check_what_is_left(proc, how, finished, stderr, out, cache, tmpdir, reference, where)
+
+    # The next build, with whatever the killed one cached, writes exactly the clean build's image.
+    r = _build(package_argv(model, base_image.ref, cache, "--output", out, "-q"), tmpdir)
+    assert r.returncode == 0, f"the build after: {r.stderr[-3000:]}: {where}"
+    assert r.stdout.strip() == reference.digest, where
+    assert file_sha256(out) == reference.sha256, where
+    assert temps_beside(out) == [], where
+    check_store(cache)
+    out.unlink()
+    if cache != shared_cache:
+        shutil.rmtree(cache)
+
+
+def _start_build(argv, tmpdir: Path) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """The build, in a session of its own, and its stderr lines as a thread reads them."""
     proc = subprocess.Popen(
-        package_argv(model, base_image.ref, cache, "--output", out),
+        argv,
         env=env(tmpdir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -164,26 +205,11 @@ def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, 
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
-    if _kill_at(proc, point, delay, out, lines):
-        if how == "SIGKILL":
-            proc.send_signal(signal.SIGKILL)
-        elif how == "SIGINT to the process group":
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        else:
-            proc.send_signal(signal.SIGINT)  # what `kill -INT` or `timeout -s INT` does
-    proc.wait(timeout=120)
-    reader.join(10)
-    stdout = proc.stdout.read()
-    stderr = "".join(lines)
-    finished = stdout.strip() == reference.digest
-    phase = ([x for x in stderr.splitlines() if x and not x.startswith("ocibuild:")] or ["(starting)"])[-1]
-    log.append(
-        f"{i:2} {'cold' if cold else 'warm'} {how:27} at {point!r} + {delay:.2f} s: rc {proc.returncode}, "
-        f"last progress: {phase[:60]}"
-    )
-    where = f"{log[-1]}\n{stderr[-2000:]}"
+    return proc, lines, reader
 
-    # No process outlives an interrupted build; a SIGKILLed one cannot stop its installer: we do.
+
+def _check_no_process_left(proc, how: str, where: str) -> None:
+    """No process outlives an interrupted build; a SIGKILLed one cannot stop its installer: we do."""
     left = _wait_gone(proc.pid, 10 if how != "SIGKILL" else 0)
     if how == "SIGKILL":
         if left:
@@ -192,7 +218,10 @@ def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, 
     else:
         assert not left, f"processes left running: {left}: {where}"
 
-    # The output: nothing, or the complete image.
+
+def _check_what_is_left(proc, how, finished, stderr, out, cache, tmpdir, reference, where) -> None:
+    """The output holds nothing or the complete image, the cache no wrong entry; after SIGINT, no temp file
+    anywhere and the one-line message (a SIGKILLed build's temp files are removed here)."""
     if out.exists():
         assert file_sha256(out) == reference.sha256, f"a partial or different image at the output: {where}"
     leftovers = temps_beside(out)
@@ -200,35 +229,28 @@ def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, 
     temp_dirs = os.listdir(tmpdir)
     if how == "SIGKILL":
         assert proc.returncode in (-signal.SIGKILL, 0), where
-        for name in leftovers:  # known: a SIGKILLed export leaves its temp file (see the xfail test below)
-            (out.parent / name).unlink()
-        for name in temp_dirs:  # and its temp files and dirs
-            path = tmpdir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        _remove_temps(out, leftovers, tmpdir, temp_dirs)
+        return
+    if finished:  # the signal came as it was exiting
+        assert proc.returncode in (0, 130, -signal.SIGINT), where
     else:
-        if finished:  # the signal came as it was exiting
-            assert proc.returncode in (0, 130, -signal.SIGINT), where
-        else:
-            assert proc.returncode == 130, where
-            assert "Traceback" not in stderr, where
-            assert [x for x in stderr.splitlines() if x.startswith("ocibuild:")] == [INTERRUPTED], where
-        assert leftovers == [], f"temp files beside the output: {leftovers}: {where}"
-        assert stale == [], f"temp files in the cache: {stale}: {where}"
-        assert temp_dirs == [], f"temp files in TMPDIR: {temp_dirs}: {where}"
+        assert proc.returncode == 130, where
+        assert "Traceback" not in stderr, where
+        assert [x for x in stderr.splitlines() if x.startswith("ocibuild:")] == [INTERRUPTED], where
+    assert leftovers == [], f"temp files beside the output: {leftovers}: {where}"
+    assert stale == [], f"temp files in the cache: {stale}: {where}"
+    assert temp_dirs == [], f"temp files in TMPDIR: {temp_dirs}: {where}"
 
-    # The next build, with whatever the killed one cached, writes exactly the clean build's image.
-    r = _build(package_argv(model, base_image.ref, cache, "--output", out, "-q"), tmpdir)
-    assert r.returncode == 0, f"the build after: {r.stderr[-3000:]}: {where}"
-    assert r.stdout.strip() == reference.digest, where
-    assert file_sha256(out) == reference.sha256, where
-    assert temps_beside(out) == [], where
-    check_store(cache)
-    out.unlink()
-    if cache != shared_cache:
-        shutil.rmtree(cache)
+
+def _remove_temps(out: Path, leftovers: list[str], tmpdir: Path, temp_dirs: list[str]) -> None:
+    for name in leftovers:  # known: a SIGKILLed export leaves its temp file (see the xfail test below)
+        (out.parent / name).unlink()
+    for name in temp_dirs:  # and its temp files and dirs
+        path = tmpdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def test_two_builds_sharing_a_cache_at_once_both_succeed(work, model, base_image, reference):
