@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -403,95 +404,117 @@ def bench_package(plan: Plan, work: Path, files: dict[int, Path], base: Path) ->
         "umoci_skopeo": "umoci insert + skopeo copy (docker-archive)",
     }
     runs: dict[str, list[Measured]] = {key: [] for key in labels}
-
-    def ocibuild() -> Measured:
-        touch(model / "weights.bin")  # the model "was trained again": its layer is built in every run
-        try:
-            m = probe(
-                work / "probe.json", *package_argv(model, script, base, cache, "--output", str(out / "o.tar"))
-            )
-            m.report["seconds"] = m.wall  # whole commands on both sides
-            return m
-        finally:
-            rm(out / "o.tar")
-
-    def docker(engine: Dockerd, builder: str) -> Measured:
-        engine.docker("rmi", "-f", "bench-docker:1", check=False)
-        engine.docker("builder", "prune", "-af", check=False)
-        argv = [
-            "sh", "-c",
-            f'"{DOCKER_CLI}" build -q --no-cache -t bench-docker:1 --build-arg BASE_IMAGE={BASE_DOCKER_NAME} '
-            f'"{context}" >/dev/null && "{DOCKER_CLI}" save -o "{out}/docker.tar" bench-docker:1',
-        ]  # fmt: skip
-        try:
-            return measure(argv, env={**engine.env, "DOCKER_BUILDKIT": "1" if builder == "buildkit" else "0"})
-        finally:
-            rm(out / "docker.tar")
-
-    def umoci() -> Measured:
-        layout = work / "umoci-layout"
-        rm(layout)
-        shutil.copytree(base / "oci", layout)
-        inserts = " && ".join(f'umoci insert --image "{layout}:{BASE_TAG}" "{d}" /' for d in layer_dirs)
-        argv = [
-            "sh", "-c",
-            f'{inserts} >/dev/null && skopeo copy --quiet "oci:{layout}:{BASE_TAG}" '
-            f'"docker-archive:{out}/umoci.tar:bench-umoci:1"',
-        ]  # fmt: skip
-        try:
-            return measure(argv)
-        finally:
-            rm(out / "umoci.tar")
-            rm(layout)
-
-    engine = None
-    if shutil.which("dockerd"):
-        engine = Dockerd()
-        try:
-            engine.start()
-            engine.docker("load", "-i", str(base / "docker-archive.tar"))
-            result["docker_version"] = engine.docker(
-                "version", "--format", "{{.Server.Version}}"
-            ).stdout.strip()
-            result["docker_storage_driver"] = engine.driver
-        except (RuntimeError, subprocess.SubprocessError) as e:
-            log(f"  docker: {e}")
-            result["docker_error"] = str(e)[:1000]
-            engine.remove()
-            engine = None
-    have_umoci = bool(shutil.which("umoci") and shutil.which("skopeo"))
+    engine = _private_dockerd(base, result) if shutil.which("dockerd") else None
+    peers: list[tuple[str, Callable[[], Measured]]] = []
+    if engine is not None:
+        peers += [("docker_legacy", partial(_docker_build, engine, "legacy", context, out))]
+        peers += [("docker_buildkit", partial(_docker_build, engine, "buildkit", context, out))]
+    if shutil.which("umoci") and shutil.which("skopeo"):
+        peers.append(("umoci_skopeo", partial(_umoci_build, work, base, layer_dirs, out)))
     try:
         for round_ in range(max(plan.reps, plan.peer_reps)):
-            runs["ocibuild"].append(ocibuild())
+            runs["ocibuild"].append(_package_once(work, model, script, base, cache, out))
             log(f"  {labels['ocibuild']}: {runs['ocibuild'][-1].seconds:.2f} s")
-            if round_ >= plan.peer_reps:
-                continue
-            peers = []
-            if engine is not None:
-                peers += [("docker_legacy", partial(docker, engine, "legacy"))]
-                peers += [("docker_buildkit", partial(docker, engine, "buildkit"))]
-            if have_umoci:
-                peers.append(("umoci_skopeo", umoci))
-            for key, run in peers:
-                try:
-                    runs[key].append(run())
-                    log(f"  {labels[key]}: {runs[key][-1].seconds:.2f} s")
-                except RuntimeError as e:
-                    log(f"  {labels[key]} failed: {str(e)[:500]}")
-                    result[f"{key}_error"] = str(e)[:1000]
+            if round_ < plan.peer_reps:
+                _run_peers(peers, labels, runs, result)
     finally:
         if engine is not None:
             engine.remove()
         rm(context)
         rm(out)
-    for key, label in labels.items():
-        if runs[key]:
-            result[key] = {"label": label, **best(runs[key])}
+    add_best(result, labels, runs)
     mine = result["ocibuild"]["seconds"]
     for key in ("docker_legacy", "docker_buildkit", "umoci_skopeo"):
         if key in result:
             result[key]["times_ocibuild"] = round(result[key]["seconds"] / mine, 1)
     return result
+
+
+def _private_dockerd(base: Path, result: dict) -> Dockerd | None:
+    """A started private dockerd with the base image loaded, its version in ``result``; None (and the error in
+    ``result``) when it cannot be had."""
+    engine = Dockerd()
+    try:
+        engine.start()
+        engine.docker("load", "-i", str(base / "docker-archive.tar"))
+        result["docker_version"] = engine.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+        result["docker_storage_driver"] = engine.driver
+    except (RuntimeError, subprocess.SubprocessError) as e:
+        log(f"  docker: {e}")
+        result["docker_error"] = str(e)[:1000]
+        engine.remove()
+        return None
+    return engine
+
+
+def _package_once(work: Path, model: Path, script: Path, base: Path, cache: Path, out: Path) -> Measured:
+    """One ``ocibuild package --output``, the model "trained again" first: its layer is built in every run."""
+    touch(model / "weights.bin")
+    try:
+        m = probe(
+            work / "probe.json", *package_argv(model, script, base, cache, "--output", str(out / "o.tar"))
+        )
+        m.report["seconds"] = m.wall  # whole commands on both sides
+        return m
+    finally:
+        rm(out / "o.tar")
+
+
+def _docker_build(engine: Dockerd, builder: str, context: Path, out: Path) -> Measured:
+    """``docker build`` of the Dockerfile context (no cache) and ``docker save`` of the image."""
+    engine.docker("rmi", "-f", "bench-docker:1", check=False)
+    engine.docker("builder", "prune", "-af", check=False)
+    argv = [
+        "sh", "-c",
+        f'"{DOCKER_CLI}" build -q --no-cache -t bench-docker:1 --build-arg BASE_IMAGE={BASE_DOCKER_NAME} '
+        f'"{context}" >/dev/null && "{DOCKER_CLI}" save -o "{out}/docker.tar" bench-docker:1',
+    ]  # fmt: skip
+    try:
+        return measure(argv, env={**engine.env, "DOCKER_BUILDKIT": "1" if builder == "buildkit" else "0"})
+    finally:
+        rm(out / "docker.tar")
+
+
+def _umoci_build(work: Path, base: Path, layer_dirs: list[Path], out: Path) -> Measured:
+    """``umoci insert`` of the context's layer directories into a copy of the base, then ``skopeo copy`` of it
+    to a docker-archive."""
+    layout = work / "umoci-layout"
+    rm(layout)
+    shutil.copytree(base / "oci", layout)
+    inserts = " && ".join(f'umoci insert --image "{layout}:{BASE_TAG}" "{d}" /' for d in layer_dirs)
+    argv = [
+        "sh", "-c",
+        f'{inserts} >/dev/null && skopeo copy --quiet "oci:{layout}:{BASE_TAG}" '
+        f'"docker-archive:{out}/umoci.tar:bench-umoci:1"',
+    ]  # fmt: skip
+    try:
+        return measure(argv)
+    finally:
+        rm(out / "umoci.tar")
+        rm(layout)
+
+
+def _run_peers(
+    peers: list[tuple[str, Callable[[], Measured]]],
+    labels: dict[str, str],
+    runs: dict[str, list[Measured]],
+    result: dict,
+) -> None:
+    """One run of each peer; a failed one is logged and its error kept in ``result``."""
+    for key, run in peers:
+        try:
+            runs[key].append(run())
+            log(f"  {labels[key]}: {runs[key][-1].seconds:.2f} s")
+        except RuntimeError as e:
+            log(f"  {labels[key]} failed: {str(e)[:500]}")
+            result[f"{key}_error"] = str(e)[:1000]
+
+
+def add_best(result: dict, labels: dict[str, str], runs: dict[str, list[Measured]]) -> None:
+    """Each row that ran: its label and its best run's figures."""
+    for key, label in labels.items():
+        if runs[key]:
+            result[key] = {"label": label, **best(runs[key])}
 
 
 # ---------------------------------------------------------------- 3. rebuild after editing score.py
@@ -706,11 +729,7 @@ def bench_push(plan: Plan, work: Path, files: dict[int, Path], base: Path) -> di
         "flat": f"ocibuild push, one {human(plan.flat_size)} layer",
     }
     runs: dict[str, list[Measured]] = {key: [] for key in labels}
-
-    def ocibuild_push(target: str) -> Measured:
-        m = task("push", str(layout), ref_name, target)
-        m.report["seconds"] = m.wall  # whole commands on both sides
-        return m
+    push = partial(_push_layout, layout, ref_name)
 
     # The air-gapped leg: the same image as the tarball a user carries across (written once, untimed).
     archive = work / "push-image.tar"
@@ -724,7 +743,7 @@ def bench_push(plan: Plan, work: Path, files: dict[int, Path], base: Path) -> di
             # and would mount them from the previous round's repository instead of uploading them.
             reg = registry if i == 0 else LocalRegistry(work / f"registry-{i}")
             registries.append(reg)
-            runs["first"].append(ocibuild_push(f"{reg.host}/bench/app:1"))
+            runs["first"].append(push(f"{reg.host}/bench/app:1"))
             log(f"  {labels['first']}: {runs['first'][-1].seconds:.2f} s")
             if have_skopeo:
                 runs["skopeo"].append(
@@ -745,32 +764,11 @@ def bench_push(plan: Plan, work: Path, files: dict[int, Path], base: Path) -> di
                 rm(reg.dir)
             # The copy pair gets a registry of its own: skopeo's blob info cache knows the blobs it just put in
             # this round's registry and would mount them instead of uploading the archive's bytes.
-            fresh = LocalRegistry(work / f"registry-copy-{i}")
-            try:
-                runs["copy"].append(measure([PY, "-m", "ocibuild", "copy", "-q", f"docker-archive:{archive}",
-                                             f"docker://{fresh.host}/bench/copy:1"]))  # fmt: skip
-                log(f"  {labels['copy']}: {runs['copy'][-1].seconds:.2f} s")
-                if have_skopeo:
-                    runs["skopeo_copy"].append(measure(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                                                        f"docker-archive:{archive}",
-                                                        f"docker://{fresh.host}/bench/skopeo:1"]))  # fmt: skip
-                    log(f"  {labels['skopeo_copy']}: {runs['skopeo_copy'][-1].seconds:.2f} s")
-            finally:
-                fresh.stop()
-                rm(fresh.dir)
+            _copy_archive(work / f"registry-copy-{i}", archive, labels, runs, have_skopeo)
         for _ in range(plan.reps):
-            runs["second"].append(ocibuild_push(f"{registry.host}/bench/app:1"))
+            runs["second"].append(push(f"{registry.host}/bench/app:1"))
             log(f"  {labels['second']}: {runs['second'][-1].seconds:.2f} s")
-        # The same second push through the recording proxy: what the registry was sent of the blobs.
-        registry.proxy.reset()
-        counted = ocibuild_push(f"{registry.proxy_host}/bench/app:1")
-        records = registry.proxy.snapshot()
-        result["second_push_counted"] = {
-            "blob_bytes_sent": registry.proxy.blob_bytes_uploaded(records),
-            "requests": len(records),
-            "methods": sorted({r.method for r in records}),
-            "seconds_through_proxy": round(counted.wall, 3),
-        }
+        result["second_push_counted"] = _counted_push(registry, push)
         # The CLI's path: package --push rebuilds from the cache (nothing built) and pushes (nothing uploaded).
         m = probe(
             work / "probe.json",
@@ -779,27 +777,79 @@ def bench_push(plan: Plan, work: Path, files: dict[int, Path], base: Path) -> di
         m.report["seconds"] = m.wall
         runs["package_push"].append(m)
         rm(layout)
-        # Memory flatness: a one-layer image, small and big, each into a fresh repository.
-        for key, n in (("small", 16 * MiB), ("flat", plan.flat_size)):
-            weights = make_weights(work / f"push-layer-{n}.bin", n, seed=10 + n % 7)
-            flat_layout = work / f"push-{key}"
-            rm(flat_layout)
-            name = synthetic_layout(flat_layout, weights)
-            m = task("push", str(flat_layout), name, f"{registry.host}/bench/{key}:1")
-            m.report["seconds"] = m.wall
-            runs[key].append(m)
-            log(f"  {labels[key]}: {m.seconds:.2f} s, {m.rss_mb:.0f} MB RSS")
-            rm(flat_layout)
-            rm(weights)
+        _push_one_layer(plan, work, registry, labels, runs)
     finally:
         for reg in registries:
             reg.stop()
             rm(reg.dir)
         rm(layout)
         rm(archive)
-    for key, label in labels.items():
-        if runs[key]:
-            result[key] = {"label": label, **best(runs[key])}
+    add_best(result, labels, runs)
+    _push_ratios(result)
+    return result
+
+
+def _push_layout(layout: Path, ref_name: str, target: str) -> Measured:
+    """ocibuild's push of the layout's image to ``target`` (bench/tasks.py), timed as a whole command."""
+    m = task("push", str(layout), ref_name, target)
+    m.report["seconds"] = m.wall  # whole commands on both sides
+    return m
+
+
+def _copy_archive(
+    registry_dir: Path,
+    archive: Path,
+    labels: dict[str, str],
+    runs: dict[str, list[Measured]],
+    have_skopeo: bool,
+) -> None:
+    """``ocibuild copy``, then ``skopeo copy``, of the docker-archive into a registry started for them."""
+    fresh = LocalRegistry(registry_dir)
+    try:
+        runs["copy"].append(measure([PY, "-m", "ocibuild", "copy", "-q", f"docker-archive:{archive}",
+                                     f"docker://{fresh.host}/bench/copy:1"]))  # fmt: skip
+        log(f"  {labels['copy']}: {runs['copy'][-1].seconds:.2f} s")
+        if have_skopeo:
+            runs["skopeo_copy"].append(measure(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                                                f"docker-archive:{archive}",
+                                                f"docker://{fresh.host}/bench/skopeo:1"]))  # fmt: skip
+            log(f"  {labels['skopeo_copy']}: {runs['skopeo_copy'][-1].seconds:.2f} s")
+    finally:
+        fresh.stop()
+        rm(fresh.dir)
+
+
+def _counted_push(registry: LocalRegistry, push: Callable[[str], Measured]) -> dict:
+    """The same second push through the recording proxy: what the registry was sent of the blobs."""
+    registry.proxy.reset()
+    counted = push(f"{registry.proxy_host}/bench/app:1")
+    records = registry.proxy.snapshot()
+    return {
+        "blob_bytes_sent": registry.proxy.blob_bytes_uploaded(records),
+        "requests": len(records),
+        "methods": sorted({r.method for r in records}),
+        "seconds_through_proxy": round(counted.wall, 3),
+    }
+
+
+def _push_one_layer(
+    plan: Plan, work: Path, registry: LocalRegistry, labels: dict[str, str], runs: dict[str, list[Measured]]
+) -> None:
+    """Memory flatness: a one-layer image, small and big, each into a fresh repository."""
+    for key, n in (("small", 16 * MiB), ("flat", plan.flat_size)):
+        weights = make_weights(work / f"push-layer-{n}.bin", n, seed=10 + n % 7)
+        flat_layout = work / f"push-{key}"
+        rm(flat_layout)
+        name = synthetic_layout(flat_layout, weights)
+        m = _push_layout(flat_layout, name, f"{registry.host}/bench/{key}:1")
+        runs[key].append(m)
+        log(f"  {labels[key]}: {m.seconds:.2f} s, {m.rss_mb:.0f} MB RSS")
+        rm(flat_layout)
+        rm(weights)
+
+
+def _push_ratios(result: dict) -> None:
+    """skopeo's times against ocibuild's, and the second push's blob bytes as counted through the proxy."""
     if "skopeo" in result:
         result["skopeo"]["times_ocibuild"] = round(
             result["skopeo"]["seconds"] / result["first"]["seconds"], 2
@@ -810,7 +860,6 @@ def bench_push(plan: Plan, work: Path, files: dict[int, Path], base: Path) -> di
             result["skopeo_copy"]["seconds"] / result["copy"]["seconds"], 2
         )
     result["second"]["blob_bytes_sent"] = result["second_push_counted"]["blob_bytes_sent"]
-    return result
 
 
 # ---------------------------------------------------------------- report
@@ -880,72 +929,93 @@ def max_rss(doc: dict) -> float:
 
 
 def table(doc: dict, plan: Plan) -> str:
+    lines = _layer_lines(doc.get("layer_build", {}))
+    pkg = doc.get("package")
+    if pkg:
+        lines += _package_lines(pkg)
+    rb = doc.get("rebuild")
+    if rb:
+        lines += _rebuild_lines(rb)
+    push = doc.get("push")
+    if push:
+        lines += _push_lines(push)
+    lines.append("\nTargets")
+    for t in doc.get("targets", []):
+        mark = {True: "met", False: "NOT MET", None: "-"}[t["met"]]
+        lines.append(f"  {t['target']:<70} {t['value']:>22}  {mark}")
+    return "\n".join(lines)
+
+
+def _row(a: str, b: str = "", c: str = "", d: str = "", e: str = "") -> str:
+    return f"{a:<58} {b:>9} {c:>9} {d:>8} {e:>8}"
+
+
+def _layer_lines(layer_build: dict) -> list[str]:
     lines = []
-
-    def row(a: str, b: str = "", c: str = "", d: str = "", e: str = "") -> None:
-        lines.append(f"{a:<58} {b:>9} {c:>9} {d:>8} {e:>8}")
-
-    for size, rows in doc.get("layer_build", {}).items():
+    for size, rows in layer_build.items():
         lines.append(f"\nLayer build, {human(int(size))} float32 model (page cache warm)")
-        row("", "seconds", "x limit", "size", "RSS MB")
+        lines.append(_row("", "seconds", "x limit", "size", "RSS MB"))
         for r in rows.values():
             ratio = f"{r['blob_ratio']:.3f}" if "blob_ratio" in r else ""
             rss = f"{r['maxrss_mb']:.0f}"
-            row("  " + r["label"], f"{r['seconds']:.2f}", f"{r['ratio_to_sha256']:.2f}", ratio, rss)
-    pkg = doc.get("package")
-    if pkg:
-        lines.append(f"\nWhole package --output, {human(pkg['model_bytes'])} model (dependencies cached)")
-        row("", "seconds", "x ocibuild", "", "RSS MB")
-        for key in ("ocibuild", "docker_legacy", "docker_buildkit", "umoci_skopeo"):
-            if key in pkg:
-                r = pkg[key]
-                x = f"{r['times_ocibuild']:.1f}" if "times_ocibuild" in r else "1.0"
-                rss = f"{r['maxrss_mb']:.0f}" if key == "ocibuild" else ""
-                row("  " + r["label"], f"{r['seconds']:.2f}", x, "", rss)
-    rb = doc.get("rebuild")
-    if rb:
-        lines.append(f"\nRebuild after editing score.py, {human(rb['model_bytes'])} model (cache warm)")
-        row("", "seconds", "MiB read", "", "RSS MB")
-        for key in ("first_build_layout", "layout", "output"):
-            r = rb[key]
-            row(
+            lines.append(
+                _row("  " + r["label"], f"{r['seconds']:.2f}", f"{r['ratio_to_sha256']:.2f}", ratio, rss)
+            )
+    return lines
+
+
+def _package_lines(pkg: dict) -> list[str]:
+    lines = [f"\nWhole package --output, {human(pkg['model_bytes'])} model (dependencies cached)"]
+    lines.append(_row("", "seconds", "x ocibuild", "", "RSS MB"))
+    for key in ("ocibuild", "docker_legacy", "docker_buildkit", "umoci_skopeo"):
+        if key in pkg:
+            r = pkg[key]
+            x = f"{r['times_ocibuild']:.1f}" if "times_ocibuild" in r else "1.0"
+            rss = f"{r['maxrss_mb']:.0f}" if key == "ocibuild" else ""
+            lines.append(_row("  " + r["label"], f"{r['seconds']:.2f}", x, "", rss))
+    return lines
+
+
+def _rebuild_lines(rb: dict) -> list[str]:
+    lines = [f"\nRebuild after editing score.py, {human(rb['model_bytes'])} model (cache warm)"]
+    lines.append(_row("", "seconds", "MiB read", "", "RSS MB"))
+    for key in ("first_build_layout", "layout", "output"):
+        r = rb[key]
+        lines.append(
+            _row(
                 "  " + r["label"],
                 f"{r['seconds']:.2f}",
                 f"{r['rchar'] / MiB:.0f}",
                 "",
                 f"{r['maxrss_mb']:.0f}",
             )
-    push = doc.get("push")
-    if push:
-        lines.append(
-            f"\nPush of the package image, {human(push['model_bytes'])} model, to a local docker-registry"
         )
-        row("", "seconds", "x ocibuild", "blob MiB", "RSS MB")
-        for key in ("first", "skopeo", "copy", "skopeo_copy", "second", "package_push", "small", "flat"):
-            if key in push:
-                r = push[key]
-                x = (
-                    f"{r['times_ocibuild']:.2f}"
-                    if "times_ocibuild" in r
-                    else ("1.00" if key == "first" else "")
-                )
-                if key == "second":
-                    sent = f"{r['blob_bytes_sent'] / MiB:.0f}"
-                elif key in ("first", "small", "flat"):
-                    sent = f"{r['image_bytes'] / MiB:.0f}"
-                else:
-                    sent = ""
-                rss = "" if key.startswith("skopeo") else f"{r['maxrss_mb']:.0f}"
-                row("  " + r["label"], f"{r['seconds']:.2f}", x, sent, rss)
-        c = push.get("second_push_counted")
-        if c:
-            lines.append(f"  second push through the recording proxy: {c['blob_bytes_sent']} blob bytes sent, "
-                         f"{c['requests']} requests ({', '.join(c['methods'])})")  # fmt: skip
-    lines.append("\nTargets")
-    for t in doc.get("targets", []):
-        mark = {True: "met", False: "NOT MET", None: "-"}[t["met"]]
-        lines.append(f"  {t['target']:<70} {t['value']:>22}  {mark}")
-    return "\n".join(lines)
+    return lines
+
+
+def _push_lines(push: dict) -> list[str]:
+    lines = [f"\nPush of the package image, {human(push['model_bytes'])} model, to a local docker-registry"]
+    lines.append(_row("", "seconds", "x ocibuild", "blob MiB", "RSS MB"))
+    for key in ("first", "skopeo", "copy", "skopeo_copy", "second", "package_push", "small", "flat"):
+        if key in push:
+            r = push[key]
+            x = f"{r['times_ocibuild']:.2f}" if "times_ocibuild" in r else ("1.00" if key == "first" else "")
+            rss = "" if key.startswith("skopeo") else f"{r['maxrss_mb']:.0f}"
+            lines.append(_row("  " + r["label"], f"{r['seconds']:.2f}", x, _blob_mib(key, r), rss))
+    c = push.get("second_push_counted")
+    if c:
+        lines.append(f"  second push through the recording proxy: {c['blob_bytes_sent']} blob bytes sent, "
+                     f"{c['requests']} requests ({', '.join(c['methods'])})")  # fmt: skip
+    return lines
+
+
+def _blob_mib(key: str, r: dict) -> str:
+    """The push table's blob column: what the second push sent; for ocibuild's other pushes, the image."""
+    if key == "second":
+        return f"{r['blob_bytes_sent'] / MiB:.0f}"
+    if key in ("first", "small", "flat"):
+        return f"{r['image_bytes'] / MiB:.0f}"
+    return ""
 
 
 def environment() -> dict:
@@ -976,20 +1046,7 @@ def environment() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="128 MiB and 512 MiB models: a couple of minutes"
-    )
-    parser.add_argument("--json", type=Path, help="where to write the results (default bench/results*.json)")
-    parser.add_argument("--workdir", type=Path, help="where the big temporary files go (default: under /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument(
-        "--only",
-        action="append",
-        choices=["layer", "package", "rebuild", "push"],
-        help="run only these sections",
-    )
-    args = parser.parse_args()
+    args = _parse_args()
     plan = QUICK if args.quick else FULL
     sections = set(args.only or ["layer", "package", "rebuild", "push"])
     json_path = args.json or BENCH / ("results-quick.json" if args.quick else "results.json")
@@ -1003,26 +1060,7 @@ def main() -> int:
     doc: dict = {"quick": args.quick, "environment": environment(), "load_before": loadavg()}
     started = time.perf_counter()
     try:
-        sizes = set(plan.layer_sizes if "layer" in sections else ())
-        if sections & {"package", "push"}:
-            sizes.add(plan.package_size)
-        if "rebuild" in sections:
-            sizes.add(plan.rebuild_size)
-        files = {}
-        for i, size in enumerate(sorted(sizes)):
-            log(f"writing a {human(size)} float32 model")
-            files[size] = make_weights(work / f"weights-{size}.bin", size, seed=i)
-        if "layer" in sections:
-            doc["layer_build"] = bench_layers(plan, work, files)
-        base = base_fixture() if sections & {"package", "rebuild", "push"} else None
-        if base is not None:
-            warm_cache(work, base)
-        if base is not None and "package" in sections:
-            doc["package"] = bench_package(plan, work, files, base)
-        if base is not None and "rebuild" in sections:
-            doc["rebuild"] = bench_rebuild(plan, work, files, base)
-        if base is not None and "push" in sections:
-            doc["push"] = bench_push(plan, work, files, base)
+        _run_sections(plan, sections, work, doc)
     finally:
         if args.keep:
             log(f"kept {work}")
@@ -1036,6 +1074,55 @@ def main() -> int:
     print(f"\n(load average {doc['load_before']:.2f} before, {doc['load_after']:.2f} after; "
           f"{doc['total_seconds']:.0f} s in all; JSON: {json_path})")  # fmt: skip
     return 0
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="128 MiB and 512 MiB models: a couple of minutes"
+    )
+    parser.add_argument("--json", type=Path, help="where to write the results (default bench/results*.json)")
+    parser.add_argument("--workdir", type=Path, help="where the big temporary files go (default: under /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["layer", "package", "rebuild", "push"],
+        help="run only these sections",
+    )
+    return parser.parse_args()
+
+
+# The sections that build images from the base image fixture, in the order they run.
+_IMAGE_SECTIONS = (("package", bench_package), ("rebuild", bench_rebuild), ("push", bench_push))
+
+
+def _run_sections(plan: Plan, sections: set[str], work: Path, doc: dict) -> None:
+    """Write the models the sections need, then run each section into ``doc``."""
+    files = _model_files(plan, sections, work)
+    if "layer" in sections:
+        doc["layer_build"] = bench_layers(plan, work, files)
+    base = base_fixture() if sections & {"package", "rebuild", "push"} else None
+    if base is None:
+        return
+    warm_cache(work, base)
+    for name, bench in _IMAGE_SECTIONS:
+        if name in sections:
+            doc[name] = bench(plan, work, files, base)
+
+
+def _model_files(plan: Plan, sections: set[str], work: Path) -> dict[int, Path]:
+    """One synthetic weights file of each size the sections need."""
+    sizes = set(plan.layer_sizes if "layer" in sections else ())
+    if sections & {"package", "push"}:
+        sizes.add(plan.package_size)
+    if "rebuild" in sections:
+        sizes.add(plan.rebuild_size)
+    files = {}
+    for i, size in enumerate(sorted(sizes)):
+        log(f"writing a {human(size)} float32 model")
+        files[size] = make_weights(work / f"weights-{size}.bin", size, seed=i)
+    return files
 
 
 if __name__ == "__main__":

@@ -317,67 +317,35 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Matrix:
+    """What to measure: every (model, workers, concurrency) cell, ``repeats`` runs of ``seconds`` each."""
+
+    models: list[str]
+    concurrencies: list[int]
+    worker_counts: list[int]
+    servers: list[str]
+    seconds: int
+    repeats: int
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="tiny,ridge")
-    parser.add_argument("--concurrency", default="1,8,64")
-    parser.add_argument("--workers", default="1,2", help="WORKER_COUNT values, for both servers")
-    parser.add_argument("--servers", default="ocibuild,azure")
-    parser.add_argument("--seconds", type=int, default=4, help="length of each measured run")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="--seconds 2 --repeats 1")
-    parser.add_argument("--azure-venv", type=Path, default=DEFAULT_AZURE_VENV)
-    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds, args.repeats = 2, 1
+    args = _parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
-    models = args.models.split(",")
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    worker_counts = [int(w) for w in args.workers.split(",")]
-    servers = args.servers.split(",")
-    azmlinfsrv = ensure_azure_venv(args.azure_venv) if "azure" in servers else None
+    matrix = Matrix(
+        models=args.models.split(","),
+        concurrencies=[int(c) for c in args.concurrency.split(",")],
+        worker_counts=[int(w) for w in args.workers.split(",")],
+        servers=args.servers.split(","),
+        seconds=args.seconds,
+        repeats=args.repeats,
+    )
+    azmlinfsrv = ensure_azure_venv(args.azure_venv) if "azure" in matrix.servers else None
 
     work = Path(tempfile.mkdtemp(prefix="ocibuild-bench-"))
-    samples: list[Sample] = []
     try:
-        server_path = work / "server"
-        shutil.copytree(
-            SERVING_SRC, server_path / "ocibuild_serving", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        lua = work / "post.lua"
-        lua.write_text(WRK_LUA % json.dumps(BODY))
-        logs = work / "logs"
-        logs.mkdir()
-        apps = prepare_models(work)
-        for model in models:
-            app, model_dir = apps[model]
-            for workers in worker_counts:
-                started: dict[str, Server] = {}
-                try:
-                    if "ocibuild" in servers:
-                        started["ocibuild"] = start_ocibuild(app, model_dir, workers, server_path, logs)
-                    if azmlinfsrv is not None:
-                        started["azure"] = start_azure(app, model_dir, workers, azmlinfsrv, logs)
-                    for server in started.values():
-                        server.wait_ready()
-                    for conc in concurrencies:
-                        for repeat in range(args.repeats):
-                            order = list(started.values())
-                            if repeat % 2:
-                                order.reverse()
-                            for server in order:
-                                s = measure(server, model, workers, conc, repeat, args.seconds, lua)
-                                samples.append(s)
-                                log(
-                                    f"{s.server:8} {model:5} w={workers} c={conc:<3} #{repeat}: {s.rps:7.0f} req/s "
-                                    f"p50 {s.p50_ms:6.1f} ms p99 {s.p99_ms:6.1f} ms errors {s.errors} "
-                                    f"wrk {s.client_cpu_pct:.0f}% CPU"
-                                )
-                finally:
-                    for server in started.values():
-                        server.stop()
+        samples = _run_matrix(matrix, azmlinfsrv, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -397,6 +365,72 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print(f"\n(medians of {args.repeats} repeat(s) of {args.seconds:g} s each; JSON in {args.json})")
     return 0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,ridge")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--workers", default="1,2", help="WORKER_COUNT values, for both servers")
+    parser.add_argument("--servers", default="ocibuild,azure")
+    parser.add_argument("--seconds", type=int, default=4, help="length of each measured run")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="--seconds 2 --repeats 1")
+    parser.add_argument("--azure-venv", type=Path, default=DEFAULT_AZURE_VENV)
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats = 2, 1
+    return args
+
+
+def _run_matrix(matrix: Matrix, azmlinfsrv: Path | None, work: Path) -> list[Sample]:
+    """Every (model, workers) pair with its servers started for it (scratch files in ``work``)."""
+    server_path = work / "server"
+    shutil.copytree(
+        SERVING_SRC, server_path / "ocibuild_serving", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    lua = work / "post.lua"
+    lua.write_text(WRK_LUA % json.dumps(BODY))
+    logs = work / "logs"
+    logs.mkdir()
+    apps = prepare_models(work)
+    samples: list[Sample] = []
+    for model in matrix.models:
+        app, model_dir = apps[model]
+        for workers in matrix.worker_counts:
+            started: dict[str, Server] = {}
+            try:
+                if "ocibuild" in matrix.servers:
+                    started["ocibuild"] = start_ocibuild(app, model_dir, workers, server_path, logs)
+                if azmlinfsrv is not None:
+                    started["azure"] = start_azure(app, model_dir, workers, azmlinfsrv, logs)
+                for server in started.values():
+                    server.wait_ready()
+                samples += _measure_cell(matrix, list(started.values()), model, workers, lua)
+            finally:
+                for server in started.values():
+                    server.stop()
+    return samples
+
+
+def _measure_cell(matrix: Matrix, servers: list[Server], model: str, workers: int, lua: Path) -> list[Sample]:
+    """Each concurrency ``repeats`` times, the servers back to back, alternating which goes first."""
+    samples = []
+    for conc in matrix.concurrencies:
+        for repeat in range(matrix.repeats):
+            order = list(servers)
+            if repeat % 2:
+                order.reverse()
+            for server in order:
+                s = measure(server, model, workers, conc, repeat, matrix.seconds, lua)
+                samples.append(s)
+                log(
+                    f"{s.server:8} {model:5} w={workers} c={conc:<3} #{repeat}: {s.rps:7.0f} req/s "
+                    f"p50 {s.p50_ms:6.1f} ms p99 {s.p99_ms:6.1f} ms errors {s.errors} "
+                    f"wrk {s.client_cpu_pct:.0f}% CPU"
+                )
+    return samples
 
 
 if __name__ == "__main__":
