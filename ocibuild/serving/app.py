@@ -608,7 +608,8 @@ def _run_with_timeout(call: Callable[[], Any], timeout_ms: int) -> Any:
         thread.start()
     except RuntimeError:  # cannot start a thread: run it here, without the timeout
         target()
-    thread.join(timeout_ms / 1000)
+    else:
+        thread.join(timeout_ms / 1000)
     if thread.is_alive():
         logger.error(
             "run() did not finish within SCORING_TIMEOUT_MS=%d; it keeps running in the background",
