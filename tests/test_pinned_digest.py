@@ -18,8 +18,9 @@ from tests.packaging.test_pyenv import bookworm
 # - the scoring server's multipart uploads for @rawhttp (new files in the server layer);
 # - the server's comments cite the repository's own docs (the server layer holds the sources);
 # - the base is named portably: a layout entry with no full name gives no base.name (was its local path);
-# - the server's functions split under the complexity limit, and its run-timeout fallback fixed (server layer).
-PINNED = "sha256:3f62f6b8b841db33f17717905967589ab112148b0bafc703b9bbca5a3ed9b8b4"
+# - the server's functions split under the complexity limit, and its run-timeout fallback fixed (server layer);
+# - the request and upload classes share their content-type properties (server layer).
+PINNED = "sha256:f3ab9966c141a6c92567517c9c39a2b8597b8c22ddb161ca61c39897da46dfd7"
 
 SCORE = b"""import json
 

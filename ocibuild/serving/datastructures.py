@@ -178,7 +178,26 @@ class MultiDict(Mapping):  # not Mapping[str, Any]: subscripting it fails on Pyt
         return f"{type(self).__name__}({self._pairs!r})"
 
 
-class FileStorage:
+class ContentTypeMixin:
+    """``content_type``, ``mimetype`` and ``mimetype_params`` from ``self.headers``, as werkzeug's request and
+    ``FileStorage`` both have them."""
+
+    headers: Headers
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    @property
+    def mimetype(self) -> str:
+        return (self.content_type or "").split(";", 1)[0].strip().lower()
+
+    @property
+    def mimetype_params(self) -> dict[str, str]:
+        return content_type_params(self.content_type or "")
+
+
+class FileStorage(ContentTypeMixin):
     """One uploaded file of a multipart form (werkzeug's ``FileStorage``).
 
     ``filename`` is what the client sent, unchanged: never use it as a path without cleaning it (werkzeug's
@@ -204,20 +223,8 @@ class FileStorage:
             self.headers["Content-Length"] = str(content_length)
 
     @property
-    def content_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-    @property
     def content_length(self) -> int:
         return self.headers.get("Content-Length", 0, type=int)
-
-    @property
-    def mimetype(self) -> str:
-        return (self.content_type or "").split(";", 1)[0].strip().lower()
-
-    @property
-    def mimetype_params(self) -> dict[str, str]:
-        return content_type_params(self.content_type or "")
 
     def save(self, dst: str | os.PathLike[str] | IO[bytes], buffer_size: int = 16384) -> None:
         """Copy the stream (from where it stands, as werkzeug does) to a path or a binary file object."""

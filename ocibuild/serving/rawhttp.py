@@ -42,10 +42,10 @@ from . import multipart, wsgi
 from .datastructures import (
     BadRequest,
     BadRequestKeyError,
+    ContentTypeMixin,
     FileStorage,
     Headers,
     MultiDict,
-    content_type_params,
     parse_options,
 )
 from .log import logger
@@ -73,7 +73,7 @@ def rawhttp(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-class RawRequest:
+class RawRequest(ContentTypeMixin):
     """The request as ``@rawhttp`` scripts see it without Flask: Flask's ``Request`` API (the module docstring)."""
 
     def __init__(
@@ -119,18 +119,6 @@ class RawRequest:
     def url(self) -> str:
         query = self.query_string.decode("latin-1")
         return self.base_url + (f"?{query}" if query else "")
-
-    @property
-    def content_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-    @property
-    def mimetype(self) -> str:
-        return (self.content_type or "").split(";", 1)[0].strip().lower()
-
-    @property
-    def mimetype_params(self) -> dict[str, str]:
-        return content_type_params(self.content_type or "")
 
     @property
     def content_length(self) -> int | None:
