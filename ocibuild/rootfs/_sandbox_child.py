@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import warnings  # noqa: F401  os.execvpe imports it to search PATH, after the chroot hides the host's library
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
