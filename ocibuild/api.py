@@ -33,7 +33,7 @@ from .oci.name import ImageName, parse_reference
 from .oci.store import BlobStore
 from .packaging.dockerfile import DockerfilePublisher
 from .packaging.environment import PythonEnvironment, load_environment
-from .packaging.package import BuildResult, PackageSpec, build
+from .packaging.package import DEFAULT_USER, BuildResult, PackageSpec, build
 from .packaging.sources import PackageSources, parse_exclude_newer
 from .registry.credentials import parse_creds
 from .registry.transport import RegistryOptions
@@ -284,6 +284,7 @@ def package(
     platform: str = "linux/amd64",
     compression: str = "gzip",
     port: int = 5001,
+    user: str = DEFAULT_USER,
     cache: PathLike | None = None,
     use_cache: bool = True,
     progress: Progress | Listener | None = None,
@@ -296,6 +297,8 @@ def package(
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
+    ``user``: who the image runs as (``UID[:GID]`` or ``NAME[:GROUP]``; default the non-root 65532:65532,
+    ``"0"`` for root).
     ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``;
     ``bind_credentials`` makes one). ``progress``: a ``Progress`` or a listener of ``events``; none by default.
     ``allow_imports``: import names the entry script may use although the image lacks them (it gets them another
@@ -320,6 +323,7 @@ def package(
         platform=Platform.parse(platform),
         compression=compression,
         port=port,
+        user=user,
         use_cache=use_cache,
         registry=registry or settings.registry_options(),
         epoch=settings.source_date_epoch,

@@ -17,8 +17,9 @@ from tests.packaging.test_pyenv import bookworm
 # Changed on purpose, with the reason, by:
 # - the scoring server's multipart uploads for @rawhttp (new files in the server layer);
 # - the server's comments cite the repository's own docs (the server layer holds the sources);
-# - the base is named portably: a layout entry with no full name gives no base.name (was its local path).
-PINNED = "sha256:c750db172893352fa234466cb21e4e7378d7e412f2cd71572643d15e1aeddc13"
+# - the base is named portably: a layout entry with no full name gives no base.name (was its local path);
+# - locked down by default: the config's User is 65532:65532, and HOME=/tmp, PYTHONDONTWRITEBYTECODE=1 in Env.
+PINNED = "sha256:dacdededf3c56c91c1df359f894cc47f364da37ca2e5cbf29a327dedb6fcf4c7"
 
 SCORE = b"""import json
 

@@ -78,6 +78,13 @@ def add_parser(sub) -> None:
         "--port", type=int, default=5001, help="port the scoring server listens on (default: 5001)"
     )
     p.add_argument(
+        "--user",
+        default=None,
+        metavar="UID[:GID]",
+        help="who the image runs as (default 65532:65532, not root; --user 0 for root; names work, numbers "
+        "are what Kubernetes' runAsNonRoot can check)",
+    )
+    p.add_argument(
         "--cache", type=Path, help="blob cache directory (default: $OCIBUILD_CACHE or ~/.cache/ocibuild)"
     )
     p.add_argument(
@@ -144,6 +151,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import Environment, InferenceConfig, Outputs, bind_credentials, package
     from ..packaging.conda import parse_conda_map
+    from ..packaging.package import DEFAULT_USER
 
     settings = Settings.from_environ()
     outputs = Outputs(
@@ -190,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         platform=args.platform,
         compression=args.compression,
         port=args.port,
+        user=DEFAULT_USER if args.user is None else args.user,
         cache=args.cache,
         use_cache=args.use_cache,
         progress=report,

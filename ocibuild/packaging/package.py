@@ -48,6 +48,12 @@ SERVER_DIR = "opt/ocibuild/server"
 SITE_PACKAGES = "opt/ocibuild/site-packages"
 SERVER_PACKAGE = "ocibuild_serving"
 DEFAULT_PORT = 5001
+# Locked down by default: a numeric non-root user (Kubernetes' runAsNonRoot can only check a number), the one
+# distroless, Chainguard and ko images call nonroot; HOME in /tmp, the one folder a read-only root leaves writable
+# (docs/decisions.md).
+DEFAULT_USER = "65532:65532"
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
+_READ_ONLY_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
 TOOL = f"ocibuild {__version__}"  # in cache keys: another version of ocibuild may build other bytes
 _SERVING_SOURCE = Path(__file__).resolve().parent.parent / "serving"
 
@@ -64,6 +70,7 @@ class PackageSpec:
     platform: Platform = field(default_factory=Platform)
     compression: str = "gzip"
     port: int = DEFAULT_PORT
+    user: str = DEFAULT_USER  # the config's User
     # False (--no-cache): every layer is built from its inputs again; the results still go to the cache.
     use_cache: bool = True
     registry: RegistryOptions = field(
@@ -130,6 +137,16 @@ def validate(spec: PackageSpec) -> None:
         check_entry_script(spec.entry_script)
     if spec.version is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", spec.version):
         raise UsageError(f"--model-version {spec.version!r}: use letters, digits, '.', '_' or '-'")
+    if not _USER.fullmatch(spec.user):
+        raise UsageError(f"--user {spec.user!r}: give UID[:GID] (e.g. {DEFAULT_USER}) or NAME[:GROUP]")
+
+
+def user_note(user: str) -> str | None:
+    """A warning for a ``User`` that Kubernetes' ``runAsNonRoot`` cannot check (a name), if it is one."""
+    name = user.partition(":")[0]
+    if name.isdigit() or name == "root":
+        return None
+    return f"--user {user}: Kubernetes' runAsNonRoot refuses a user name it cannot check; give its number"
 
 
 def build(
@@ -138,6 +155,8 @@ def build(
     """Build the image for ``spec``: layers come from ``cache`` (default: the local store's) when their inputs
     made them before, else are built into ``store``."""
     validate(spec)
+    if note := user_note(spec.user):
+        progress.warn(note)
     for note in spec.environment.notes:  # what a conda file's packages became
         progress.step(note)
     cache = cache or LocalLayerCache(store)
@@ -246,12 +265,14 @@ def _config_changes(
             "OCIBUILD_MODEL_NAME": models.name,  # the KServe V2 model name
             "OCIBUILD_MODEL_VERSION": models.version,
             "PYTHONUNBUFFERED": "1",
+            **_READ_ONLY_ENV,
         },
         prepend_path={"PYTHONPATH": f"/{SERVER_DIR}:/{SITE_PACKAGES}"},
         working_dir=f"/{APP_ROOT}",
         exposed_ports=[f"{spec.port}/tcp"],
         labels=labels,
         stop_signal="SIGTERM",
+        user=spec.user,
         annotations=annotations,
     )
 

@@ -89,6 +89,10 @@ def test_skopeo_reads_tarball_as_docker_and_oci_archive(built):
     assert len(docker["Layers"]) == 5  # base, dependencies, server, model, app
     cfg = json.loads(run(["skopeo", "inspect", "--config", f"oci-archive:{out}"]).stdout)
     assert "5001/tcp" in cfg["config"]["ExposedPorts"]
+    # Locked down by default: a numeric user that is not root (Kubernetes' runAsNonRoot checks exactly this).
+    uid, _, gid = cfg["config"]["User"].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0, cfg["config"]["User"]
+    assert {"HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1"} <= set(cfg["config"]["Env"])
     assert cfg["config"]["WorkingDir"] == "/var/azureml-app"
     assert cfg["config"]["Labels"]["org.opencontainers.image.base.digest"].startswith("sha256:")
     assert all(h["created_by"].startswith("ocibuild") for h in cfg["history"][-4:])
@@ -106,6 +110,41 @@ def test_podman_loads_runs_and_scores(built, podman, example_model):
     name = podman.load(out)
     assert name.endswith("ocibuild-test/ridge:1")
     assert_same_predictions(score_container(podman, name, example_model), example_model.predictions)
+
+
+# Only /tmp is writable, as Kubernetes' readOnlyRootFilesystem with an emptyDir on /tmp; podman would add tmpfs
+# mounts of its own on /run and /var/tmp unless told not to.
+READ_ONLY = {"docker": ("--read-only", "--tmpfs", "/tmp"),
+             "podman": ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp")}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine_name", ["docker", "podman"])
+def test_read_only_root_with_only_tmp_writable_serves_as_a_non_root_user(
+    built, engine_name, request, example_model
+):
+    engine = request.getfixturevalue("dockerd" if engine_name == "docker" else "podman")
+    out, _ = built
+    name = engine.load(out)
+    got = score_container(engine, name, example_model, READ_ONLY[engine_name])
+    assert_same_predictions(got, example_model.predictions)
+    probe = engine.run("run", "--rm", *READ_ONLY[engine_name], "--entrypoint", "/bin/sh", name, "-c",
+                       'id -u; id -g; echo "$HOME"; touch /tmp/ok && echo tmp-writable; '
+                       "touch /var/azureml-app/x 2>&1 | grep -q 'Read-only file system' && echo app-read-only"
+                       ).stdout.split()  # fmt: skip
+    assert probe == ["65532", "65532", "/tmp", "tmp-writable", "app-read-only"], probe
+
+
+def test_user_0_gives_root_when_asked(tmp_path, cache, base_ref, example_model, dockerd):
+    out = tmp_path / "root.tar"
+    ocibuild(
+        "package", example_model.model, "--entry-script", example_model.score, "--requirements",
+        example_model.requirements, "--base", base_ref, "--user", "0", "--tag", "ocibuild-test/as-root:1",
+        "--output", out, "--cache", cache,
+    )  # fmt: skip
+    name = dockerd.load(out)
+    assert dockerd.run("inspect", "-f", "{{.Config.User}}", name).stdout.strip() == "0"
+    assert dockerd.run("run", "--rm", "--entrypoint", "id", name, "-u").stdout.strip() == "0"
+    assert_same_predictions(score_container(dockerd, name, example_model), example_model.predictions)
 
 
 def test_oci_layout_unpacks_with_umoci(tmp_path, cache, base_ref, example_model):
