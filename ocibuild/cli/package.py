@@ -101,6 +101,14 @@ def add_parser(sub) -> None:
         "--skip-check", action="append", default=[], choices=["native", "imports"],
         help="do not run this check (repeatable)",
     )  # fmt: skip
+    checks.add_argument(
+        "--smoke-test", action="store_true",
+        help="run the built image's server here (no engine: root, or user namespaces) and score a sample",
+    )  # fmt: skip
+    checks.add_argument(
+        "--sample-input", type=Path, metavar="FILE",
+        help="with --smoke-test: the request body to POST to /score (default: the script's own input sample)",
+    )  # fmt: skip
     out = p.add_argument_group(
         "outputs (at least one; each may be repeated; one build, the same digest in all)"
     )
@@ -207,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         outputs=outputs,
         allow_imports=args.allow_import,
         skip_checks=args.skip_check,
+        smoke_test=args.smoke_test,
+        sample_input=args.sample_input,
     )
     for path in args.output:
         report.step(f"wrote {path}; load it with: docker load -i {path}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..cache.layers import LayerCache, LocalLayerCache
 from ..checks.build import BuildChecks, CheckOptions
+from ..checks.smoke import SmokeOptions, smoke_test
 from ..errors import InputError, UsageError
 from ..events import Progress
 from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
@@ -80,6 +81,7 @@ class PackageSpec:
     # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
     model_refs: tuple[str, ...] = ()
     checks: CheckOptions = field(default_factory=CheckOptions)  # native libraries and imports (``checks``)
+    smoke: SmokeOptions | None = None  # run the built image's server once (``--smoke-test``)
     epoch: int = 0  # SOURCE_DATE_EPOCH: every time in the image
     workers: int | None = None  # cores used to compress a layer (None: all of them)
 
@@ -179,6 +181,8 @@ def build(
     added.append(app)
     changes = _config_changes(spec, base, target, models, script_rel)
     image = mutate(base, added, changes, timestamp(spec.epoch))
+    if spec.smoke is not None:
+        smoke_test(image, spec.smoke, progress)
     return BuildResult(image, spec.base, target, models.name, models.model_dir, spec.environment.requirements)
 
 

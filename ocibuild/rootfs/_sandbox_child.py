@@ -3,6 +3,7 @@ so it imports nothing but the standard library.
 
 ``outer``: ask for SIGKILL when the parent (ocibuild) dies, then exec the namespace tool (``unshare``, ``bwrap``):
 the request survives that exec, so even a SIGKILLed build leaves no server running.
+``probe``: mount a ``/proc``, as ``inner`` does, in namespaces made for the test.
 ``inner``: inside the new mount and PID namespaces (or, for a plain chroot, right away): mount ``/proc``, a small
 ``/dev``, and with ``read_only`` a tmpfs on ``/tmp`` and the root read-only; then chroot, chdir, change user and
 exec the image's program with the image's environment. It is PID 1 of its namespace, so when it dies every
@@ -93,6 +94,9 @@ def inner(spec: dict) -> None:
 
 
 def main() -> None:
+    if sys.argv[1] == "probe":  # in the namespaces a sandbox makes: can it mount what ``inner`` mounts?
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return
     stage, spec_path = sys.argv[1], sys.argv[2]
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)

@@ -68,11 +68,14 @@ class Method:
         """How the program runs, for the progress line."""
         if self.name == "chroot":
             return f"in a chroot as {_who(user)} (no mount namespace here: the root stays writable)"
-        who = "uid 0 of a user namespace (the builder)" if self.name == "unshare-user" else _who(user)
-        if self.name == "bwrap" and user is None:
-            who = "uid 0 of a user namespace (the builder)"
-        tool = "bwrap" if self.name == "bwrap" else "unshare"
-        return f"in a chroot as {who} ({tool}: read-only root, tmpfs /tmp, own /proc and PIDs)"
+        if self.name == "unshare":
+            return f"in a chroot as {_who(user)} (unshare: read-only root, tmpfs /tmp, own /proc and PIDs)"
+        who = "uid 0" if self.name == "unshare-user" or user is None else _who(user)
+        tool = "bwrap" if self.name == "bwrap" else "unshare -r"
+        return (
+            f"in a chroot as {who} of a user namespace, the builder outside ({tool}: read-only root, tmpfs "
+            "/tmp, own /proc and PIDs)"
+        )
 
     def command(self, spec: Path) -> list[str]:
         """The command that starts the program described in ``spec`` (the launch, written by ``Sandbox``)."""
@@ -90,10 +93,11 @@ _UNSHARE = ["--mount", "--pid", "--fork", "--kill-child"]
 
 
 def _probe_command(method: Method) -> list[str]:
+    probe = [sys.executable, "-I", "-S", str(CHILD), "probe"]
     if method.name == "unshare":
-        return ["unshare", *_UNSHARE, "true"]
+        return ["unshare", *_UNSHARE, *probe]
     if method.name == "unshare-user":
-        return ["unshare", "--user", "--map-root-user", *_UNSHARE, "true"]
+        return ["unshare", "--user", "--map-root-user", *_UNSHARE, *probe]
     if method.name == "bwrap":
         return ["bwrap", "--die-with-parent", "--unshare-user", "--unshare-pid", "--ro-bind", "/", "/",
                 "--proc", "/proc", "--dev", "/dev", "true"]  # fmt: skip

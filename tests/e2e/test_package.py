@@ -73,6 +73,12 @@ def score_container(engine, image, example_model, extra=()):
         engine.remove(name)
 
 
+def smoke_answer(stderr: str):
+    """What ``--smoke-test`` printed as the server's answer to the sample."""
+    (line,) = [x for x in stderr.splitlines() if x.startswith("smoke test: POST /score")]
+    return json.loads(line.split("answered 200: ", 1)[1])
+
+
 def assert_same_predictions(got, want):
     assert len(got) == len(want) == 2
     for g, w in zip(got, want, strict=True):
@@ -263,6 +269,7 @@ def test_build_as_unprivileged_user(base_image, example_model):
                                                              or (Path(d) == REPO and n == "build")])  # fmt: skip
         run(["uv", "pip", "install", "--quiet", "--python", venv / "bin/python", f"{repo}[uv]"], timeout=600)
         src = _checkout(work / "src", example_model)
+        (src / "sample.json").write_text(example_model.input_json)
         shutil.copytree(base_image.layout, work / "base")
         for p in [work, *work.rglob("*")]:
             os.lchown(p, 65534, 65534)
@@ -275,10 +282,17 @@ def test_build_as_unprivileged_user(base_image, example_model):
         proc = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
              venv / "bin/python", "-m", "ocibuild", "package", src / "model.pkl", "--entry-script", src / "score.py",
-             "--requirements", src / "requirements.txt", "--base", f"oci:{work}/base:{base_image.tag}", "--output", out],
+             "--requirements", src / "requirements.txt", "--base", f"oci:{work}/base:{base_image.tag}", "--output", out,
+             "--smoke-test", "--sample-input", src / "sample.json"],
             env=env, capture_output=True, text=True, timeout=900, check=False, cwd=work,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
+        # The smoke test ran the image without root: in a user namespace (bwrap, else unshare -r).
+        assert (
+            "smoke test: starting the server in a chroot as " in proc.stderr
+            and "user namespace" in proc.stderr
+        )
+        assert_same_predictions(smoke_answer(proc.stderr), example_model.predictions)
         assert out.stat().st_uid == 65534
         assert (
             json.loads(run(["skopeo", "inspect", f"oci-archive:{out}"]).stdout)["Digest"]
