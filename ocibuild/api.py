@@ -286,6 +286,7 @@ def package(
     compression: str = "gzip",
     port: int = 5001,
     user: str = DEFAULT_USER,
+    bytecode: bool = True,
     cache: PathLike | None = None,
     use_cache: bool = True,
     progress: Progress | Listener | None = None,
@@ -301,7 +302,8 @@ def package(
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
     ``user``: who the image runs as (``UID[:GID]`` or ``NAME[:GROUP]``; default the non-root 65532:65532,
-    ``"0"`` for root).
+    ``"0"`` for root). ``bytecode``: compile the dependencies with the image's own Python (where this machine
+    can run it) so that a read-only root starts as fast as a writable one.
     ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``;
     ``bind_credentials`` makes one). ``progress``: a ``Progress`` or a listener of ``events``; none by default.
     ``allow_imports``: import names the entry script may use although the image lacks them (it gets them another
@@ -332,6 +334,7 @@ def package(
         compression=compression,
         port=port,
         user=user,
+        bytecode=bytecode,
         use_cache=use_cache,
         registry=registry or settings.registry_options(),
         epoch=settings.source_date_epoch,

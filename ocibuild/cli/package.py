@@ -85,6 +85,11 @@ def add_parser(sub) -> None:
         "are what Kubernetes' runAsNonRoot can check)",
     )
     p.add_argument(
+        "--no-bytecode", dest="bytecode", action="store_false",
+        help="ship the dependencies without compiled bytecode (default: compiled by the image's own Python, "
+        "where this machine can run it, so a read-only root starts as fast as a writable one)",
+    )  # fmt: skip
+    p.add_argument(
         "--cache", type=Path, help="blob cache directory (default: $OCIBUILD_CACHE or ~/.cache/ocibuild)"
     )
     p.add_argument(
@@ -207,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         compression=args.compression,
         port=args.port,
         user=DEFAULT_USER if args.user is None else args.user,
+        bytecode=args.bytecode,
         cache=args.cache,
         use_cache=args.use_cache,
         progress=report,

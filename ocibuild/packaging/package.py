@@ -36,6 +36,7 @@ from ..registry.transport import RegistryOptions
 from ..rootfs.pyenv import TargetPython, detect_target_python
 from ..transports.open import open_base
 from ..version import __version__
+from . import bytecode
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .sources import redact_urls
@@ -72,6 +73,7 @@ class PackageSpec:
     compression: str = "gzip"
     port: int = DEFAULT_PORT
     user: str = DEFAULT_USER  # the config's User
+    bytecode: bool = True  # compile the dependencies with the image's Python (``bytecode``), where it can run
     # False (--no-cache): every layer is built from its inputs again; the results still go to the cache.
     use_cache: bool = True
     registry: RegistryOptions = field(
@@ -139,8 +141,12 @@ def validate(spec: PackageSpec) -> None:
         check_entry_script(spec.entry_script)
     if spec.version is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", spec.version):
         raise UsageError(f"--model-version {spec.version!r}: use letters, digits, '.', '_' or '-'")
-    if not _USER.fullmatch(spec.user):
-        raise UsageError(f"--user {spec.user!r}: give UID[:GID] (e.g. {DEFAULT_USER}) or NAME[:GROUP]")
+    _check_user(spec.user)
+
+
+def _check_user(user: str) -> None:
+    if not _USER.fullmatch(user):
+        raise UsageError(f"--user {user!r}: give UID[:GID] (e.g. {DEFAULT_USER}) or NAME[:GROUP]")
 
 
 def user_note(user: str) -> str | None:
@@ -172,7 +178,7 @@ def build(
     checks = BuildChecks(spec.checks, base, target, store, progress, SITE_PACKAGES, f"base image {spec.base}")
     added: list[Addendum] = []
     if not spec.environment.is_empty():
-        added.append(_dependencies_layer(spec, target, store, cache, progress, checks))
+        added.append(_dependencies_layer(spec, base, target, store, cache, progress, checks))
     checks.entry_script(spec.entry_script, spec.source_dir)
     added.append(Addendum(_server_layer(spec, store), f"{TOOL}: scoring server", "server"))
     models = _model_layers(spec, registered, store, cache, progress)
@@ -323,6 +329,7 @@ def _detect_python(base: Image, spec: PackageSpec, store: BlobStore, progress: P
 
 def _dependencies_layer(
     spec: PackageSpec,
+    base: Image,
     target: TargetPython,
     store: BlobStore,
     cache: LayerCache,
@@ -330,6 +337,7 @@ def _dependencies_layer(
     checks: BuildChecks,
 ) -> Addendum:
     env = spec.environment
+    compiler = bytecode.plan(base, spec.bytecode)  # a sandbox, or why there is none
     key_doc = {
         # with the files they include (-r, -c), and the conda file's pip: index options (no change when none)
         "requirements": requirements_texts(env.requirements) + list(env.pip_options_key()),
@@ -339,6 +347,7 @@ def _dependencies_layer(
         "ocibuild": __version__,
         "sources": env.sources.key_doc(),  # URLs without credentials, find-links folders by content
         "exclude_newer": env.exclude_newer,
+        "bytecode": None if isinstance(compiler, str) else bytecode.INVALIDATION,
     }
     key = "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
     summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
@@ -360,8 +369,12 @@ def _dependencies_layer(
             sources=env.sources, exclude_newer=env.exclude_newer,
         )  # fmt: skip
         checks.dependencies(key, site)
+        if isinstance(compiler, str):
+            progress.step(f"bytecode: not compiled ({compiler}); a read-only root compiles at every start")
+        else:
+            bytecode.compile_bytecode(base, target, compiler, site, SITE_PACKAGES, progress)
         contents = LayerContents()
-        contents.add_tree(site, SITE_PACKAGES)
+        contents.add_tree(site, SITE_PACKAGES, bytecode=True)
         counter = progress.bytes("dependencies layer", contents.total_size)
         layer = write_layer(
             contents, store, spec.compression, counter, mtime=spec.epoch, workers=spec.workers

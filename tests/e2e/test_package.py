@@ -167,7 +167,11 @@ def test_oci_layout_unpacks_with_umoci(tmp_path, cache, base_ref, example_model)
         rootfs / "var/azureml-app/azureml-models/model/1/model.pkl"
     ).read_bytes() == example_model.model.read_bytes()
     assert (rootfs / "opt/ocibuild/server/ocibuild_serving/__main__.py").is_file()
-    assert list((rootfs / "opt/ocibuild/site-packages").glob("sklearn/__init__.py"))
+    site = rootfs / "opt/ocibuild/site-packages"
+    assert list(site.glob("sklearn/__init__.py"))
+    # Compiled at build time by the base's own Python (its 3.11), test folders left out.
+    assert (site / "sklearn/__pycache__/__init__.cpython-311.pyc").is_file()
+    assert list(site.glob("sklearn/**/*.pyc")) and not list(site.glob("sklearn/**/tests/__pycache__"))
     assert (rootfs / "usr/bin/python3").exists()  # the base's files are there too
 
 
