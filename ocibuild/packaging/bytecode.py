@@ -72,15 +72,15 @@ def compile_bytecode(
     the base's interpreter; the pycs land in ``site``'s ``__pycache__`` folders. A failure is a warning: the image
     still works, it only compiles at start."""
     started = time.monotonic()
+    files = _modules(site, "/" + site_in_image.strip("/"))
+    if not files:
+        return
     with Workdir("ocibuild-bytecode-") as work:
         layers = [partial(base.open_uncompressed, layer) for layer in base.layers]
         as_root = not method.userns and os.geteuid() == 0
         unpack(layers, work.root, base.name or "base image", owners=as_root)
         place = Path(ensure_dir(work.root, os.path.dirname(site_in_image))) / os.path.basename(site_in_image)
         remove_unpacked(place)
-        files = _modules(site, "/" + site_in_image.strip("/"))
-        if not files:
-            return
         if as_root:
             _hand_over(site)
         shutil.move(site, place)
