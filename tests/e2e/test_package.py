@@ -138,6 +138,12 @@ def test_read_only_root_with_only_tmp_writable_serves_as_a_non_root_user(
                        "touch /var/azureml-app/x 2>&1 | grep -q 'Read-only file system' && echo app-read-only"
                        ).stdout.split()  # fmt: skip
     assert probe == ["65532", "65532", "/tmp", "tmp-writable", "app-read-only"], probe
+    # On a writable root too, the files stay root's: the user reads them and cannot change them.
+    writable = engine.run("run", "--rm", "--entrypoint", "/bin/sh", name, "-c",
+                          "stat -c %u:%a /var/azureml-app/score.py; cat /var/azureml-app/score.py >/dev/null && "
+                          "echo readable; (echo x >> /var/azureml-app/score.py) 2>&1 | grep -q 'Permission denied' "
+                          "&& echo not-writable").stdout.split()  # fmt: skip
+    assert writable == ["0:644", "readable", "not-writable"], writable
 
 
 def test_user_0_gives_root_when_asked(tmp_path, cache, base_ref, example_model, dockerd):
