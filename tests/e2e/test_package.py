@@ -297,7 +297,9 @@ def test_build_as_unprivileged_user(base_image, example_model):
             env=env, capture_output=True, text=True, timeout=900, check=False, cwd=work,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        # The smoke test ran the image without root: in a user namespace (bwrap, else unshare -r).
+        # The base's Python compiled the bytecode and the smoke test ran the image, both without root: in a user
+        # namespace (bwrap, else unshare -r).
+        assert "bytecode: compiled " in proc.stderr
         assert (
             "smoke test: starting the server in a chroot as " in proc.stderr
             and "user namespace" in proc.stderr
