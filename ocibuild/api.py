@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks.build import CheckOptions
+from .checks.smoke import SmokeOptions
 from .errors import UsageError
 from .events import Listener, Progress
 from .oci.descriptor import Platform
@@ -33,7 +34,7 @@ from .oci.name import ImageName, parse_reference
 from .oci.store import BlobStore
 from .packaging.dockerfile import DockerfilePublisher
 from .packaging.environment import PythonEnvironment, load_environment
-from .packaging.package import BuildResult, PackageSpec, build
+from .packaging.package import DEFAULT_USER, BuildResult, PackageSpec, build
 from .packaging.sources import PackageSources, parse_exclude_newer
 from .registry.credentials import parse_creds
 from .registry.transport import RegistryOptions
@@ -284,6 +285,8 @@ def package(
     platform: str = "linux/amd64",
     compression: str = "gzip",
     port: int = 5001,
+    user: str = DEFAULT_USER,
+    bytecode: bool = True,
     cache: PathLike | None = None,
     use_cache: bool = True,
     progress: Progress | Listener | None = None,
@@ -292,19 +295,29 @@ def package(
     outputs: Outputs | None = None,
     allow_imports: Sequence[str] = (),
     skip_checks: Sequence[str] = (),
+    smoke_test: bool = False,
+    sample_input: PathLike | None = None,
 ) -> Package:
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
+    ``user``: who the image runs as (``UID[:GID]`` or ``NAME[:GROUP]``; default the non-root 65532:65532,
+    ``"0"`` for root). ``bytecode``: compile the dependencies with the image's own Python (where this machine
+    can run it) so that a read-only root starts as fast as a writable one.
     ``registry``: credentials and TLS for a registry base and registered models (and the default for ``push``;
     ``bind_credentials`` makes one). ``progress``: a ``Progress`` or a listener of ``events``; none by default.
     ``allow_imports``: import names the entry script may use although the image lacks them (it gets them another
-    way); ``skip_checks``: checks not to run, of ``"native"`` and ``"imports"``.
+    way); ``skip_checks``: checks not to run, of ``"native"`` and ``"imports"``. ``smoke_test``: run the built
+    image's server once, here, and score ``sample_input`` (a file) or the script's own input sample (needs root,
+    or user namespaces; where the machine allows neither it is skipped with a warning).
     ``settings``: what the environment says (default: read now, ``Settings.from_environ``). ``outputs``: where
     to write the image once built (checked before building)."""
     settings = settings or Settings.from_environ()
     if outputs is not None:
         outputs.check()
+    if sample_input is not None and not smoke_test:
+        raise UsageError("--sample-input is what --smoke-test sends; add --smoke-test")
+    smoke = SmokeOptions.with_sample(Path(sample_input) if sample_input else None) if smoke_test else None
     if not isinstance(progress, Progress):
         progress = Progress(progress)
     environment = inference_config.environment.resolve()
@@ -320,10 +333,13 @@ def package(
         platform=Platform.parse(platform),
         compression=compression,
         port=port,
+        user=user,
+        bytecode=bytecode,
         use_cache=use_cache,
         registry=registry or settings.registry_options(),
         epoch=settings.source_date_epoch,
         checks=CheckOptions.of(skip_checks, allow_imports),
+        smoke=smoke,
     )
     store = BlobStore(Path(cache) if cache is not None else settings.cache_dir)
     pkg = Package(build(spec, store, progress), progress, settings, registry)

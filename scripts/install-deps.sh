@@ -19,6 +19,7 @@ declare -A NEEDS=(
     [docker-registry]=/usr/bin/docker-registry
     [apache2-utils]=/usr/bin/htpasswd  # bcrypt htpasswd for the basic-auth registry
     [uidmap]=/usr/bin/newuidmap        # podman and umoci --rootless as a normal user
+    [bubblewrap]=/usr/bin/bwrap        # the smoke test's sandbox for a normal user (unshare -r otherwise)
 )
 
 missing=()

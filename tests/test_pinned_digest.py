@@ -19,8 +19,9 @@ from tests.packaging.test_pyenv import bookworm
 # - the server's comments cite the repository's own docs (the server layer holds the sources);
 # - the base is named portably: a layout entry with no full name gives no base.name (was its local path);
 # - the server's functions split under the complexity limit, and its run-timeout fallback fixed (server layer);
-# - the request and upload classes share their content-type properties (server layer).
-PINNED = "sha256:f3ab9966c141a6c92567517c9c39a2b8597b8c22ddb161ca61c39897da46dfd7"
+# - the request and upload classes share their content-type properties (server layer);
+# - locked down by default: the config's User is 65532:65532, and HOME=/tmp, PYTHONDONTWRITEBYTECODE=1 in Env.
+PINNED = "sha256:354755cc60d5794cdd610d942d7a76ea000a79ca0bbc2f41a9dccb8403e3db3d"
 
 SCORE = b"""import json
 

@@ -61,10 +61,17 @@ class LayerContents:
         else:
             raise InputError(f"{source}: not a regular file, directory or symlink; remove it from the inputs")
 
-    def add_tree(self, source: Path, dest: str, exclude: Iterable[str] = ("__pycache__", ".git")) -> None:
-        """A directory and everything under it (symlinks kept as links, not followed)."""
+    def add_tree(
+        self,
+        source: Path,
+        dest: str,
+        exclude: Iterable[str] = ("__pycache__", ".git"),
+        bytecode: bool = False,
+    ) -> None:
+        """A directory and everything under it (symlinks kept as links, not followed). Bytecode is left out
+        unless ``bytecode``: then ``__pycache__`` folders come along (other ``.pyc`` files never do)."""
         dest = _image_path(dest)
-        skip = set(exclude)
+        skip = set(exclude) - ({"__pycache__"} if bytecode else set())
         self._put(Entry(dest, "dir"))
         for root, dirs, files in os.walk(source, onerror=_walk_error):
             dirs[:] = [d for d in dirs if d not in skip]
@@ -77,7 +84,7 @@ class LayerContents:
                 else:
                     self._put(Entry(f"{base}/{name}", "dir"))
             for name in files:
-                if name.endswith(".pyc"):
+                if name.endswith(".pyc") and not (bytecode and os.path.basename(root) == "__pycache__"):
                     continue
                 self.add_file(Path(root, name), f"{base}/{name}")
 

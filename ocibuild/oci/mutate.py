@@ -31,6 +31,7 @@ class ConfigChanges:
     exposed_ports: Sequence[str] = ()
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str | None = None
+    user: str | None = None  # ``User``: NAME|UID[:GROUP|GID]
     annotations: dict[str, str] = field(default_factory=dict)  # on the manifest
 
 
@@ -70,6 +71,8 @@ def _run_config(base_run: dict, changes: ConfigChanges) -> dict:
         run["Labels"] = {**(run.get("Labels") or {}), **changes.labels}
     if changes.stop_signal:
         run["StopSignal"] = changes.stop_signal
+    if changes.user is not None:
+        run["User"] = changes.user
     return run
 
 

@@ -77,6 +77,8 @@ def dockerfile_text(image: Image, base_ref: str, layer_dirs: list[tuple[str, str
         lines.append(f"EXPOSE {port}")
     if run.get("StopSignal"):
         lines.append(f"STOPSIGNAL {run['StopSignal']}")
+    if run.get("User") and run["User"] != base_run.get("User"):
+        lines.append(f"USER {run['User']}")
     lines.append(f"ENTRYPOINT {json.dumps(run.get('Entrypoint') or [])}")
     return "\n".join(lines) + "\n"
 

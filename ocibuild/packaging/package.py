@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..cache.layers import LayerCache, LocalLayerCache
 from ..checks.build import BuildChecks, CheckOptions
+from ..checks.smoke import SmokeOptions, smoke_test
 from ..errors import InputError, UsageError
 from ..events import Progress
 from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
@@ -35,6 +36,7 @@ from ..registry.transport import RegistryOptions
 from ..rootfs.pyenv import TargetPython, detect_target_python
 from ..transports.open import open_base
 from ..version import __version__
+from . import bytecode
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .sources import redact_urls
@@ -48,6 +50,12 @@ SERVER_DIR = "opt/ocibuild/server"
 SITE_PACKAGES = "opt/ocibuild/site-packages"
 SERVER_PACKAGE = "ocibuild_serving"
 DEFAULT_PORT = 5001
+# Locked down by default: a numeric non-root user (Kubernetes' runAsNonRoot can only check a number), the one
+# distroless, Chainguard and ko images call nonroot; HOME in /tmp, the one folder a read-only root leaves writable
+# (docs/decisions.md).
+DEFAULT_USER = "65532:65532"
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
+_READ_ONLY_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
 TOOL = f"ocibuild {__version__}"  # in cache keys: another version of ocibuild may build other bytes
 _SERVING_SOURCE = Path(__file__).resolve().parent.parent / "serving"
 
@@ -64,6 +72,8 @@ class PackageSpec:
     platform: Platform = field(default_factory=Platform)
     compression: str = "gzip"
     port: int = DEFAULT_PORT
+    user: str = DEFAULT_USER  # the config's User
+    bytecode: bool = True  # compile the dependencies with the image's Python (``bytecode``), where it can run
     # False (--no-cache): every layer is built from its inputs again; the results still go to the cache.
     use_cache: bool = True
     registry: RegistryOptions = field(
@@ -73,6 +83,7 @@ class PackageSpec:
     # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
     model_refs: tuple[str, ...] = ()
     checks: CheckOptions = field(default_factory=CheckOptions)  # native libraries and imports (``checks``)
+    smoke: SmokeOptions | None = None  # run the built image's server once (``--smoke-test``)
     epoch: int = 0  # SOURCE_DATE_EPOCH: every time in the image
     workers: int | None = None  # cores used to compress a layer (None: all of them)
 
@@ -130,6 +141,20 @@ def validate(spec: PackageSpec) -> None:
         check_entry_script(spec.entry_script)
     if spec.version is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", spec.version):
         raise UsageError(f"--model-version {spec.version!r}: use letters, digits, '.', '_' or '-'")
+    _check_user(spec.user)
+
+
+def _check_user(user: str) -> None:
+    if not _USER.fullmatch(user):
+        raise UsageError(f"--user {user!r}: give UID[:GID] (e.g. {DEFAULT_USER}) or NAME[:GROUP]")
+
+
+def user_note(user: str) -> str | None:
+    """A warning for a ``User`` that Kubernetes' ``runAsNonRoot`` cannot check (a name), if it is one."""
+    name = user.partition(":")[0]
+    if name.isdigit() or name == "root":
+        return None
+    return f"--user {user}: Kubernetes' runAsNonRoot refuses a user name it cannot check; give its number"
 
 
 def build(
@@ -138,6 +163,8 @@ def build(
     """Build the image for ``spec``: layers come from ``cache`` (default: the local store's) when their inputs
     made them before, else are built into ``store``."""
     validate(spec)
+    if note := user_note(spec.user):
+        progress.warn(note)
     for note in spec.environment.notes:  # what a conda file's packages became
         progress.step(note)
     cache = cache or LocalLayerCache(store)
@@ -151,7 +178,7 @@ def build(
     checks = BuildChecks(spec.checks, base, target, store, progress, SITE_PACKAGES, f"base image {spec.base}")
     added: list[Addendum] = []
     if not spec.environment.is_empty():
-        added.append(_dependencies_layer(spec, target, store, cache, progress, checks))
+        added.append(_dependencies_layer(spec, base, target, store, cache, progress, checks))
     checks.entry_script(spec.entry_script, spec.source_dir)
     added.append(Addendum(_server_layer(spec, store), f"{TOOL}: scoring server", "server"))
     models = _model_layers(spec, registered, store, cache, progress)
@@ -160,6 +187,8 @@ def build(
     added.append(app)
     changes = _config_changes(spec, base, target, models, script_rel)
     image = mutate(base, added, changes, timestamp(spec.epoch))
+    if spec.smoke is not None:
+        smoke_test(image, spec.smoke, progress)
     return BuildResult(image, spec.base, target, models.name, models.model_dir, spec.environment.requirements)
 
 
@@ -246,12 +275,14 @@ def _config_changes(
             "OCIBUILD_MODEL_NAME": models.name,  # the KServe V2 model name
             "OCIBUILD_MODEL_VERSION": models.version,
             "PYTHONUNBUFFERED": "1",
+            **_READ_ONLY_ENV,
         },
         prepend_path={"PYTHONPATH": f"/{SERVER_DIR}:/{SITE_PACKAGES}"},
         working_dir=f"/{APP_ROOT}",
         exposed_ports=[f"{spec.port}/tcp"],
         labels=labels,
         stop_signal="SIGTERM",
+        user=spec.user,
         annotations=annotations,
     )
 
@@ -298,6 +329,7 @@ def _detect_python(base: Image, spec: PackageSpec, store: BlobStore, progress: P
 
 def _dependencies_layer(
     spec: PackageSpec,
+    base: Image,
     target: TargetPython,
     store: BlobStore,
     cache: LayerCache,
@@ -305,6 +337,7 @@ def _dependencies_layer(
     checks: BuildChecks,
 ) -> Addendum:
     env = spec.environment
+    compiler = bytecode.plan(base, spec.bytecode)  # a sandbox, or why there is none
     key_doc = {
         # with the files they include (-r, -c), and the conda file's pip: index options (no change when none)
         "requirements": requirements_texts(env.requirements) + list(env.pip_options_key()),
@@ -314,6 +347,7 @@ def _dependencies_layer(
         "ocibuild": __version__,
         "sources": env.sources.key_doc(),  # URLs without credentials, find-links folders by content
         "exclude_newer": env.exclude_newer,
+        "bytecode": None if isinstance(compiler, str) else bytecode.INVALIDATION,
     }
     key = "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
     summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
@@ -335,8 +369,12 @@ def _dependencies_layer(
             sources=env.sources, exclude_newer=env.exclude_newer,
         )  # fmt: skip
         checks.dependencies(key, site)
+        if isinstance(compiler, str):
+            progress.step(f"bytecode: not compiled ({compiler}); a read-only root compiles at every start")
+        else:
+            bytecode.compile_bytecode(base, target, compiler, site, SITE_PACKAGES, progress)
         contents = LayerContents()
-        contents.add_tree(site, SITE_PACKAGES)
+        contents.add_tree(site, SITE_PACKAGES, bytecode=True)
         counter = progress.bytes("dependencies layer", contents.total_size)
         layer = write_layer(
             contents, store, spec.compression, counter, mtime=spec.epoch, workers=spec.workers

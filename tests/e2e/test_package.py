@@ -73,6 +73,12 @@ def score_container(engine, image, example_model, extra=()):
         engine.remove(name)
 
 
+def smoke_answer(stderr: str):
+    """What ``--smoke-test`` printed as the server's answer to the sample."""
+    (line,) = [x for x in stderr.splitlines() if x.startswith("smoke test: POST /score")]
+    return json.loads(line.split("answered 200: ", 1)[1])
+
+
 def assert_same_predictions(got, want):
     assert len(got) == len(want) == 2
     for g, w in zip(got, want, strict=True):
@@ -89,6 +95,10 @@ def test_skopeo_reads_tarball_as_docker_and_oci_archive(built):
     assert len(docker["Layers"]) == 5  # base, dependencies, server, model, app
     cfg = json.loads(run(["skopeo", "inspect", "--config", f"oci-archive:{out}"]).stdout)
     assert "5001/tcp" in cfg["config"]["ExposedPorts"]
+    # Locked down by default: a numeric user that is not root (Kubernetes' runAsNonRoot checks exactly this).
+    uid, _, gid = cfg["config"]["User"].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0, cfg["config"]["User"]
+    assert {"HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1"} <= set(cfg["config"]["Env"])
     assert cfg["config"]["WorkingDir"] == "/var/azureml-app"
     assert cfg["config"]["Labels"]["org.opencontainers.image.base.digest"].startswith("sha256:")
     assert all(h["created_by"].startswith("ocibuild") for h in cfg["history"][-4:])
@@ -108,6 +118,47 @@ def test_podman_loads_runs_and_scores(built, podman, example_model):
     assert_same_predictions(score_container(podman, name, example_model), example_model.predictions)
 
 
+# Only /tmp is writable, as Kubernetes' readOnlyRootFilesystem with an emptyDir on /tmp; podman would add tmpfs
+# mounts of its own on /run and /var/tmp unless told not to.
+READ_ONLY = {"docker": ("--read-only", "--tmpfs", "/tmp"),
+             "podman": ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp")}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine_name", ["docker", "podman"])
+def test_read_only_root_with_only_tmp_writable_serves_as_a_non_root_user(
+    built, engine_name, request, example_model
+):
+    engine = request.getfixturevalue("dockerd" if engine_name == "docker" else "podman")
+    out, _ = built
+    name = engine.load(out)
+    got = score_container(engine, name, example_model, READ_ONLY[engine_name])
+    assert_same_predictions(got, example_model.predictions)
+    probe = engine.run("run", "--rm", *READ_ONLY[engine_name], "--entrypoint", "/bin/sh", name, "-c",
+                       'id -u; id -g; echo "$HOME"; touch /tmp/ok && echo tmp-writable; '
+                       "touch /var/azureml-app/x 2>&1 | grep -q 'Read-only file system' && echo app-read-only"
+                       ).stdout.split()  # fmt: skip
+    assert probe == ["65532", "65532", "/tmp", "tmp-writable", "app-read-only"], probe
+    # On a writable root too, the files stay root's: the user reads them and cannot change them.
+    writable = engine.run("run", "--rm", "--entrypoint", "/bin/sh", name, "-c",
+                          "stat -c %u:%a /var/azureml-app/score.py; cat /var/azureml-app/score.py >/dev/null && "
+                          "echo readable; (echo x >> /var/azureml-app/score.py) 2>&1 | grep -q 'Permission denied' "
+                          "&& echo not-writable").stdout.split()  # fmt: skip
+    assert writable == ["0:644", "readable", "not-writable"], writable
+
+
+def test_user_0_gives_root_when_asked(tmp_path, cache, base_ref, example_model, dockerd):
+    out = tmp_path / "root.tar"
+    ocibuild(
+        "package", example_model.model, "--entry-script", example_model.score, "--requirements",
+        example_model.requirements, "--base", base_ref, "--user", "0", "--tag", "ocibuild-test/as-root:1",
+        "--output", out, "--cache", cache,
+    )  # fmt: skip
+    name = dockerd.load(out)
+    assert dockerd.run("inspect", "-f", "{{.Config.User}}", name).stdout.strip() == "0"
+    assert dockerd.run("run", "--rm", "--entrypoint", "id", name, "-u").stdout.strip() == "0"
+    assert_same_predictions(score_container(dockerd, name, example_model), example_model.predictions)
+
+
 def test_oci_layout_unpacks_with_umoci(tmp_path, cache, base_ref, example_model):
     layout = tmp_path / "layout"
     ocibuild(
@@ -122,7 +173,11 @@ def test_oci_layout_unpacks_with_umoci(tmp_path, cache, base_ref, example_model)
         rootfs / "var/azureml-app/azureml-models/model/1/model.pkl"
     ).read_bytes() == example_model.model.read_bytes()
     assert (rootfs / "opt/ocibuild/server/ocibuild_serving/__main__.py").is_file()
-    assert list((rootfs / "opt/ocibuild/site-packages").glob("sklearn/__init__.py"))
+    site = rootfs / "opt/ocibuild/site-packages"
+    assert list(site.glob("sklearn/__init__.py"))
+    # Compiled at build time by the base's own Python (its 3.11), test folders left out.
+    assert (site / "sklearn/__pycache__/__init__.cpython-311.pyc").is_file()
+    assert list(site.glob("sklearn/**/*.pyc")) and not list(site.glob("sklearn/**/tests/__pycache__"))
     assert (rootfs / "usr/bin/python3").exists()  # the base's files are there too
 
 
@@ -224,6 +279,7 @@ def test_build_as_unprivileged_user(base_image, example_model):
                                                              or (Path(d) == REPO and n == "build")])  # fmt: skip
         run(["uv", "pip", "install", "--quiet", "--python", venv / "bin/python", f"{repo}[uv]"], timeout=600)
         src = _checkout(work / "src", example_model)
+        (src / "sample.json").write_text(example_model.input_json)
         shutil.copytree(base_image.layout, work / "base")
         for p in [work, *work.rglob("*")]:
             os.lchown(p, 65534, 65534)
@@ -236,10 +292,19 @@ def test_build_as_unprivileged_user(base_image, example_model):
         proc = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
              venv / "bin/python", "-m", "ocibuild", "package", src / "model.pkl", "--entry-script", src / "score.py",
-             "--requirements", src / "requirements.txt", "--base", f"oci:{work}/base:{base_image.tag}", "--output", out],
+             "--requirements", src / "requirements.txt", "--base", f"oci:{work}/base:{base_image.tag}", "--output", out,
+             "--smoke-test", "--sample-input", src / "sample.json"],
             env=env, capture_output=True, text=True, timeout=900, check=False, cwd=work,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
+        # The base's Python compiled the bytecode and the smoke test ran the image, both without root: in a user
+        # namespace (bwrap, else unshare -r).
+        assert "bytecode: compiled " in proc.stderr
+        assert (
+            "smoke test: starting the server in a chroot as " in proc.stderr
+            and "user namespace" in proc.stderr
+        )
+        assert_same_predictions(smoke_answer(proc.stderr), example_model.predictions)
         assert out.stat().st_uid == 65534
         assert (
             json.loads(run(["skopeo", "inspect", f"oci-archive:{out}"]).stdout)["Digest"]

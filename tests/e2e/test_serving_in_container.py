@@ -57,6 +57,21 @@ def image(tmp_path_factory, base_ref, dockerd):
     return dockerd.load(out)
 
 
+def test_the_smoke_test_scores_the_inference_schema_sample(tmp_path, base_ref):
+    """``--smoke-test`` without ``--sample-input`` sends the script's own ``@input_schema`` sample."""
+    (tmp_path / "score.py").write_text(textwrap.dedent(SCORE))
+    (tmp_path / "requirements.txt").write_text("inference-schema\n")
+    (tmp_path / "weights.json").write_text("[1, 2, 3]")
+    proc = run(
+        [sys.executable, "-m", "ocibuild", "package", tmp_path / "weights.json", "--entry-script",
+         tmp_path / "score.py", "--requirements", tmp_path / "requirements.txt", "--base", base_ref,
+         "--oci-layout", tmp_path / "out", "--cache", tmp_path / "cache", "--smoke-test"],
+        timeout=900,
+    )  # fmt: skip
+    # {"data": [[1.0, 2.0, 3.0]]} scored with weights [1, 2, 3]
+    assert "smoke test: POST /score with the script's input sample answered 200: [14.0]" in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def container(image, dockerd):
     """The image running with two workers; (base URL, container name, V2 model name)."""
