@@ -192,7 +192,8 @@ class _Checker:
 
     def run(self) -> tuple[list[Gap], list[Gap]]:
         """(errors, warnings). Errors: gaps in what importing an extension module (``NAME[.TAG].so``, ``NAME``
-        not starting with ``lib``) or starting an executable loads. Warnings: gaps in libraries that nothing links
+        not starting with ``lib``) or starting an executable loads. Warnings: gaps in a package's test programs
+        (torch ships ``torch/bin/test_*``, which nothing runs) and in libraries that nothing links
         (``libNAME.so``, ``NAME.so.N``), which Python code or a library may load on demand: nvshmem's transports
         need InfiniBand libraries a server rarely has, and work without them. For those, a library that is not on
         their search path but is in the dependencies under that name counts as found: the loader takes a library
@@ -201,7 +202,7 @@ class _Checker:
         everywhere |= {info.soname for _, info in self.needs.files.values() if info.soname}
         reached: set[str] = set()
         for rel, (_, info) in sorted(self.needs.files.items()):
-            if _is_extension(rel) or info.interpreter:
+            if _is_extension(rel) or (info.interpreter and not _is_test_program(rel)):
                 self.load(rel, reached, set())
         errors = self.collected()
         self.gaps = {}
@@ -395,6 +396,15 @@ class _Checker:
             return f"use a base image with a newer glibc, or a release of {dist} built for an older one"
         package = _DEBIAN_PACKAGES.get(library, f"the package that provides {library}")
         return f"use a base image with a newer {package}, or a release of {dist} built against an older one"
+
+
+def _is_test_program(rel: str) -> bool:
+    """A package's own test executable (``torch/bin/test_api``, ``tests/run_test``): never run by a server."""
+    parts = rel.split("/")
+    name = parts[-1]
+    return (
+        name.startswith("test_") or name.endswith("_test") or any(p in ("test", "tests") for p in parts[:-1])
+    )
 
 
 def _is_extension(rel: str) -> bool:

@@ -257,3 +257,17 @@ def test_the_suffix_platform_follows_the_images_architecture(tmp_path):
     needs = native.scan(tmp_path)
     errors, _ = native.check(needs, files(debian()), dataclasses.replace(TARGET, architecture="386"), SITE)
     assert [g.dist for g in errors] == ["armlib"]  # the arm64 module on a 386 image; the i386 one fits
+
+
+def test_a_package_test_program_that_does_not_load_is_only_a_warning(tmp_path):
+    """torch's wheel ships ``torch/bin/test_*`` programs whose RUNPATH does not reach ``torch/lib``; nothing runs
+    them, so they warn, while the same gap in any other executable stops the build."""
+    install(tmp_path, "torchish", {
+        "torchish/bin/test_shim": elf(needed=("libtorchish_only.so",), interpreter="/lib64/ld-linux-x86-64.so.2",
+                                      executable=True),
+        "torchish/bin/tool": elf(needed=("libtorchish_only.so",), interpreter="/lib64/ld-linux-x86-64.so.2",
+                                 executable=True),
+    })  # fmt: skip
+    errors, warnings = check(tmp_path)
+    assert [e.file for e in errors] == ["torchish/bin/tool"]
+    assert any("test_shim" in str(w) for w in warnings)
