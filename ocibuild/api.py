@@ -341,6 +341,8 @@ def package(
         checks=CheckOptions.of(skip_checks, allow_imports),
         smoke=smoke,
     )
+    for reference in outputs.pushes if outputs is not None else ():
+        RegistryPublisher(parse_reference(reference), options=spec.registry).preflight()
     store = BlobStore(Path(cache) if cache is not None else settings.cache_dir)
     pkg = Package(build(spec, store, progress), progress, settings, registry)
     if outputs is not None:

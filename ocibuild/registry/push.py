@@ -126,6 +126,16 @@ def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _T
     raise AssertionError("unreachable")
 
 
+def check_push_access(ref: Reference, options: RegistryOptions) -> None:
+    """Ask the registry for ``ref``'s repository with push rights (a HEAD of one blob): wrong or missing
+    credentials fail here, in a second, rather than after a build that may take minutes."""
+    client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
+    try:
+        client.has_blob(Digest.of(b"{}"))
+    finally:
+        client.transport.close()
+
+
 def push_index(
     index: ImageIndex,
     ref: Reference,

@@ -26,7 +26,7 @@ from ..oci.digest import Digest
 from ..oci.image import Entry, Image, ImageIndex, Tagged, images_of
 from ..oci.layout import write_layout
 from ..oci.name import ImageName, Reference, parse_reference
-from ..registry.push import push_image, push_index
+from ..registry.push import check_push_access, push_image, push_index
 from ..registry.transport import RegistryOptions
 from .location import Location
 
@@ -107,6 +107,10 @@ class RegistryPublisher:
     def __post_init__(self) -> None:
         for tag in self.tags:  # a bad tag fails before any upload
             parse_reference(f"{self.ref.registry}/{self.ref.repository}:{tag}")
+
+    def preflight(self) -> None:
+        """Before anything is built: the credentials given for this registry work."""
+        check_push_access(self.ref, self.options)
 
     def check(self, entry: Entry) -> None:
         if self.ref.digest and self.ref.digest != entry.digest:

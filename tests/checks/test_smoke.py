@@ -183,9 +183,12 @@ def _cli_smoke(tmp: Path, base_ref: str) -> subprocess.Popen[str]:
     (tmp / "model.bin").write_bytes(b"weights")
     argv = [sys.executable, "-m", "ocibuild", "package", tmp / "model.bin", "--entry-script", tmp / "score.py",
             "--base", base_ref, "--cache", tmp / "cache", "--oci-layout", tmp / "out", "--smoke-test"]  # fmt: skip
+    # A suite started in the background of a non-interactive shell hands its children SIGINT ignored: give the
+    # build the default disposition a user's terminal gives it, so that Ctrl-C (SIGINT) reaches it.
     return subprocess.Popen(
-        [str(a) for a in argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [str(a) for a in argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
 
 def _wait_for_server(proc: subprocess.Popen[str]) -> list[int]:

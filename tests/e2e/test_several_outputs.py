@@ -57,20 +57,37 @@ def test_one_build_goes_to_every_output_with_one_digest(
     assert dockerd.load(tar).endswith("ridge:7")
 
 
-def test_a_failing_output_is_named_and_the_ones_before_it_are_whole(
-    registry, example_model, base_ref, tmp_path
-):
-    tar = tmp_path / "ridge.tar"
+def test_a_failing_output_is_named_and_the_ones_before_it_are_whole(example_model, base_ref, tmp_path):
+    """The tarball is written, then the layout's folder turns out to hold something else: the error names the
+    layout and the tarball, which is whole; the folder is left as it was."""
+    tar, taken = tmp_path / "ridge.tar", tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("not an OCI layout")
     proc = ocibuild(
         "package", example_model.model, "--entry-script", example_model.score,
         "--requirements", example_model.requirements, "--base", base_ref, "--cache", tmp_path / "cache",
-        "--output", tar, "--push", "127.0.0.1:9/nowhere/app:1",
+        "--output", tar, "--oci-layout", taken,
         check=False,
     )  # fmt: skip
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ocibuild: error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "--push 127.0.0.1:9/nowhere/app:1" in errors[0]
+    assert f"--oci-layout {taken}: " in errors[0] and "is not an OCI layout" in errors[0]
     assert f"already written, and whole: --output {tar}" in errors[0]
-    with tarfile.open(tar) as tf:  # the tarball written before the push failed is complete
+    with tarfile.open(tar) as tf:  # the tarball written before the layout failed is complete
         assert "manifest.json" in tf.getnames()
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+
+
+def test_a_push_with_wrong_credentials_fails_before_the_build(registry, example_model, base_ref, tmp_path):
+    """A push that cannot succeed is known before minutes of building: nothing is built or written."""
+    reg = registry.get("token")
+    tar = tmp_path / "ridge.tar"
+    proc = ocibuild(
+        "package", example_model.model, "--entry-script", example_model.score,
+        "--requirements", example_model.requirements, "--base", base_ref, "--cache", tmp_path / "cache",
+        "--output", tar, "--push", reg.ref("several/denied:1"), "--creds", f"{reg.user}:wrong",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "authentication failed" in proc.stderr
+    assert "dependencies" not in proc.stderr and not tar.exists()
