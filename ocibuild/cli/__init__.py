@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = "ocibuild: interrupted; nothing was written at the destination"
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (what CI cancellation and ``docker stop`` send), unwound like Ctrl-C so temp files are removed."""
 
@@ -104,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocibuild: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
-        print("ocibuild: interrupted; nothing was written at the destination", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
+        # CPython marks a KeyboardInterrupt that leaves an exec() of a string (dataclasses build methods so, at
+        # import) as unhandled, and then dies by SIGINT at exit even though it was handled here; a clean exec
+        # clears that mark, so the exit code is ours.
+        exec("")
         return 143 if isinstance(e, _Terminated) else 130
     except OSError as e:
         # Environmental failures (disk full, permission denied) are the user's to fix: one line, no traceback.

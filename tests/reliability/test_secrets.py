@@ -261,7 +261,8 @@ def test_identity_token_in_docker_config(registry, home, base_ref, debug_logs, c
         "auth": base64.b64encode(b"<token>:").decode(), "identitytoken": REGISTRY_REFRESH_TOKEN}}}))  # fmt: skip
     ref, repository, tag = target(reg, "identitytoken")
     assert package(tmp_path, base_ref, "--push", ref) == 0
-    assert [r.granted for r in reg.tokens.requests] == [True]  # the refresh token was traded, really
+    # The refresh token was traded, really: once for the check of push rights before the build, once for the push.
+    assert [r.granted for r in reg.tokens.requests] == [True, True]
     check_outputs(secrets, capfd, debug_logs)
     check_pushed(secrets, reg, repository, tag, tmp_path)
 
