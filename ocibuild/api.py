@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache.registry import parse_cache_repo
 from .checks.build import CheckOptions
 from .checks.smoke import SmokeOptions
 from .errors import UsageError
@@ -242,11 +243,17 @@ def bind_credentials(
     models: Sequence[str] = (),
     creds: str | None = None,
     base_creds: str | None = None,
+    cache_repo: str | None = None,
 ) -> RegistryOptions:
     """Which credentials go to which registry: ``creds`` to the pushes' registries, or, with no push, to a
     registry base, or, with neither, to the registered models' registries; ``base_creds`` to a registry base.
-    (``USER:PASSWORD``; without ``creds``, ``$OCIBUILD_REGISTRY_USER``/``_PASSWORD`` take its place.)"""
+    (``USER:PASSWORD``; without ``creds``, ``$OCIBUILD_REGISTRY_USER``/``_PASSWORD`` take its place.) The
+    ``cache_repo``'s registry is written as a push is: ``creds`` when it is a push's registry, else the
+    environment's or a login's."""
     push_refs = [parse_reference(p) for p in pushes]
+    if cache_repo:
+        host = parse_cache_repo(cache_repo).registry
+        options = options.for_target(host, creds if host in {r.registry for r in push_refs} else None)
     base_ref = registry_reference(base)
     for push in push_refs:
         options = options.for_target(push.registry, creds)
@@ -297,6 +304,8 @@ def package(
     skip_checks: Sequence[str] = (),
     smoke_test: bool = False,
     sample_input: PathLike | None = None,
+    cache_repo: str | None = None,
+    cache_repo_readonly: bool | None = None,
 ) -> Package:
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
@@ -310,6 +319,9 @@ def package(
     way); ``skip_checks``: checks not to run, of ``"native"`` and ``"imports"``. ``smoke_test``: run the built
     image's server once, here, and score ``sample_input`` (a file) or the script's own input sample (needs root,
     or user namespaces; where the machine allows neither it is skipped with a warning).
+    ``cache_repo``: a registry repository (``REGISTRY/REPO``) that builders share as their layer cache (default
+    ``$OCIBUILD_CACHE_REPO``): layers found there are not built, layers built go there, unless
+    ``cache_repo_readonly`` (default ``$OCIBUILD_CACHE_REPO_READONLY``).
     ``settings``: what the environment says (default: read now, ``Settings.from_environ``). ``outputs``: where
     to write the image once built (checked before building)."""
     settings = settings or Settings.from_environ()
@@ -340,6 +352,10 @@ def package(
         epoch=settings.source_date_epoch,
         checks=CheckOptions.of(skip_checks, allow_imports),
         smoke=smoke,
+        cache_repo=parse_cache_repo(repo) if (repo := cache_repo or settings.cache_repo) else None,
+        cache_repo_readonly=settings.cache_repo_readonly
+        if cache_repo_readonly is None
+        else cache_repo_readonly,
     )
     for reference in outputs.pushes if outputs is not None else ():
         RegistryPublisher(parse_reference(reference), options=spec.registry).preflight()

@@ -32,6 +32,10 @@ class Settings:
     docker_config: Path = Path("~/.docker/config.json")  # $DOCKER_CONFIG/config.json
     ca_bundle: str | None = None  # $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE: the trust --ca-cert adds to
     engine_hosts: tuple[str, ...] = ()  # $DOCKER_HOST, $CONTAINER_HOST: engines tried first for --load
+    cache_repo: str | None = None  # $OCIBUILD_CACHE_REPO: a registry repository shared as the layer cache
+    cache_repo_readonly: bool = (
+        False  # $OCIBUILD_CACHE_REPO_READONLY=1: read it, never write it (untrusted builds)
+    )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +55,10 @@ class Settings:
             docker_config=docker_dir / "config.json",
             ca_bundle=env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"),
             engine_hosts=tuple(env[v] for v in ("DOCKER_HOST", "CONTAINER_HOST") if env.get(v)),
+            cache_repo=env.get("OCIBUILD_CACHE_REPO") or None,
+            cache_repo_readonly=_flag(
+                env.get("OCIBUILD_CACHE_REPO_READONLY"), "OCIBUILD_CACHE_REPO_READONLY"
+            ),
         )
 
     def default_base(self, python: tuple[int, int] | None = None) -> str:
@@ -96,3 +104,11 @@ def _epoch(value: str | None) -> int:
         raise InputError(
             f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; unset it or fix it"
         ) from None
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None or value.strip().lower() in ("", "0", "false", "no"):
+        return False
+    if value.strip().lower() in ("1", "true", "yes"):
+        return True
+    raise InputError(f"{name}={value!r}: set it to 1 or 0")

@@ -2,8 +2,9 @@
 ``entry_script`` once it knows them. Each gap is one line; errors stop the build with all of them at once
 (``CheckError``), warnings are printed and the build goes on.
 
-What the dependencies ask of the image (``native.Needs`` and their importable names) is remembered under the
-dependencies layer's cache key, so a cached layer is checked against whatever base it is put on, without its files.
+What the dependencies ask of the image (``native.Needs`` and their importable names, ``scan``) are facts the layer
+cache keeps with the dependencies layer, so a cached layer is checked against whatever base it is put on, on any
+machine, without its files.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class BuildChecks:
         self.options, self.base, self.target, self.store = options, base, target, store
         self.progress, self.site_in_image, self.what = progress, site_in_image, what
         self.installed: ModuleTree = {}
+        self._scanned = 0.0  # seconds the last scan took, reported with the check
         self._files: BaseFiles | BaseException | None = None
         self._reading: threading.Thread | None = None
         if base.layers and set(CHECKS) - options.skip:
@@ -94,33 +96,30 @@ class BuildChecks:
         assert self._files is not None
         return self._files
 
-    def dependencies(self, key: str, site: Path | None) -> None:
-        """Check the installed dependencies (``site``), or, with ``site`` None, what a cached layer made under
-        ``key`` remembered of them. Raises ``CheckError`` with one line per gap."""
-        ref = f"depscheck-{key}"
-        if site is not None:
-            started = time.monotonic()
-            needs = native.scan(site)
-            self.installed = module_tree(site)
-            self.store.put_ref(ref, {"format": _FORMAT, "needs": needs.to_json(), "modules": self.installed})
-            scanned = time.monotonic() - started
-        else:
-            doc = self.store.get_ref(ref)
-            try:
-                if doc is None or doc.get("format") != _FORMAT:
-                    raise ValueError("not remembered")
-                needs = native.Needs.from_json(doc["needs"])
-                self.installed = doc["modules"]
-            except (KeyError, TypeError, ValueError):
-                self.progress.warn(
-                    "the cached dependencies layer was built before ocibuild checked native libraries and imports; "
-                    "pass --no-cache once to check it"
-                )
-                self.options = CheckOptions(
-                    self.options.skip | {"native", "imports"}, self.options.allow_imports
-                )
-                return
-            scanned = 0.0
+    def scan(self, site: Path) -> dict:
+        """What the installed dependencies (``site``) ask of the image: the facts a cache keeps with their layer,
+        so that the layer is checked again on any base without its files."""
+        started = time.monotonic()
+        facts = {"format": _FORMAT, "needs": native.scan(site).to_json(), "modules": module_tree(site)}
+        self._scanned = time.monotonic() - started
+        return facts
+
+    def dependencies(self, facts: dict | None) -> None:
+        """Check the dependencies by their ``facts`` (``scan``, now or when their layer was cached). Raises
+        ``CheckError`` with one line per gap."""
+        try:
+            if facts is None or facts.get("format") != _FORMAT:
+                raise ValueError("not remembered")
+            needs = native.Needs.from_json(facts["needs"])
+            self.installed = facts["modules"]
+        except (KeyError, TypeError, ValueError):
+            self.progress.warn(
+                "the cached dependencies layer was built before ocibuild checked native libraries and imports; "
+                "pass --no-cache once to check it"
+            )
+            self.options = CheckOptions(self.options.skip | {"native", "imports"}, self.options.allow_imports)
+            return
+        scanned, self._scanned = self._scanned, 0.0
         if "native" in self.options.skip:
             return
         started = time.monotonic()

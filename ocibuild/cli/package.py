@@ -96,6 +96,16 @@ def add_parser(sub) -> None:
         "--no-cache", dest="use_cache", action="store_false",
         help="build every layer from its inputs again (results still go to the cache)",
     )  # fmt: skip
+    p.add_argument(
+        "--cache-repo", metavar="REGISTRY/REPO",
+        help="a registry repository that builders share as their layer cache: layers found there are not built, "
+        "layers built are recorded there (default: $OCIBUILD_CACHE_REPO); credentials as for --push",
+    )  # fmt: skip
+    p.add_argument(
+        "--cache-repo-readonly", action="store_true",
+        help="read the cache repo but never write it, for untrusted builds such as pull requests "
+        "(default: $OCIBUILD_CACHE_REPO_READONLY)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
     checks = p.add_argument_group("checks (that the image will start: native libraries, imports)")
     checks.add_argument(
@@ -184,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         models=args.models,
         creds=args.creds,
         base_creds=args.base_creds,
+        cache_repo=args.cache_repo or settings.cache_repo,
     )
     env = Environment(
         pip_requirements=args.requirements,
@@ -223,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         skip_checks=args.skip_check,
         smoke_test=args.smoke_test,
         sample_input=args.sample_input,
+        cache_repo=args.cache_repo,
+        cache_repo_readonly=args.cache_repo_readonly or None,
     )
     for path in args.output:
         report.step(f"wrote {path}; load it with: docker load -i {path}")

@@ -192,10 +192,11 @@ def build_artifact(
     add_model(contents, path, name, version)
     key = cache_key(contents, "gzip", mtime=epoch, tool=__version__)
     cache = LocalLayerCache(store)
-    layer = cache.get(key) if use_cache else None
-    if layer is None:
-        layer = write_layer(contents, store, "gzip", progress, mtime=epoch, derive=True)
-        cache.put(key, layer)
+    cached = cache.get(key) if use_cache else None
+    if cached is not None:
+        layer = cached.layer
+    else:
+        layer = cache.put(key, write_layer(contents, store, "gzip", progress, mtime=epoch, derive=True))
     folder = model_dir_in_image(name, version)
     annotations = {
         CREATED: timestamp(epoch),

@@ -122,6 +122,46 @@ def cache_key(contents: LayerContents, codec: str, *, mtime: int, tool: str) -> 
     return "layer-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def content_key(contents: LayerContents, codec: str, *, mtime: int, tool: str, store: BlobStore) -> str:
+    """A key that means the same on every machine (for a cache that a fleet shares): like ``cache_key``, but each
+    file by its content's sha256 instead of its identity here. A big file's digest is remembered in ``store`` under
+    its identity, so only the first build on a machine reads the files for it."""
+    entries = []
+    for e in contents.entries():
+        digest = _content_digest(e, store) if e.kind == "file" else None
+        entries.append([e.path, e.kind, e.executable, e.target, e.size, digest])
+    doc = {"format": LAYER_FORMAT, "ocibuild": tool, "codec": codec, "mtime": mtime, "entries": entries}
+    return "layer-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+REMEMBER_DIGEST_MIN = 1 << 20  # smaller files are hashed again: quicker than a record's read
+
+
+def _content_digest(entry: Entry, store: BlobStore) -> str:
+    assert entry.source is not None
+    memo = "filedigest-" + hashlib.sha256(json.dumps([str(entry.source), entry.ident]).encode()).hexdigest()
+    if (
+        entry.size >= REMEMBER_DIGEST_MIN
+        and (doc := store.get_ref(memo))
+        and isinstance(doc.get("sha256"), str)
+    ):
+        return doc["sha256"]
+    h = hashlib.sha256()
+    try:
+        with open(entry.source, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            if file_ident(os.fstat(f.fileno())) != entry.ident:
+                raise InputError(
+                    f"{entry.source} changed while it was being read; build again once it is written"
+                )
+    except OSError as e:
+        raise InputError(f"{entry.source}: {e.strerror}") from None
+    if entry.size >= REMEMBER_DIGEST_MIN:
+        store.put_ref(memo, {"sha256": h.hexdigest()})
+    return h.hexdigest()
+
+
 def _lstat(path: Path) -> os.stat_result:
     try:
         return os.lstat(path)

@@ -83,6 +83,12 @@ class BlobStore:
 
         return open_derived(doc, digest, size, what="layer")
 
+    def touch(self, digest: Digest) -> None:
+        """Mark the blob used now (its file's mtime): ``cache prune`` removes the least recently used first."""
+        for path in (self.path(digest), self._derived / f"{digest.hex}.json"):
+            with suppress(OSError):
+                os.utime(path)
+
     @contextmanager
     def new_blob(self) -> Iterator[NewBlob]:
         """A temp file for a blob whose digest the caller computes while writing; ``commit(digest)`` names it."""

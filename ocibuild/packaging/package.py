@@ -17,7 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cache.layers import LayerCache, LocalLayerCache
+from ..cache.layers import CachedLayer, LayerCache, LocalLayerCache, TieredLayerCache
+from ..cache.registry import RegistryLayerCache
 from ..checks.build import BuildChecks, CheckOptions
 from ..checks.smoke import SmokeOptions, smoke_test
 from ..errors import InputError, UsageError
@@ -28,8 +29,9 @@ from ..oci.descriptor import Platform
 from ..oci.digest import Digest
 from ..oci.empty import is_empty
 from ..oci.image import Addendum, Image, Layer
-from ..oci.layer import LayerContents, cache_key, write_layer
+from ..oci.layer import LayerContents, cache_key, content_key, write_layer
 from ..oci.mutate import ConfigChanges, mutate, timestamp
+from ..oci.name import Reference
 from ..oci.store import BlobStore
 from ..oci.tempfiles import remove_tree
 from ..registry.transport import RegistryOptions
@@ -82,6 +84,10 @@ class PackageSpec:
     # Registered models (``ocibuild model push``): registry references whose artifact layer becomes the image's
     # model layer as it is, so a push to the same registry mounts it (``models.registry.resolve_model``).
     model_refs: tuple[str, ...] = ()
+    # A registry repository that a fleet of builders shares as its layer cache (``cache.registry``); ``readonly``
+    # for untrusted builds, which may read it but not write it.
+    cache_repo: Reference | None = None
+    cache_repo_readonly: bool = False
     checks: CheckOptions = field(default_factory=CheckOptions)  # native libraries and imports (``checks``)
     smoke: SmokeOptions | None = None  # run the built image's server once (``--smoke-test``)
     epoch: int = 0  # SOURCE_DATE_EPOCH: every time in the image
@@ -167,7 +173,7 @@ def build(
         progress.warn(note)
     for note in spec.environment.notes:  # what a conda file's packages became
         progress.step(note)
-    cache = cache or LocalLayerCache(store)
+    cache = cache or layer_cache(spec, store, progress)
     registered = _resolve_registered(spec, store, progress)
     progress.step(f"base: {spec.base}")
     base = open_base(spec.base, spec.platform, options=spec.registry, store=store, progress=progress)
@@ -180,10 +186,10 @@ def build(
     if not spec.environment.is_empty():
         added.append(_dependencies_layer(spec, base, target, store, cache, progress, checks))
     checks.entry_script(spec.entry_script, spec.source_dir)
-    added.append(Addendum(_server_layer(spec, store), f"{TOOL}: scoring server", "server"))
+    added.append(Addendum(_server_layer(spec, store, cache, progress), f"{TOOL}: scoring server", "server"))
     models = _model_layers(spec, registered, store, cache, progress)
     added += models.added
-    app, script_rel = _app_layer(spec, store)
+    app, script_rel = _app_layer(spec, store, cache, progress)
     added.append(app)
     changes = _config_changes(spec, base, target, models, script_rel)
     image = mutate(base, added, changes, timestamp(spec.epoch))
@@ -231,7 +237,9 @@ def _model_layers(
     return _Models(added, name, version, model_dir, labels)
 
 
-def _app_layer(spec: PackageSpec, store: BlobStore) -> tuple[Addendum, str]:
+def _app_layer(
+    spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress
+) -> tuple[Addendum, str]:
     """The entry script (or the whole ``--source-dir``) at the app root, and the script's path there."""
     app = LayerContents()
     if spec.source_dir is not None:
@@ -242,7 +250,7 @@ def _app_layer(spec: PackageSpec, store: BlobStore) -> tuple[Addendum, str]:
     else:
         script_rel = spec.entry_script.name
         app.add_file(spec.entry_script, f"{APP_ROOT}/{script_rel}")
-    layer = write_layer(app, store, spec.compression, mtime=spec.epoch, workers=spec.workers)
+    layer = _files_layer(app, spec, store, cache, progress, None)
     return Addendum(layer, f"ocibuild: app ({script_rel})", "app"), script_rel
 
 
@@ -355,9 +363,9 @@ def _dependencies_layer(
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
     if spec.use_cache and (cached := cache.get(key)) is not None:
-        progress.step(f"dependencies: cached ({summary})")
-        checks.dependencies(key, None)
-        return Addendum(cached, created_by, "dependencies")
+        progress.step(f"dependencies: {_found(cached)} ({summary})")
+        checks.dependencies(cached.facts)
+        return Addendum(cached.layer, created_by, "dependencies")
     progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
     try:
@@ -368,7 +376,8 @@ def _dependencies_layer(
             target, site, requirements=requirements, packages=env.packages, progress=progress.step,
             sources=env.sources, exclude_newer=env.exclude_newer,
         )  # fmt: skip
-        checks.dependencies(key, site)
+        facts = checks.scan(site)
+        checks.dependencies(facts)
         if isinstance(compiler, str):
             progress.step(f"bytecode: not compiled ({compiler}); a read-only root compiles at every start")
         else:
@@ -382,8 +391,7 @@ def _dependencies_layer(
         counter.done()
     finally:
         remove_tree(tmp)
-    cache.put(key, layer)
-    return Addendum(layer, created_by, "dependencies")
+    return Addendum(cache.put(key, layer, facts), created_by, "dependencies")
 
 
 def _files_layer(
@@ -392,30 +400,49 @@ def _files_layer(
     store: BlobStore,
     cache: LayerCache,
     progress: Progress,
-    label: str,
+    label: str | None,
     derive: bool = False,
 ) -> Layer:
-    """A layer of host files, from the cache when the same files (same path, size, mtime, inode, device) made it
-    before with the same settings: then not one byte of them is read. ``derive``: the files outlive the build,
-    so a big layer is kept as a derived blob (``oci.store``) rather than copied into the cache."""
-    key = cache_key(contents, spec.compression, mtime=spec.epoch, tool=__version__)
+    """A layer of host files, from the cache when the same files made it before with the same settings: then not
+    one byte of them is compressed. The same files are, for a local cache, the same path, size, mtime, inode and
+    device (not one byte is read); for a cache shared with other machines, the same contents. ``derive``: the
+    files outlive the build, so a big layer is kept as a derived blob (``oci.store``) rather than copied into the
+    cache. ``label`` names the layer in progress (None: a small layer, not worth a line)."""
+    if cache.shared:
+        key = content_key(contents, spec.compression, mtime=spec.epoch, tool=__version__, store=store)
+    else:
+        key = cache_key(contents, spec.compression, mtime=spec.epoch, tool=__version__)
     if spec.use_cache and (cached := cache.get(key)) is not None:
-        progress.step(f"{label}: cached ({cached.digest.short})")
-        return cached
-    counter = progress.bytes(label, contents.total_size)
+        if label:
+            progress.step(f"{label}: {_found(cached)} ({cached.layer.digest.short})")
+        return cached.layer
+    counter = progress.bytes(label, contents.total_size) if label else None
     layer = write_layer(
         contents, store, spec.compression, counter, mtime=spec.epoch, derive=derive, workers=spec.workers
     )
-    counter.done()
-    cache.put(key, layer)
-    return layer
+    if counter:
+        counter.done()
+    return cache.put(key, layer)
 
 
-def _server_layer(spec: PackageSpec, store: BlobStore) -> Layer:
+def _found(cached: CachedLayer) -> str:
+    return "cached" if cached.where == "cached" else f"from the cache repo {cached.where}"
+
+
+def _server_layer(spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress) -> Layer:
     contents = LayerContents()
     for src in sorted(_SERVING_SOURCE.glob("*.py")):
         contents.add_file(src, f"{SERVER_DIR}/{SERVER_PACKAGE}/{src.name}")
-    return write_layer(contents, store, spec.compression, mtime=spec.epoch, workers=spec.workers)
+    return _files_layer(contents, spec, store, cache, progress, None)
+
+
+def layer_cache(spec: PackageSpec, store: BlobStore, progress: Progress) -> LayerCache:
+    """The local cache, and before it nothing else, or the registry repository of ``spec.cache_repo`` after it."""
+    local = LocalLayerCache(store)
+    if spec.cache_repo is None:
+        return local
+    remote = RegistryLayerCache(spec.cache_repo, spec.registry, store, progress, spec.cache_repo_readonly)
+    return TieredLayerCache(local, remote)
 
 
 def _target_from_json(doc: dict) -> TargetPython:

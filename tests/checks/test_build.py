@@ -34,7 +34,7 @@ def test_a_cached_layer_without_recorded_needs_is_not_checked_and_says_so(tmp_pa
     checks = BuildChecks(
         CheckOptions(), empty_image(Platform()), TARGET, BlobStore(tmp_path / "cache"), progress, "opt/site"
     )
-    checks.dependencies("deps-0123", None)
+    checks.dependencies(None)
     assert err.getvalue() == (
         "warning: the cached dependencies layer was built before ocibuild checked native libraries and imports; "
         "pass --no-cache once to check it\n"
