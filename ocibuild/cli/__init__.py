@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import OcibuildError, UsageError
 from ..settings import Settings
 from ..version import __version__
-from . import copy, model, package
+from . import cache, copy, model, package
 from .common import registry_arguments, registry_options
 
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_parser(sub)
     copy.add_parser(sub)
     model.add_parser(sub)
+    cache.add_parser(sub)
     i = sub.add_parser("inspect", help="show an image's manifest, config, layers and history")
     i.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a registry REF")
     i.add_argument("--platform", default="linux/amd64")

@@ -19,6 +19,7 @@ derived blobs) is verified against its digest as it is read.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -43,11 +44,67 @@ class BlobStore:
         try:
             for d in (self._blobs, self._tmp, self._refs, self._derived):
                 d.mkdir(parents=True, exist_ok=True)
+            # Held shared while this store is open: ``cache prune`` knows whether a build may be using the cache.
+            self._lock_fd = os.open(self.root / "lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise OutputError(
                 f"cache directory {self.root}: {e.strerror}; set OCIBUILD_CACHE to a writable directory"
             ) from None
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         sweep(self._tmp, "*")  # what builds killed mid-write left
+
+    def close(self) -> None:
+        """Let go of the cache (a store is also let go of when it is collected, or the process ends)."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with suppress(OSError):
+            self.close()
+
+    def try_exclusive(self) -> bool:
+        """Make this store's hold exclusive if no other process has the cache open (no build is running); it
+        stays so until the store is closed. A build that starts meanwhile waits for it."""
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def blob_paths(self) -> Iterator[Path]:
+        """The stored blobs' files (a derived blob has none)."""
+        with suppress(FileNotFoundError):
+            yield from (p for p in self._blobs.iterdir() if len(p.name) == 64)
+
+    def refs(self) -> Iterator[tuple[str, dict]]:
+        """Every named record, with its document."""
+        for path in sorted(self._refs.glob("*.json")):
+            if (doc := self.get_ref(path.stem)) is not None:
+                yield path.stem, doc
+
+    def remove_ref(self, key: str) -> None:
+        with suppress(FileNotFoundError):
+            (self._refs / f"{key}.json").unlink()
+
+    def last_used(self, digest: Digest) -> float | None:
+        """When the blob was last found or read (``touch``), if the cache holds it, stored or derived."""
+        for path in (self.path(digest), self._derived / f"{digest.hex}.json"):
+            with suppress(FileNotFoundError):
+                return path.stat().st_mtime
+        return None
+
+    def derived_digests(self) -> list[Digest]:
+        return [Digest("sha256:" + p.stem) for p in self._derived.glob("*.json") if len(p.stem) == 64]
+
+    def remove_blob(self, digest: Digest) -> None:
+        """Forget a stored blob (``cache prune``); a reader that has it open reads on."""
+        with suppress(FileNotFoundError):
+            self.path(digest).unlink()
+
+    def remove_recipe(self, digest: Digest) -> None:
+        with suppress(FileNotFoundError):
+            (self._derived / f"{digest.hex}.json").unlink()
 
     def _raise_if_full(self, e: BaseException) -> None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -73,9 +130,12 @@ class BlobStore:
     def open(self, digest: Digest, size: int | None = None):
         """A reader of the blob: a stored one's size is checked, a derived one is produced again and verified."""
         try:
-            return StoredBlob(self.path(digest), digest, size)
+            blob = StoredBlob(self.path(digest), digest, size)
         except FileNotFoundError:
             pass
+        else:
+            self.touch(digest)
+            return blob
         doc = self.recipe(digest, usable=False)
         if doc is None:
             raise FormatError(f"blob {digest.short} is not in the cache {self.root}; build again")
