@@ -270,6 +270,7 @@ class Record:
     fault: str = ""  # the Fault.action injected into this request, if any
     arrived: int = 0  # when the request reached the proxy, and when its answer was decided, on one counter:
     answered: int = 0  # ``a.answered < b.arrived`` means the client had a's answer before it sent b
+    answer_bytes: int = 0  # body bytes of the upstream's answer (as forwarded, before any fault's damage)
 
 
 FAULT_ACTIONS = ("status", "drop", "cut", "stall", "truncate", "corrupt")
@@ -380,6 +381,14 @@ class RecordingProxy:
             if r.method in ("PATCH", "PUT", "POST") and "/blobs/uploads/" in r.path
         )
 
+    def blob_bytes_downloaded(self, records: list[Record] | None = None) -> int:
+        """Body bytes of every blob GET answered: what pulls received of blobs."""
+        return sum(
+            r.answer_bytes
+            for r in (self.snapshot() if records is None else records)
+            if r.method == "GET" and "/blobs/sha256:" in r.path
+        )
+
     def _read_body(self, h: BaseHTTPRequestHandler) -> bytes:
         if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
             parts = []
@@ -460,7 +469,8 @@ class RecordingProxy:
                 with self._lock:
                     fault.times += 1
                     fault.injected -= 1
-            self._record(Record(h.command, h.path, len(body), resp.status, action, arrived, self._tick()))
+            answer = len(data) if h.command != "HEAD" else 0
+            self._record(Record(h.command, h.path, len(body), resp.status, action, arrived, self._tick(), answer))
             self._reply(h, resp, data, fault, action)
         finally:
             conn.close()
