@@ -8,6 +8,9 @@ very descriptor the image uses. This is the form ORAS calls an OCI 1.0 artifact 
 Harbor, ECR, GHCR and ACR all accept (an index with non-manifest entries, BuildKit's older form, is what several
 refused). The manifest keeps the blob alive under the registry's garbage collection, as a tag keeps an image.
 
+The same form keeps small records (``get_record``/``put_record``: what a build read of a base, by the base's
+digests), their one layer the empty descriptor ``{}`` that image-spec 1.1 names for artifacts with no content.
+
 A hit costs three small requests (manifest, config, a HEAD of the blob) and no transfer: the layer's source pulls
 the blob only if the build's output needs its bytes (verified as it comes), and its origin makes a push to the same
 registry mount it. Trust: whoever may write the repository decides what a key's layer is, as with any image there;
@@ -21,12 +24,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from ..errors import OcibuildError, UsageError
+from ..errors import DigestMismatchError, FormatError, OcibuildError, UsageError
 from ..events import Progress
 from ..oci import media
 from ..oci.descriptor import Descriptor, Manifest, canonical_json
 from ..oci.digest import Digest, read_all
-from ..oci.image import BlobOrigin, Image, Layer
+from ..oci.image import BlobOrigin, Image, Layer, StoreSource
 from ..oci.name import Reference, parse_reference
 from ..oci.store import BlobStore
 from ..registry.client import RegistryClient
@@ -40,6 +43,10 @@ from .layers import CachedLayer
 CONFIG_TYPE = "application/vnd.ocibuild.layer-cache.v1+json"
 FORMAT = 1
 MAX_CONFIG = 16 << 20  # the facts of a big dependency set are a few MB of JSON at most
+EMPTY_JSON = (
+    b"{}"  # a record's one layer: image-spec 1.1's empty descriptor, for registries that want a layer
+)
+EMPTY = Descriptor(media.OCI_EMPTY, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
 
 
 def parse_cache_repo(text: str) -> Reference:
@@ -76,59 +83,84 @@ class RegistryLayerCache:
         self.off = False
 
     def get(self, key: str) -> CachedLayer | None:
-        if self.off:
+        entry = self._fetch(key)
+        if entry is None:
             return None
+        desc, doc = entry
         try:
-            return self._get(key)
-        except NotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            return None  # a garbled entry: built again, and written over
-        except OcibuildError as e:
-            self._turn_off(f"cannot read the cache repo {self.where}: {e}")
-            return None
-
-    def _get(self, key: str) -> CachedLayer | None:
-        raw, mt = self.client.get_manifest(entry_tag(key))  # verified against the digest the registry states
-        manifest = Manifest.parse(raw, f"cache entry {self.where}:{entry_tag(key)}", mt or media.OCI_MANIFEST)
-        if manifest.config.media_type != CONFIG_TYPE or len(manifest.layers) != 1:
-            return None  # not ours, or another format: rebuilt and written over
-        if manifest.config.size > MAX_CONFIG:
-            return None
-        with self.client.open_blob(manifest.config) as stream:  # verified as it is read
-            doc = json.loads(read_all(stream))
-        desc = manifest.layers[0]
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key:
-            return None
-        if not self.client.has_blob(desc.digest):
-            return None  # the entry survived its blob (deleted, garbage-collected): build again
+            if not self.client.has_blob(desc.digest):
+                return None  # the entry survived its blob (deleted, garbage-collected): build again
+            diff_id = Digest(doc["diff_id"])
+        except (OcibuildError, KeyError, TypeError, ValueError) as e:
+            return self._failed(e)
         facts = doc.get("facts")
         source = RegistrySource(self.client, self.store, [str(desc.digest)], self.progress)
-        layer = Layer(
-            desc, Digest(doc["diff_id"]), source, origin=BlobOrigin(self.repo.registry, self.repo.repository)
-        )
+        origin = BlobOrigin(self.repo.registry, self.repo.repository)
+        layer = Layer(desc, diff_id, source, origin=origin)
         return CachedLayer(layer, facts if isinstance(facts, dict) else None, self.where)
 
     def put(self, key: str, layer: Layer, facts: dict | None = None) -> Layer:
-        if self.off or self.readonly:
+        doc = {"diff_id": str(layer.diff_id), "facts": facts}
+        if not self._write(key, doc, layer):
             return layer
-        config = canonical_json(
-            {
-                "format": FORMAT,
-                "key": key,
-                "diff_id": str(layer.diff_id),
-                "facts": facts,
-                "ocibuild": __version__,
-            }
-        )
+        return replace(layer, origin=BlobOrigin(self.repo.registry, self.repo.repository))
+
+    def get_record(self, key: str) -> dict | None:
+        """A small document the builder keeps under ``key`` (what it read of a base, by the base's digests)."""
+        entry = self._fetch(key)
+        record = entry[1].get("record") if entry else None
+        return record if isinstance(record, dict) else None
+
+    def put_record(self, key: str, record: dict) -> None:
+        empty = Layer(EMPTY, None, StoreSource(self.store))
+        self.store.put_bytes(EMPTY_JSON)
+        self._write(key, {"record": record}, empty)
+
+    def _fetch(self, key: str) -> tuple[Descriptor, dict] | None:
+        """The entry under ``key``: its one layer's descriptor and its config document; None if there is none
+        usable (missing, not ours, another format, another key)."""
+        if self.off:
+            return None
+        try:
+            raw, mt = self.client.get_manifest(
+                entry_tag(key)
+            )  # verified against the digest the registry states
+            manifest = Manifest.parse(
+                raw, f"cache entry {self.where}:{entry_tag(key)}", mt or media.OCI_MANIFEST
+            )
+            if manifest.config.media_type != CONFIG_TYPE or len(manifest.layers) != 1:
+                return None  # not ours, or another format: built again and written over
+            if manifest.config.size > MAX_CONFIG:
+                return None
+            with self.client.open_blob(manifest.config) as stream:  # verified as it is read
+                doc = json.loads(read_all(stream))
+        except NotFoundError:
+            return None
+        except (OcibuildError, ValueError) as e:
+            return self._failed(e)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key:
+            return None
+        return manifest.layers[0], doc
+
+    def _write(self, key: str, doc: dict, layer: Layer) -> bool:
+        if self.off or self.readonly:
+            return False
+        config = canonical_json({"format": FORMAT, "key": key, "ocibuild": __version__, **doc})
         manifest = Manifest.build(Descriptor(CONFIG_TYPE, Digest.of(config), len(config)), [layer.descriptor])
         entry = Image(manifest, config, (layer,), f"cache entry {key}")
         try:
             push_image(entry, replace(self.repo, tag=entry_tag(key)), self.options, self.progress)
         except OcibuildError as e:
             self._turn_off(f"cannot write to the cache repo {self.where}: {e}")
-            return layer
-        return replace(layer, origin=BlobOrigin(self.repo.registry, self.repo.repository))
+            return False
+        return True
+
+    def _failed(self, e: Exception) -> None:
+        """A garbled entry is a miss (built again, written over); a registry that cannot be read turns the cache
+        off for this build."""
+        if isinstance(e, OcibuildError) and not isinstance(e, (FormatError, DigestMismatchError)):
+            self._turn_off(f"cannot read the cache repo {self.where}: {e}")
+        return None
 
     def _turn_off(self, why: str) -> None:
         self.off = True

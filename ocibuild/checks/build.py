@@ -23,7 +23,7 @@ from .imports import ImportCheck, module_tree
 if TYPE_CHECKING:
     from ..events import Progress
     from ..oci.image import Image
-    from ..oci.store import BlobStore
+    from ..oci.store import Records
     from ..rootfs.pyenv import TargetPython
 
 __all__ = ["CHECKS", "BuildChecks", "CheckOptions"]
@@ -65,7 +65,7 @@ class BuildChecks:
         options: CheckOptions,
         base: Image,
         target: TargetPython,
-        store: BlobStore,
+        store: Records,  # where what was read of a base is kept
         progress: Progress,
         site_in_image: str,
         what: str = "base image",

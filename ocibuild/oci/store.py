@@ -26,10 +26,19 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import DigestMismatchError, FormatError, OutputError
 from .digest import CHUNK, Digest, HashingWriter, Stream, copy_verified
 from .tempfiles import locked_temp, sweep
+
+
+class Records(Protocol):
+    """Small named JSON records (``BlobStore`` keeps them; a shared cache may keep them too)."""
+
+    def get_ref(self, key: str) -> dict | None: ...
+
+    def put_ref(self, key: str, doc: dict) -> None: ...
 
 
 class BlobStore:

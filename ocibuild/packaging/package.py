@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cache.layers import CachedLayer, LayerCache, LocalLayerCache, TieredLayerCache
+from ..cache.records import TieredRecords
 from ..cache.registry import RegistryLayerCache
 from ..checks.build import BuildChecks, CheckOptions
 from ..checks.smoke import SmokeOptions, smoke_test
@@ -32,7 +33,7 @@ from ..oci.image import Addendum, Image, Layer
 from ..oci.layer import LayerContents, cache_key, content_key, write_layer
 from ..oci.mutate import ConfigChanges, mutate, timestamp
 from ..oci.name import Reference
-from ..oci.store import BlobStore
+from ..oci.store import BlobStore, Records
 from ..oci.tempfiles import remove_tree
 from ..registry.transport import RegistryOptions
 from ..rootfs.pyenv import TargetPython, detect_target_python
@@ -173,15 +174,19 @@ def build(
         progress.warn(note)
     for note in spec.environment.notes:  # what a conda file's packages became
         progress.step(note)
-    cache = cache or layer_cache(spec, store, progress)
+    shared = _cache_repo(spec, store, progress)
+    cache = cache or (TieredLayerCache(LocalLayerCache(store), shared) if shared else LocalLayerCache(store))
+    records: Records = TieredRecords(store, shared) if shared else store
     registered = _resolve_registered(spec, store, progress)
     progress.step(f"base: {spec.base}")
     base = open_base(spec.base, spec.platform, options=spec.registry, store=store, progress=progress)
-    target = _detect_python(base, spec, store, progress)
+    target = _detect_python(base, spec, records, progress)
     if spec.environment.python_version:
         check_python_version(spec.environment, target)
 
-    checks = BuildChecks(spec.checks, base, target, store, progress, SITE_PACKAGES, f"base image {spec.base}")
+    checks = BuildChecks(
+        spec.checks, base, target, records, progress, SITE_PACKAGES, f"base image {spec.base}"
+    )
     added: list[Addendum] = []
     if not spec.environment.is_empty():
         added.append(_dependencies_layer(spec, base, target, store, cache, progress, checks))
@@ -319,7 +324,7 @@ def _resolve_registered(spec: PackageSpec, store: BlobStore, progress: Progress)
     return [resolve_model(ref, store, spec.registry, progress) for ref in spec.model_refs]
 
 
-def _detect_python(base: Image, spec: PackageSpec, store: BlobStore, progress: Progress) -> TargetPython:
+def _detect_python(base: Image, spec: PackageSpec, store: Records, progress: Progress) -> TargetPython:
     what = f"base image {spec.base}"
     key = "pyenv-" + hashlib.sha256(json.dumps([str(d.digest) for d in base.layers]).encode()).hexdigest()
     if base.layers and (cached := store.get_ref(key)) is not None:
@@ -436,13 +441,11 @@ def _server_layer(spec: PackageSpec, store: BlobStore, cache: LayerCache, progre
     return _files_layer(contents, spec, store, cache, progress, None)
 
 
-def layer_cache(spec: PackageSpec, store: BlobStore, progress: Progress) -> LayerCache:
-    """The local cache, and before it nothing else, or the registry repository of ``spec.cache_repo`` after it."""
-    local = LocalLayerCache(store)
+def _cache_repo(spec: PackageSpec, store: BlobStore, progress: Progress) -> RegistryLayerCache | None:
+    """The registry repository a fleet shares as its cache, asked after the local cache, if there is one."""
     if spec.cache_repo is None:
-        return local
-    remote = RegistryLayerCache(spec.cache_repo, spec.registry, store, progress, spec.cache_repo_readonly)
-    return TieredLayerCache(local, remote)
+        return None
+    return RegistryLayerCache(spec.cache_repo, spec.registry, store, progress, spec.cache_repo_readonly)
 
 
 def _target_from_json(doc: dict) -> TargetPython:

@@ -23,7 +23,7 @@ from .layers import Dir, File, Link, Path, Tree, as_abs, normalise, read_tree
 
 if TYPE_CHECKING:
     from ..oci.image import Image
-    from ..oci.store import BlobStore
+    from ..oci.store import Records
     from .pyenv import TargetPython
 
 __all__ = ["BaseFiles", "read_base_files", "base_files"]
@@ -388,8 +388,9 @@ def merge(into: ModuleTree, other: ModuleTree) -> ModuleTree:
 # --- cached by the base's digests -----------------------------------------------------------------------------------
 
 
-def base_files(base: Image, target: TargetPython, store: BlobStore, what: str) -> BaseFiles:
-    """The base's files for the checks: from the cache when this base (layers and config) was read before."""
+def base_files(base: Image, target: TargetPython, store: Records, what: str) -> BaseFiles:
+    """The base's files for the checks: from the cache's records when this base (layers and config) was read
+    before, here or (with a shared cache) by another builder."""
     ident = [str(d.digest) for d in base.layers] + [str(base.manifest.config.digest), _FORMAT]
     key = "basefiles-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()
     if (cached := store.get_ref(key)) is not None:

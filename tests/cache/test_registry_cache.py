@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from ocibuild.cache.layers import LocalLayerCache, TieredLayerCache
+from ocibuild.cache.records import TieredRecords
 from ocibuild.cache.registry import CONFIG_TYPE, RegistryLayerCache, entry_tag, parse_cache_repo
 from ocibuild.errors import UsageError
 from ocibuild.events import Progress
@@ -140,3 +141,16 @@ def test_the_cache_repo_is_a_repository():
     assert parse_cache_repo("registry.example.com/team/cache").repository == "team/cache"
     with pytest.raises(UsageError, match="name a repository .* without a tag or digest"):
         parse_cache_repo("registry.example.com/team/cache:1")
+
+
+def test_records_are_shared_through_the_cache_repo(registry, tmp_path):
+    """What a build read of a base (its Python, its files) is a record by the base's digests: a fresh runner gets
+    it from the cache repo instead of downloading the base."""
+    reg = registry.get("plain")
+    first = BlobStore(tmp_path / "a")
+    TieredRecords(first, _cache(reg, "cache/records", first)).put_ref("pyenv-" + "a" * 64, {"version": [3, 11]})
+    fresh = BlobStore(tmp_path / "b")
+    records = TieredRecords(fresh, _cache(reg, "cache/records", fresh))
+    assert records.get_ref("pyenv-" + "a" * 64) == {"version": [3, 11]}
+    assert fresh.get_ref("pyenv-" + "a" * 64) == {"version": [3, 11]}  # kept locally: asked once
+    assert records.get_ref("pyenv-" + "b" * 64) is None

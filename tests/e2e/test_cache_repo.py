@@ -65,6 +65,11 @@ def test_a_fresh_runner_reuses_what_the_fleet_built(registry, base_image, exampl
     mounts = [r.path for r in records if r.method == "POST" and "mount=" in r.path and r.status == 201]
     assert any(deps.replace(":", "%3A") in p and "from=fleet%2Fcache" in p for p in mounts), mounts
     assert reg.proxy.blob_bytes_uploaded(records) < 64 << 10  # the image's config, nothing of its layers
+    # Nor did it download any layer, not even the base's: what the first runner read of the base is a record
+    # in the cache repo too. It read configs and the cache entries' facts.
+    layers = set(base_layers) | set(_layer_digests(reg, "fleet/app-a:1"))
+    assert not [r.path for r in records if r.method == "GET" and r.path.rsplit("/", 1)[-1] in layers]
+    assert reg.proxy.blob_bytes_downloaded(records) < 1 << 20
     assert reg.skopeo_inspect("fleet/app-b:1")["Digest"] == digest
 
 
