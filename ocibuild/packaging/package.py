@@ -59,6 +59,9 @@ DEFAULT_PORT = 5001
 DEFAULT_USER = "65532:65532"
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
 _READ_ONLY_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+# What the dependencies layer holds for the same inputs: a change to it (2: without uv's .lock) makes every
+# cached dependencies layer a miss, so a cached and a fresh build of the same inputs never differ.
+DEPS_FORMAT = 2
 TOOL = f"ocibuild {__version__}"  # in cache keys: another version of ocibuild may build other bytes
 _SERVING_SOURCE = Path(__file__).resolve().parent.parent / "serving"
 
@@ -352,6 +355,7 @@ def _dependencies_layer(
     env = spec.environment
     compiler = bytecode.plan(base, spec.bytecode)  # a sandbox, or why there is none
     key_doc = {
+        "format": DEPS_FORMAT,
         # with the files they include (-r, -c), and the conda file's pip: index options (no change when none)
         "requirements": requirements_texts(env.requirements) + list(env.pip_options_key()),
         "packages": list(env.packages),

@@ -327,8 +327,10 @@ def _make_reproducible(dest: Path, target: TargetPython) -> None:
       interpreter, so ``/opt/ocibuild/site-packages/bin/NAME`` runs inside the image (with the PYTHONPATH the image
       sets) instead of pointing at a path that does not exist there.
     * ``direct_url.json`` (PEP 610) records a local path or URL for packages installed from one; it is removed.
+    * uv's ``.lock`` (its lock of the target folder while it installs) goes.
     * RECORD follows both changes (new hashes and sizes; pip's ``../../bin/NAME`` rows become ``bin/NAME``).
     """
+    (dest / ".lock").unlink(missing_ok=True)  # uv's lock of the folder it installed into, not part of it
     rewritten = _rewrite_shebangs(dest / "bin", b"#!" + target.executable.encode())
     for info in sorted(dest.glob("*.dist-info")):
         removed = set()

@@ -168,6 +168,7 @@ def test_source_only_pure_package_installs(package_index, isolated_env, tmp_path
     assert imports(site, "ocitest_puresrc") == "ocitest-puresrc 1.0"
     assert imports(site, "ocitest_pure") == "ocitest-pure 1.0"
     assert not any(site.glob("*.dist-info/direct_url.json"))
+    assert not (site / ".lock").exists()  # uv's lock of the folder it installed into is not shipped
 
 
 @pytest.mark.parametrize("installer", INSTALLERS)
