@@ -14,8 +14,8 @@ each dependency set, in one run:
 3. **warm**: ``--cache-repo`` as 2. left it, with the package index unreachable (every proxy variable points at
    a closed port; only the registry on 127.0.0.1 is reached).
 
-Each row: seconds, peak RSS, blob bytes uploaded to the registry and downloaded from it (both counted by the
-proxy), and bytes downloaded from the package index (what the installer's cache holds after the run). Writes ``bench/fleet-results.json`` (or ``--json``); the README quotes it.
+Each row: seconds, blob bytes uploaded to the registry and downloaded from it (both counted by the
+proxy), and bytes received from the network, which here is the package index (``/proc/net/dev`` but loopback). Writes ``bench/fleet-results.json`` (or ``--json``); the README quotes it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 EXAMPLE = REPO / "fixtures" / "example"
 
-from run import LocalRegistry, base_fixture, human  # noqa: E402  (bench/run.py: the registry and the base)
+from run import LocalRegistry, base_fixture  # noqa: E402  (bench/run.py: the registry and the base)
 
 TORCH_SCORE = """\
 import torch
@@ -55,13 +55,21 @@ def log(msg: str) -> None:
     print(f"[fleet-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def tree_bytes(path: Path) -> int:
+def human(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def network_received() -> int:
+    """Bytes received on every interface but loopback: what came from the package index (the registry is on
+    127.0.0.1)."""
     total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            p = Path(root, name)
-            if not p.is_symlink():
-                total += p.stat().st_size
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        name, _, fields = line.partition(":")
+        if name.strip() != "lo":
+            total += int(fields.split()[0])
     return total
 
 
@@ -94,10 +102,12 @@ def build(registry: LocalRegistry, home: Path, env: dict, argv: list[str]) -> di
     os.sync()
     registry.proxy.reset()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        received = network_received()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
+        received = network_received() - received
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -105,13 +115,13 @@ def build(registry: LocalRegistry, home: Path, env: dict, argv: list[str]) -> di
         raise RuntimeError(f"failed: {' '.join(argv)}\n{stderr[-3000:]}")
     return {
         "seconds": round(seconds, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "uploaded_to_registry": registry.proxy.blob_bytes_uploaded(),
         "downloaded_from_registry": registry.proxy.blob_bytes_downloaded(),
-        "downloaded_from_index": tree_bytes(home / "uv") + tree_bytes(home / "pip"),
+        "downloaded_from_index": received,
         "digest": stdout.strip().splitlines()[-1],
         "layers_from_cache_repo": stderr.count("from the cache repo"),
         "resolved": "resolving wheels" in stderr,
+        "checked": "native files of the dependencies against the base: they load" in stderr,
     }
 
 
@@ -135,14 +145,27 @@ def dependency_set(registry: LocalRegistry, work: Path, name: str, model: Path, 
         log(f"{name}: {row}: {rows[row]['seconds']} s, uploaded {human(rows[row]['uploaded_to_registry'])}")
         shutil.rmtree(home)  # a runner's disk is gone with it
     if len({r["digest"] for r in rows.values()}) != 1:
-        raise RuntimeError(f"{name}: the runs gave different digests: {rows}")
+        layers = {row: _layers(registry, f"fleet/{name}-{row.replace(' ', '-')}") for row in rows}
+        raise RuntimeError(f"{name}: the runs gave different digests: {rows}\nlayers: {layers}")
     warm = rows["warm"]
-    if warm["resolved"] or warm["downloaded_from_index"]:
-        raise RuntimeError(f"{name}: the warm runner resolved or downloaded wheels: {warm}")
+    if warm["resolved"] or warm["downloaded_from_index"] > 1 << 20 or not warm["checked"]:
+        raise RuntimeError(f"{name}: the warm runner resolved, downloaded wheels or skipped the checks: {warm}")
     return {
         "rows": rows,
         "warm_vs_no_cache": round(rows["no cache"]["seconds"] / warm["seconds"], 1),
     }
+
+
+def _layers(registry: LocalRegistry, repo: str) -> list[str]:
+    """The pushed image's layer digests (to see which layer differs when digests do)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{registry.host}/v2/{repo}/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return [d["digest"][7:19] for d in json.load(r)["layers"]]
 
 
 def example(registry: LocalRegistry, work: Path) -> dict:
