@@ -77,12 +77,29 @@ def test_a_readonly_runner_reads_the_cache_but_writes_nothing(registry, base_ima
     reg = registry.get("plain")
     (tmp_path / "score.py").write_text(example_model.score.read_text() + "\n# a pull request's change\n")
     reg.proxy.reset()
-    proc = run([
-        sys.executable, "-m", "ocibuild", "package", example_model.model, "--entry-script", tmp_path / "score.py",
-        "--requirements", example_model.requirements, "--base", base_image.ref, "--cache", tmp_path / "cache",
-        "--cache-repo", reg.ref("fleet/readonly-cache"), "--cache-repo-readonly", "--output", tmp_path / "pr.tar",
-    ], timeout=900)  # fmt: skip
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "ocibuild",
+            "package",
+            example_model.model,
+            "--entry-script",
+            tmp_path / "score.py",
+            "--requirements",
+            example_model.requirements,
+            "--base",
+            base_image.ref,
+            "--cache",
+            tmp_path / "cache",
+            "--output",
+            tmp_path / "pr.tar",
+        ],
+        env={"OCIBUILD_CACHE_REPO": reg.ref("fleet/readonly-cache"), "OCIBUILD_CACHE_REPO_READONLY": "1"},
+        timeout=900,
+    )  # fmt: skip  (CI settings: the environment, not flags)
     assert proc.stdout.startswith("sha256:")
+    assert any(r.method == "GET" and "fleet/readonly-cache" in r.path for r in reg.proxy.snapshot())
     assert [r for r in reg.proxy.snapshot() if r.method not in ("GET", "HEAD")] == []
 
 
