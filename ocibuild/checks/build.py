@@ -74,6 +74,7 @@ class BuildChecks:
         self.progress, self.site_in_image, self.what = progress, site_in_image, what
         self.installed: ModuleTree = {}
         self._scanned = 0.0  # seconds the last scan took, reported with the check
+        self.facts: dict | None = None  # the last scan's
         self._files: BaseFiles | BaseException | None = None
         self._reading: threading.Thread | None = None
         if base.layers and set(CHECKS) - options.skip:
@@ -100,9 +101,9 @@ class BuildChecks:
         """What the installed dependencies (``site``) ask of the image: the facts a cache keeps with their layer,
         so that the layer is checked again on any base without its files."""
         started = time.monotonic()
-        facts = {"format": _FORMAT, "needs": native.scan(site).to_json(), "modules": module_tree(site)}
+        self.facts = {"format": _FORMAT, "needs": native.scan(site).to_json(), "modules": module_tree(site)}
         self._scanned = time.monotonic() - started
-        return facts
+        return self.facts
 
     def dependencies(self, facts: dict | None) -> None:
         """Check the dependencies by their ``facts`` (``scan``, now or when their layer was cached). Raises

@@ -91,6 +91,10 @@ class LayerContents:
     def add_dir(self, dest: str) -> None:
         self._put(Entry(_image_path(dest), "dir"))
 
+    def add_entry(self, entry: Entry) -> None:
+        """An entry of another ``LayerContents`` (a layer split in several)."""
+        self._put(entry)
+
     def _put(self, entry: Entry) -> None:
         self._entries[entry.path] = entry
         parts = entry.path.split("/")
@@ -122,13 +126,16 @@ def cache_key(contents: LayerContents, codec: str, *, mtime: int, tool: str) -> 
     return "layer-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def content_key(contents: LayerContents, codec: str, *, mtime: int, tool: str, store: BlobStore) -> str:
+def content_key(
+    contents: LayerContents, codec: str, *, mtime: int, tool: str, store: BlobStore, remember: bool = True
+) -> str:
     """A key that means the same on every machine (for a cache that a fleet shares): like ``cache_key``, but each
     file by its content's sha256 instead of its identity here. A big file's digest is remembered in ``store`` under
-    its identity, so only the first build on a machine reads the files for it."""
+    its identity, so only the first build on a machine reads the files for it (``remember=False`` for files that
+    will not be seen again, such as a fresh install's)."""
     entries = []
     for e in contents.entries():
-        digest = _content_digest(e, store) if e.kind == "file" else None
+        digest = _content_digest(e, store if remember else None) if e.kind == "file" else None
         entries.append([e.path, e.kind, e.executable, e.target, e.size, digest])
     doc = {"format": LAYER_FORMAT, "ocibuild": tool, "codec": codec, "mtime": mtime, "entries": entries}
     return "layer-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -137,14 +144,12 @@ def content_key(contents: LayerContents, codec: str, *, mtime: int, tool: str, s
 REMEMBER_DIGEST_MIN = 1 << 20  # smaller files are hashed again: quicker than a record's read
 
 
-def _content_digest(entry: Entry, store: BlobStore) -> str:
+def _content_digest(entry: Entry, store: BlobStore | None) -> str:
     assert entry.source is not None
     memo = "filedigest-" + hashlib.sha256(json.dumps([str(entry.source), entry.ident]).encode()).hexdigest()
-    if (
-        entry.size >= REMEMBER_DIGEST_MIN
-        and (doc := store.get_ref(memo))
-        and isinstance(doc.get("sha256"), str)
-    ):
+    if entry.size < REMEMBER_DIGEST_MIN:
+        store = None
+    if store is not None and (doc := store.get_ref(memo)) and isinstance(doc.get("sha256"), str):
         return doc["sha256"]
     h = hashlib.sha256()
     try:
@@ -157,7 +162,7 @@ def _content_digest(entry: Entry, store: BlobStore) -> str:
                 )
     except OSError as e:
         raise InputError(f"{entry.source}: {e.strerror}") from None
-    if entry.size >= REMEMBER_DIGEST_MIN:
+    if store is not None:
         store.put_ref(memo, {"sha256": h.hexdigest()})
     return h.hexdigest()
 

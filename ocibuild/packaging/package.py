@@ -43,6 +43,7 @@ from . import bytecode
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
 from .sources import redact_urls
+from .split import Part, split_dependencies
 from .wheels import install_dependencies
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def build(
     )
     added: list[Addendum] = []
     if not spec.environment.is_empty():
-        added.append(_dependencies_layer(spec, base, target, store, cache, progress, checks))
+        added += _dependencies_layers(spec, base, target, store, cache, records, progress, checks)
     checks.entry_script(spec.entry_script, spec.source_dir)
     added.append(Addendum(_server_layer(spec, store, cache, progress), f"{TOOL}: scoring server", "server"))
     models = _model_layers(spec, registered, store, cache, progress)
@@ -343,17 +344,44 @@ def _detect_python(base: Image, spec: PackageSpec, store: Records, progress: Pro
     return target
 
 
-def _dependencies_layer(
+def _dependencies_layers(
     spec: PackageSpec,
     base: Image,
     target: TargetPython,
     store: BlobStore,
     cache: LayerCache,
+    records: Records,
     progress: Progress,
     checks: BuildChecks,
-) -> Addendum:
+) -> list[Addendum]:
+    """The installed dependencies, in layers by size (``split``): found by their inputs' key (a record naming the
+    layers, with the checks' facts), or installed, checked, compiled and written, each layer found by its contents
+    when an earlier build made it (a new small requirement does not write torch's layers again)."""
     env = spec.environment
     compiler = bytecode.plan(base, spec.bytecode)  # a sandbox, or why there is none
+    key = _dependencies_key(spec, target, compiler)
+    summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
+    found = _cached_dependencies(key, cache, records) if spec.use_cache else None
+    if found is not None:
+        parts, facts, where = found
+        progress.step(f"dependencies: {where} ({summary})")
+        checks.dependencies(facts)
+    else:
+        progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
+        parts = _build_dependencies(spec, base, target, compiler, store, cache, progress, checks)
+        records.put_ref(
+            key, {"format": DEPS_FORMAT, "parts": [[n, k] for n, k, _ in parts], "facts": checks.facts}
+        )
+    created_by = (
+        f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
+    )
+    if len(parts) == 1:
+        return [Addendum(parts[0][2], created_by, "dependencies")]
+    return [Addendum(layer, f"{created_by}: {name}", "dependencies") for name, _, layer in parts]
+
+
+def _dependencies_key(spec: PackageSpec, target: TargetPython, compiler: object) -> str:
+    env = spec.environment
     key_doc = {
         "format": DEPS_FORMAT,
         # with the files they include (-r, -c), and the conda file's pip: index options (no change when none)
@@ -366,16 +394,43 @@ def _dependencies_layer(
         "exclude_newer": env.exclude_newer,
         "bytecode": None if isinstance(compiler, str) else bytecode.INVALIDATION,
     }
-    key = "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
-    summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
-    created_by = (
-        f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
-    )
-    if spec.use_cache and (cached := cache.get(key)) is not None:
-        progress.step(f"dependencies: {_found(cached)} ({summary})")
-        checks.dependencies(cached.facts)
-        return Addendum(cached.layer, created_by, "dependencies")
-    progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
+    return "deps-" + hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
+
+
+_Parts = list[tuple[str, str, Layer]]  # each layer of the dependencies: its name, its cache key, the layer
+
+
+def _cached_dependencies(
+    key: str, cache: LayerCache, records: Records
+) -> tuple[_Parts, dict | None, str] | None:
+    """The layers the record under ``key`` names, if every one of them can still be had."""
+    doc = records.get_ref(key)
+    if not isinstance(doc, dict) or doc.get("format") != DEPS_FORMAT:
+        return None
+    parts, where = [], "cached"
+    try:
+        for name, part_key in doc["parts"]:
+            if (hit := cache.get(part_key)) is None:
+                return None
+            where = where if hit.where == "cached" else f"from the cache repo {hit.where}"
+            parts.append((str(name), str(part_key), hit.layer))
+    except (KeyError, TypeError, ValueError):
+        return None
+    facts = doc.get("facts")
+    return parts, facts if isinstance(facts, dict) else None, where
+
+
+def _build_dependencies(
+    spec: PackageSpec,
+    base: Image,
+    target: TargetPython,
+    compiler: object,
+    store: BlobStore,
+    cache: LayerCache,
+    progress: Progress,
+    checks: BuildChecks,
+) -> _Parts:
+    env = spec.environment
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
     try:
         site = tmp / "site-packages"
@@ -385,22 +440,42 @@ def _dependencies_layer(
             target, site, requirements=requirements, packages=env.packages, progress=progress.step,
             sources=env.sources, exclude_newer=env.exclude_newer,
         )  # fmt: skip
-        facts = checks.scan(site)
-        checks.dependencies(facts)
+        checks.dependencies(checks.scan(site))
         if isinstance(compiler, str):
             progress.step(f"bytecode: not compiled ({compiler}); a read-only root compiles at every start")
         else:
             bytecode.compile_bytecode(base, target, compiler, site, SITE_PACKAGES, progress)
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES, bytecode=True)
-        counter = progress.bytes("dependencies layer", contents.total_size)
-        layer = write_layer(
-            contents, store, spec.compression, counter, mtime=spec.epoch, workers=spec.workers
-        )
-        counter.done()
+        return _write_parts(split_dependencies(contents, site, SITE_PACKAGES), spec, store, cache, progress)
     finally:
         remove_tree(tmp)
-    return Addendum(cache.put(key, layer, facts), created_by, "dependencies")
+
+
+def _write_parts(
+    parts: list[Part], spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress
+) -> _Parts:
+    """Each part as a layer: one an earlier build made from the same files is taken as it is, not compressed."""
+    counter = progress.bytes("dependencies layer", sum(p.contents.total_size for p in parts))
+    done, out = 0, []
+    for part in parts:
+        key = content_key(
+            part.contents, spec.compression, mtime=spec.epoch, tool=__version__, store=store, remember=False
+        )
+        hit = cache.get(key) if spec.use_cache else None
+        if hit is not None:
+            layer = hit.layer
+        else:
+            written = write_layer(
+                part.contents, store, spec.compression, lambda n, d=done: counter(d + n),
+                mtime=spec.epoch, workers=spec.workers,
+            )  # fmt: skip
+            layer = cache.put(key, written)
+        done += part.contents.total_size
+        counter(done)
+        out.append((part.name, key, layer))
+    counter.done()
+    return out
 
 
 def _files_layer(

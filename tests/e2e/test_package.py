@@ -92,7 +92,7 @@ def test_skopeo_reads_tarball_as_docker_and_oci_archive(built):
     docker = json.loads(run(["skopeo", "inspect", f"docker-archive:{out}"]).stdout)
     assert docker["Labels"]["io.ocibuild.model.name"] == "diabetes-ridge"
     assert docker["Architecture"] == "amd64" and docker["Os"] == "linux"
-    assert len(docker["Layers"]) == 5  # base, dependencies, server, model, app
+    assert len(docker["Layers"]) == 6  # base, dependencies (scipy; the rest), server, model, app
     cfg = json.loads(run(["skopeo", "inspect", "--config", f"oci-archive:{out}"]).stdout)
     assert "5001/tcp" in cfg["config"]["ExposedPorts"]
     # Locked down by default: a numeric user that is not root (Kubernetes' runAsNonRoot checks exactly this).

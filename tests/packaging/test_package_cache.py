@@ -147,3 +147,42 @@ def test_editing_an_included_requirements_file_rebuilds_the_dependencies(tmp_pat
     assert deps_digest() == first  # unchanged inputs: the cached layer
     (tmp_path / "pins" / "base.txt").write_text("six==1.17.0\n")
     assert deps_digest() != first
+
+
+@pytest.mark.slow
+def test_a_new_small_requirement_writes_only_the_small_layer(tmp_path, base_ref, example_model, monkeypatch):
+    """The big distributions sit in layers of their own, found by their files: adding a small requirement
+    installs again but compresses (and a push sends) only the layer of the small ones."""
+    from ocibuild.api import Environment, InferenceConfig
+    from ocibuild.api import package as api_package
+    from ocibuild.packaging import package as packaging
+
+    written: list[list[str]] = []
+    real_write = packaging.write_layer
+
+    def counting_write(contents, *args, **kwargs):
+        written.append([e.path for e in contents.entries() if e.kind == "file"])
+        return real_write(contents, *args, **kwargs)
+
+    monkeypatch.setattr(packaging, "write_layer", counting_write)
+
+    def deps_layers(requirements: Path) -> dict[str, str]:
+        env = Environment(pip_requirements=requirements)
+        pkg = api_package([example_model.model], InferenceConfig(example_model.score, environment=env), base_ref,
+                          cache=tmp_path / "cache")  # fmt: skip
+        return {
+            a.created_by.rpartition(": ")[2]: str(a.layer.digest)
+            for a in pkg.image.added
+            if a.role == "dependencies"
+        }
+
+    first = deps_layers(example_model.requirements)
+    assert list(first) == ["scipy", "the rest"]
+    more = tmp_path / "requirements.txt"
+    more.write_text(example_model.requirements.read_text() + "six==1.17.0\n")
+    written.clear()
+    second = deps_layers(more)
+    assert second["scipy"] == first["scipy"] and second["the rest"] != first["the rest"]
+    deps_written = [paths for paths in written if any("site-packages/" in p for p in paths)]
+    assert len(deps_written) == 1 and not any("/scipy/" in p for p in deps_written[0])
+    assert any(p.endswith("/six.py") for p in deps_written[0])
