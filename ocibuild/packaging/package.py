@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -407,15 +408,17 @@ def _cached_dependencies(
     doc = records.get_ref(key)
     if not isinstance(doc, dict) or doc.get("format") != DEPS_FORMAT:
         return None
-    parts, where = [], "cached"
     try:
-        for name, part_key in doc["parts"]:
-            if (hit := cache.get(part_key)) is None:
-                return None
-            where = where if hit.where == "cached" else f"from the cache repo {hit.where}"
-            parts.append((str(name), str(part_key), hit.layer))
+        names, keys = zip(*((str(n), str(k)) for n, k in doc["parts"]), strict=True)
     except (KeyError, TypeError, ValueError):
         return None
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="cache") as pool:  # a cache repo: round trips
+        hits = list(pool.map(cache.get, keys))
+    if any(hit is None for hit in hits):
+        return None
+    parts = [(n, k, hit.layer) for n, k, hit in zip(names, keys, hits, strict=True) if hit is not None]
+    shared = [hit.where for hit in hits if hit is not None and hit.where != "cached"]
+    where = f"from the cache repo {shared[0]}" if shared else "cached"
     facts = doc.get("facts")
     return parts, facts if isinstance(facts, dict) else None, where
 
