@@ -4,9 +4,9 @@ Each entry is one OCI image manifest, tagged ``ocibuild-cache-<format>-<key>`` (
 the inputs): its config is a small JSON document of ours (``application/vnd.ocibuild.layer-cache.v1+json``: the
 key, the layer's diff_id and the builder's facts about it) and its one layer is the cached layer's blob, under the
 very descriptor the image uses. This is the form ORAS calls an OCI 1.0 artifact and BuildKit's
-``image-manifest=true`` cache writes: a plain image manifest with a config type of its own, which distribution 2.x,
-Harbor, ECR, GHCR and ACR all accept (an index with non-manifest entries, BuildKit's older form, is what several
-refused). The manifest keeps the blob alive under the registry's garbage collection, as a tag keeps an image.
+``image-manifest=true`` cache writes: a plain image manifest with a config type of its own, which distribution 2.8
+takes (tested) and which ORAS lists Harbor, ECR, GHCR and ACR as storing (an index with non-manifest entries,
+BuildKit's older form, is what several refused; docs/decisions.md). The manifest keeps the blob alive under the registry's garbage collection, as a tag keeps an image.
 
 The same form keeps small records (``get_record``/``put_record``: what a build read of a base, by the base's
 digests), their one layer the empty descriptor ``{}`` that image-spec 1.1 names for artifacts with no content.
@@ -43,9 +43,8 @@ from .layers import CachedLayer
 CONFIG_TYPE = "application/vnd.ocibuild.layer-cache.v1+json"
 FORMAT = 1
 MAX_CONFIG = 16 << 20  # the facts of a big dependency set are a few MB of JSON at most
-EMPTY_JSON = (
-    b"{}"  # a record's one layer: image-spec 1.1's empty descriptor, for registries that want a layer
-)
+# A record's one layer: image-spec 1.1's empty descriptor, for registries that want a layer.
+EMPTY_JSON = b"{}"
 EMPTY = Descriptor(media.OCI_EMPTY, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
 
 
