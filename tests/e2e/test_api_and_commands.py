@@ -60,7 +60,7 @@ def test_inspect_shows_layers_history_and_config(tmp_path, base_ref, example_mod
     text = run([sys.executable, "-m", "ocibuild", "inspect", f"oci-archive:{out}"]).stdout
     assert f"Digest:       {digest}" in text
     assert (
-        "Layers (5," in text
+        "Layers (6," in text  # base, dependencies (scipy; the rest), server, model, app
         and "ocibuild: model model:1 (model.pkl)" in text
         and "ocibuild: app (score.py)" in text
     )
