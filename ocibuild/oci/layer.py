@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import InputError
 from . import compress
 from .descriptor import Descriptor
-from .digest import Digest
+from .digest import Digest, sha256_file
 from .image import Layer, StoreSource
 from .pipeline import LAYER_FORMAT, Output, Release, pump
 from .store import BlobStore, write_all
@@ -151,20 +151,17 @@ def _content_digest(entry: Entry, store: BlobStore | None) -> str:
         store = None
     if store is not None and (doc := store.get_ref(memo)) and isinstance(doc.get("sha256"), str):
         return doc["sha256"]
-    h = hashlib.sha256()
     try:
-        with open(entry.source, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-            if file_ident(os.fstat(f.fileno())) != entry.ident:
-                raise InputError(
-                    f"{entry.source} changed while it was being read; build again once it is written"
-                )
+        digest, _ = sha256_file(entry.source)
+        if file_ident(os.stat(entry.source)) != entry.ident:  # written to (or replaced) since it was listed
+            raise InputError(
+                f"{entry.source} changed while it was being read; build again once it is written"
+            )
     except OSError as e:
         raise InputError(f"{entry.source}: {e.strerror}") from None
     if store is not None:
-        store.put_ref(memo, {"sha256": h.hexdigest()})
-    return h.hexdigest()
+        store.put_ref(memo, {"sha256": digest.hex})
+    return digest.hex
 
 
 def _lstat(path: Path) -> os.stat_result:
