@@ -35,6 +35,7 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 EXAMPLE = REPO / "fixtures" / "example"
 
+from report import human, logger  # noqa: E402
 from run import LocalRegistry, base_fixture  # noqa: E402  (bench/run.py: the registry and the base)
 
 TORCH_SCORE = """\
@@ -51,15 +52,7 @@ def run(raw_data):
 """
 
 
-def log(msg: str) -> None:
-    print(f"[fleet-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def human(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
+log = logger("fleet-bench")
 
 
 def network_received() -> int:

@@ -241,10 +241,11 @@ LAYER_ROWS = [
     ("sha256_fast", "sha256 pass, 4 MiB reads, buffer 64 B off page", "sha256 4 64", "cheap"),
     ("zlib6", "stock zlib -6 gzip, one stream (peers' path)", "zlib", "once"),
     ("isal1", "isal -1 gzip, one stream, one thread (ocibuild before)", "isal1", "cheap"),
-    ("all_deflate", "isal -1 on all cores, every segment, into the cache", "layer gzip --all-deflate --store-blob", "once"),
+    ("all_deflate", "libdeflate -1 on all cores, every segment, into the cache", "layer gzip --all-deflate --store-blob", "once"),
     ("stored_blocks", "gzip of stored deflate blocks (not plain tar), derived", "layer gzip --no-plain", "once"),
     ("gzip_cached", "ocibuild default, but the blob copied into the cache", "layer gzip --store-blob", "once"),
     ("gzip", "ocibuild default (gzip, or plain tar if incompressible)", "layer gzip", "cheap"),
+    ("gzip_no_file_digests", "the same without each file's sha256 (before the SBOM)", "layer gzip --no-file-digests", "cheap"),
     ("none", "ocibuild --compression none", "layer none", "cheap"),
     ("zstd", "ocibuild --compression zstd", "layer zstd", "once"),
 ]  # fmt: skip

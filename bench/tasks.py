@@ -6,7 +6,7 @@ the same thing. The parent reads the process's peak RSS from ``wait4``.
     python3 bench/tasks.py sha256 FILE [CHUNK_MIB [OFFSET]]
     python3 bench/tasks.py zlib FILE OUT              # the peers' path: stock zlib level 6, streaming
     python3 bench/tasks.py isal1 FILE OUT             # ocibuild before issue 4: one isal stream, one thread
-    python3 bench/tasks.py layer CODEC FILE STORE [--store-blob] [--all-deflate] [--no-plain]
+    python3 bench/tasks.py layer CODEC FILE STORE [--store-blob] [--all-deflate] [--no-plain] [--no-file-digests]
     python3 bench/tasks.py push LAYOUT REF_NAME TARGET   # push_image of a layout's image (plain HTTP loopback)
 
 Peak RSS is the process's own ``VmHWM`` (``wait4``'s ``ru_maxrss`` would report the parent's RSS at fork, as Linux
@@ -83,14 +83,16 @@ def isal1(path: str, out: str) -> dict:
 
 
 def layer(codec: str, path: str, store_dir: str, flags: set[str]) -> dict:
-    """ocibuild's layer writer on one model file, as ``package`` calls it for the model layer.
+    """ocibuild's layer writer on one model file, as ``package`` calls it for the model layer (with each file's
+    sha256 taken in the same read, for the SBOM).
 
     Flags isolate the directions tried: ``--store-blob`` copies the blob into the store (not derived),
     ``--all-deflate`` deflates every segment (gzip on every core, nothing stored), ``--no-plain`` keeps an
-    incompressible layer in gzip (stored deflate blocks) instead of a plain tar.
+    incompressible layer in gzip (stored deflate blocks) instead of a plain tar, ``--no-file-digests`` writes the
+    layer without the files' sha256 (``write_layer``, as before the SBOM).
     """
     from ocibuild.oci import compress
-    from ocibuild.oci.layer import LayerContents, write_layer
+    from ocibuild.oci.layer import LayerContents, write_layer, write_layer_with_file_digests
     from ocibuild.oci.store import BlobStore
 
     if "--all-deflate" in flags:
@@ -102,7 +104,11 @@ def layer(codec: str, path: str, store_dir: str, flags: set[str]) -> dict:
     contents = LayerContents()
     contents.add_file(Path(path), f"var/azureml-app/azureml-models/bench/1/{Path(path).name}")
     start = time.perf_counter()
-    built = write_layer(contents, store, codec, derive="--store-blob" not in flags)
+    derive = "--store-blob" not in flags
+    if "--no-file-digests" in flags:
+        built = write_layer(contents, store, codec, derive=derive)
+    else:
+        built, _ = write_layer_with_file_digests(contents, store, codec, derive=derive)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

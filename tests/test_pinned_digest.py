@@ -21,7 +21,7 @@ from tests.packaging.test_pyenv import bookworm
 # - the server's functions split under the complexity limit, and its run-timeout fallback fixed (server layer);
 # - the request and upload classes share their content-type properties (server layer);
 # - locked down by default: the config's User is 65532:65532, and HOME=/tmp, PYTHONDONTWRITEBYTECODE=1 in Env.
-PINNED = "sha256:354755cc60d5794cdd610d942d7a76ea000a79ca0bbc2f41a9dccb8403e3db3d"
+PINNED = "sha256:e1f4a59060812fe57128fa1f4419c5d7ae8762e698b45670499aa06aa6db22bf"
 
 SCORE = b"""import json
 

@@ -2,21 +2,23 @@
 
 Layers are encoded in segments: the uncompressed stream is cut at fixed offsets (``SEGMENT``) and each segment is
 encoded on its own, so segments can be encoded on every core at once and the bytes still depend only on the
-content. gzip (the default, the one every engine reads) is one gzip member, one deflate stream, in which each
-segment is either deflated by ISA-L (``isal``, level 1: 0.5-0.6 GB/s per core on model weights, at the ratio of
-zlib level 6, against zlib's 22-29 MB/s, docs/decisions.md) or, when a sample of it shows that deflate would save less than
-10 %, written as *stored* deflate blocks: still gzip for every reader, at the cost of a CRC (10 GB/s) instead of a
-compression (0.5 GB/s). A layer that as a whole would not shrink by 10 % (estimated on 64 windows spread over it)
-is not wrapped in gzip at all: it is written as a plain tar (``application/vnd.oci.image.layer.v1.tar``, which
-Docker 20.10, podman and registries take), whose digest is its diff_id, so building it costs one sha256 pass, not
-two. Float32 weights deflate to 0.92 of their size (fp16 0.92, bf16 0.78): a float32 model's layer is a plain tar.
-Every choice is a function of the bytes only.
+content. gzip (the default, the one every engine reads) is one gzip member per segment, as eStargz layers and BGZF
+files are: RFC 1952 allows any number of members, and Go's compress/gzip (Docker, containerd, podman, skopeo,
+registries), Python's gzip and pigz read them as one stream. Each segment is either deflated by libdeflate
+(``deflate``, level 1: about 200 MB/s per core, to 0.32 of a dependencies tar, docs/decisions.md) or, when a sample of
+it shows that deflate would save less than 10 %, written as *stored* deflate blocks: still gzip for every reader, at
+the cost of a CRC (8 GB/s) instead of a compression. A layer that as a whole would not shrink by 10 % (estimated on
+64 windows spread over it) is not wrapped in gzip at all: it is written as a plain tar
+(``application/vnd.oci.image.layer.v1.tar``, which Docker 20.10, podman and registries take), whose digest is its
+diff_id, so building it costs one sha256 pass, not two. Float32 weights deflate to 0.92 of their size (fp16 0.92,
+bf16 0.78): a float32 model's layer is a plain tar. Every choice is a function of the bytes only.
 
 Determinism: gzip headers carry no time, no name and a fixed OS byte; stored blocks and plain tars are exact by
-construction, on any machine. Deflated segments are the same for a given ISA-L version (part of every cache key,
-``ENCODING_ID``) on CPUs of the same class (ISA-L picks its code by CPU features; as zlib-ng and zlib differ, a
-compressor's bytes are only as stable as the compressor). zstd is one stream (``zstandard`` level 3, deterministic
-for a given library version); none is the tar itself.
+construction, on any machine. libdeflate's output is a function of its input, level and version (part of every
+cache key, ``ENCODING_ID``), whatever the CPU, the buffer's alignment or the bytes around it; ISA-L, used before
+it, now and then gave another valid encoding of the same segment under load (docs/decisions.md), and is kept for
+what has no such freedom: CRCs and decompression. zstd is one stream (``zstandard`` level 3, deterministic for a
+given library version); none is the tar itself.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import struct
 from collections.abc import Sequence
 from typing import Protocol
 
-import isal
+import deflate
 import zstandard
 from isal import igzip, isal_zlib
 
@@ -48,28 +50,26 @@ SAMPLE = 16 << 10  # four samples of this size, spread over a segment, decide wh
 STORE_ABOVE = 0.90  # a segment whose sample deflates to more than this fraction of its size is stored
 WINDOWS, WINDOW = 64, 64 << 10  # the whole-layer estimate: this many windows of this size, evenly spread
 PLAIN_WHEN_INCOMPRESSIBLE = True  # a gzip layer that would not shrink is written as a plain tar instead
+LEVEL = 1  # libdeflate's level for deflated segments
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no flags, mtime 0, XFL 0, OS "unknown"
 _STORED_MAX = 0xFFFF
-_STORED_FULL = struct.pack("<BHH", 0, _STORED_MAX, _STORED_MAX ^ 0xFFFF)
-_FINAL_EMPTY_BLOCK = b"\x03\x00"  # BFINAL=1, fixed Huffman, end-of-block: ends the deflate stream
 # Everything the encoded bytes depend on besides the content; cache keys and derived-blob recipes include it.
 ENCODING_ID = (
     f"seg{SEGMENT}-sample{SAMPLE}-store{STORE_ABOVE}-windows{WINDOWS}x{WINDOW}-plain{PLAIN_WHEN_INCOMPRESSIBLE}"
-    f"-isal{isal.__version__}-zstd{zstandard.__version__}"
+    f"-gzip-members-libdeflate{deflate.__version__}-level{LEVEL}-zstd{zstandard.__version__}"
 )
 
 STORED, DEFLATED = "S", "D"
 
 
 class Encoded:
-    """One encoded segment: its output pieces (buffers, written in order), how it was encoded, its CRC-32."""
+    """One encoded segment: its output pieces (buffers, written in order) and how it was encoded."""
 
-    __slots__ = ("pieces", "mode", "crc", "size")
+    __slots__ = ("pieces", "mode", "size")
 
-    def __init__(self, pieces: Sequence, mode: str, crc: int, size: int):
+    def __init__(self, pieces: Sequence, mode: str, size: int):
         self.pieces = pieces
         self.mode = mode
-        self.crc = crc
         self.size = size  # uncompressed bytes
 
 
@@ -79,14 +79,14 @@ class SegmentEncoder(Protocol):
 
     def header(self) -> bytes: ...
     def encode(self, view: memoryview, mode: str | None = None) -> Encoded: ...
-    def trailer(self, crc: int, size: int) -> bytes: ...
+    def trailer(self) -> bytes: ...
 
 
 def deflate_pays(view: memoryview) -> bool:
     """Whether deflating this segment saves more than ``1 - STORE_ABOVE`` of it, judged on four samples."""
     n = len(view)
     sample = view if n <= 4 * SAMPLE else b"".join(view[k * n // 4 : k * n // 4 + SAMPLE] for k in range(4))
-    return len(isal_zlib.compress(sample, 1, -15)) <= STORE_ABOVE * len(sample)
+    return len(deflate.deflate_compress(sample, LEVEL)) <= STORE_ABOVE * len(sample)
 
 
 def window_offsets(size: int) -> list[int]:
@@ -99,46 +99,44 @@ def window_offsets(size: int) -> list[int]:
 def worth_compressing(windows: Sequence[bytes]) -> bool:
     """Whether a stream whose sample windows these are deflates to at most ``STORE_ABOVE`` of its size."""
     raw = sum(len(w) for w in windows)
-    packed = sum(len(isal_zlib.compress(w, 1, -15)) for w in windows)
+    packed = sum(len(deflate.deflate_compress(w, LEVEL)) for w in windows)
     return packed <= STORE_ABOVE * raw
 
 
 def stored_blocks(view: memoryview) -> list:
-    """``view`` as non-final stored deflate blocks: 5-byte headers interleaved with slices of ``view`` (no copy)."""
+    """``view`` as stored deflate blocks, the last one final: 5-byte headers interleaved with slices of ``view``
+    (no copy)."""
     pieces: list = []
     n = len(view)
     for start in range(0, n, _STORED_MAX):
         k = min(_STORED_MAX, n - start)
-        pieces.append(_STORED_FULL if k == _STORED_MAX else struct.pack("<BHH", 0, k, k ^ 0xFFFF))
+        pieces.append(struct.pack("<BHH", int(start + k == n), k, k ^ 0xFFFF))
         pieces.append(view[start : start + k])
     return pieces
 
 
-class GzipSegments:
-    """One gzip member whose deflate stream is the concatenation of independently encoded segments.
+def _gzip_trailer(view: memoryview) -> bytes:
+    return struct.pack("<II", isal_zlib.crc32(view), len(view) & 0xFFFFFFFF)
 
-    A deflated segment is a fresh ISA-L raw deflate stream ended by a sync flush (byte-aligned, not final), so it
-    never refers to bytes before its start; a stored one is stored blocks. The stream ends with an empty final
-    block and the gzip trailer (the CRC-32 of the whole content, combined from the segments' CRCs).
-    """
+
+class GzipSegments:
+    """A gzip stream of one member per segment: the segment's own deflate stream, stored or by libdeflate, between
+    a fixed header and the segment's CRC-32 and length. A member never refers to bytes outside its segment."""
 
     codec = "gzip"
     parallel = True
 
     def header(self) -> bytes:
-        return GZIP_HEADER
+        return b""
 
     def encode(self, view: memoryview, mode: str | None = None) -> Encoded:
-        crc = isal_zlib.crc32(view)
         if mode is None:
             mode = DEFLATED if deflate_pays(view) else STORED
-        if mode == STORED:
-            return Encoded(stored_blocks(view), STORED, crc, len(view))
-        c = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
-        return Encoded([c.compress(view), c.flush(isal_zlib.Z_SYNC_FLUSH)], DEFLATED, crc, len(view))
+        body = stored_blocks(view) if mode == STORED else [deflate.deflate_compress(view, LEVEL)]
+        return Encoded([GZIP_HEADER, *body, _gzip_trailer(view)], mode, len(view))
 
-    def trailer(self, crc: int, size: int) -> bytes:
-        return _FINAL_EMPTY_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
+    def trailer(self) -> bytes:
+        return b""
 
 
 class PlainSegments:
@@ -151,28 +149,29 @@ class PlainSegments:
         return b""
 
     def encode(self, view: memoryview, mode: str | None = None) -> Encoded:
-        return Encoded([view], STORED, 0, len(view))
+        return Encoded([view], STORED, len(view))
 
-    def trailer(self, crc: int, size: int) -> bytes:
+    def trailer(self) -> bytes:
         return b""
 
 
 class ZstdSegments:
-    """One zstd stream (level 3); stateful, so segments are encoded in order by a single worker."""
+    """One zstd stream (level 3); stateful, so segments are encoded in order by a single worker. ``threads``:
+    zstd's own workers (0, the default: none; other counts give other bytes, so layers never use them)."""
 
     codec = "zstd"
     parallel = False
 
-    def __init__(self, level: int = 3):
-        self._c = zstandard.ZstdCompressor(level=level).compressobj()
+    def __init__(self, level: int = 3, threads: int = 0):
+        self._c = zstandard.ZstdCompressor(level=level, threads=threads).compressobj()
 
     def header(self) -> bytes:
         return b""
 
     def encode(self, view: memoryview, mode: str | None = None) -> Encoded:
-        return Encoded([self._c.compress(view)], DEFLATED, 0, len(view))
+        return Encoded([self._c.compress(view)], DEFLATED, len(view))
 
-    def trailer(self, crc: int, size: int) -> bytes:
+    def trailer(self) -> bytes:
         return self._c.flush()
 
 
@@ -184,10 +183,6 @@ def segment_encoder(codec: str) -> SegmentEncoder:
     if codec == "none":
         return PlainSegments()
     raise UsageError(f"unknown compression {codec!r}; use one of: {', '.join(CODECS)}")
-
-
-def combine_crc(crc: int, crc2: int, len2: int) -> int:
-    return isal_zlib.crc32_combine(crc, crc2, len2)
 
 
 # ---------------------------------------------------------------- reading

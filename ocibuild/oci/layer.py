@@ -16,6 +16,7 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -197,6 +198,78 @@ def write_layer(
     A file that changes while being read is an error (the layer would not match what was hashed).
     ``progress``, if given, is called with the number of bytes done so far.
     """
+    layer, _ = _write_layer(contents, store, codec, progress, mtime, derive, workers, hash_files=False)
+    return layer
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """One regular file of a layer, as an SBOM lists it."""
+
+    path: str  # inside the layer, as in the tar (no leading "/")
+    size: int
+    sha256: str  # lowercase hex
+
+
+def write_layer_with_file_digests(
+    contents: LayerContents,
+    store: BlobStore,
+    codec: str = "gzip",
+    progress: Callable[[int], None] | None = None,
+    *,
+    mtime: int = 0,
+    derive: bool = False,
+    workers: int | None = None,
+) -> tuple[Layer, tuple[FileDigest, ...]]:
+    """``write_layer``, and the sha256 of every regular file in tar order, from the same single read of the files
+    (a model's files are too big to read twice). The layer is the same, byte for byte. Each file is hashed in the
+    pipeline's writer thread, beside the reader's hash of the whole tar. ``LayerContents`` has no hard-link
+    entries: a file linked twice on the host is two regular files here, each listed with its digest."""
+    return _write_layer(contents, store, codec, progress, mtime, derive, workers, hash_files=True)
+
+
+class _FileHasher:
+    """Splits the raw tar stream, fed segment by segment in order, back into its files and hashes each one."""
+
+    def __init__(self, files: list[tuple[int, Entry]]):
+        self._files = files  # (offset of the data in the stream, entry), in stream order
+        self._offset = 0  # of the next segment
+        self._hash = hashlib.sha256()
+        self.digests: list[FileDigest] = []
+
+    def update(self, view: memoryview) -> None:
+        end = self._offset + len(view)
+        while len(self.digests) < len(self._files):
+            start, entry = self._files[len(self.digests)]
+            stop = start + entry.size
+            if start >= end:
+                break  # starts in a later segment (the tar's end blocks always follow the last file)
+            lo, hi = max(start, self._offset), min(stop, end)
+            if hi > lo:
+                self._hash.update(view[lo - self._offset : hi - self._offset])
+            if stop > end:
+                break  # goes on in the next segment
+            self.digests.append(FileDigest(entry.path, entry.size, self._hash.hexdigest()))
+            self._hash = hashlib.sha256()
+        self._offset = end
+
+    def result(self) -> tuple[FileDigest, ...]:
+        if len(self.digests) != len(self._files):
+            raise RuntimeError(f"{len(self._files) - len(self.digests)} files of the layer were not hashed")
+        return tuple(self.digests)
+
+
+def _write_layer(
+    contents: LayerContents,
+    store: BlobStore,
+    codec: str,
+    progress: Callable[[int], None] | None,
+    mtime: int,
+    derive: bool,
+    workers: int | None,
+    *,
+    hash_files: bool,
+) -> tuple[Layer, tuple[FileDigest, ...]]:
     entries = contents.entries()
     tar = TarStream(entries, mtime, "{path} changed while being packed; rebuild when it is stable")
     if codec == "gzip" and compress.PLAIN_WHEN_INCOMPRESSIBLE:
@@ -206,16 +279,18 @@ def write_layer(
     encoder = compress.segment_encoder(codec)
     plain = codec == "none"
     diff = hashlib.sha256()
+    files = _FileHasher(tar.file_data()) if hash_files else None
+    on_segment = files.update if files is not None else None
     derived = derive and tar.size >= DERIVE_MIN and codec != "zstd"
     if progress is not None:
         progress = partial(_capped, progress, contents.total_size)
     if derived:
         out = Output(encoder, _discard, hash_blob=not plain)
-        pump(tar, out, diff=diff, progress=progress, workers=workers)
+        pump(tar, out, diff=diff, progress=progress, workers=workers, on_segment=on_segment)
     else:
         with store.new_blob() as blob:
             out = Output(encoder, partial(_write_to, blob.fileno()), hash_blob=not plain)
-            pump(tar, out, diff=diff, progress=progress, workers=workers)
+            pump(tar, out, diff=diff, progress=progress, workers=workers, on_segment=on_segment)
             blob.commit(Digest.from_hex(diff.hexdigest()) if plain else out.digest)
     diff_id = Digest.from_hex(diff.hexdigest())
     digest = diff_id if plain else out.digest
@@ -232,7 +307,8 @@ def write_layer(
         }
         store.put_recipe(digest, recipe)
     media_type = compress.LAYER_MEDIA_TYPE[codec]
-    return Layer(Descriptor(media_type, digest, out.size), diff_id, StoreSource(store))
+    layer = Layer(Descriptor(media_type, digest, out.size), diff_id, StoreSource(store))
+    return layer, files.result() if files is not None else ()
 
 
 def _capped(progress: Callable[[int], None], total: int, done: int) -> None:

@@ -2,9 +2,9 @@
 
 This thread reads the tar stream in fixed segments (``compress.SEGMENT``) into a small pool of reused buffers and
 hashes it (the diff_id); a pool of workers encodes the segments (``compress.segment_encoder``); one writer thread
-takes them back in order, hashes the blob and hands it on. hashlib, ISA-L and file I/O release the GIL on large
-buffers, so the two hashes and the encoding run on different cores, and memory stays at a few buffers whatever the
-layer's size. The bytes do not depend on the number of workers or on timing.
+takes them back in order, hashes the blob (and, when asked, each file: ``on_segment``) and hands it on. hashlib,
+ISA-L and file I/O release the GIL on large buffers, so the hashes and the encoding run on different cores, and
+memory stays at a few buffers whatever the layer's size. The bytes do not depend on the number of workers or on timing.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ class Output:
         self.write = write
         self.hash = hashlib.sha256() if hash_blob else None  # a plain tar's digest is its diff_id
         self.size = 0
-        self.crc = 0
-        self.raw = 0
         self.modes: list[str] = []
         self._emit([encoder.header()], nothing)
 
@@ -61,13 +59,11 @@ class Output:
         self.write(pieces, release)
 
     def segment(self, e: Encoded, release: Release) -> None:
-        self.crc = compress.combine_crc(self.crc, e.crc, e.size) if self.raw else e.crc
-        self.raw += e.size
         self.modes.append(e.mode)
         self._emit(list(e.pieces), release)
 
     def finish(self) -> None:
-        self._emit([self.encoder.trailer(self.crc, self.raw)], nothing)
+        self._emit([self.encoder.trailer()], nothing)
 
     @property
     def digest(self) -> Digest:
@@ -80,6 +76,10 @@ def nothing() -> None:
     pass
 
 
+def unseen(view: memoryview) -> None:
+    pass
+
+
 def pump(
     tar: TarStream,
     out: Output,
@@ -89,11 +89,14 @@ def pump(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     cancel: threading.Event | None = None,
+    on_segment: Callable[[memoryview], None] | None = None,
 ) -> None:
     """Run the tar stream through ``out.encoder`` into ``out``; ``diff`` (a hashlib object) sees the raw stream.
 
     ``plan`` gives each segment's encoding mode (as recorded when the layer was built); without it the encoder
-    decides from the content. Memory: at most ``workers + 3`` segment buffers, reused.
+    decides from the content. ``on_segment``, if given, also sees the raw stream, segment by segment in order, but
+    in the writer thread: work on it (a file's hash) runs beside the reader's instead of slowing it down. Memory: at
+    most ``workers + 3`` segment buffers, reused.
     """
     workers = (workers or default_workers()) if out.encoder.parallel else 1
     count = -(-tar.size // SEGMENT)
@@ -107,17 +110,20 @@ def pump(
             tar.readinto(view)
             if diff is not None:
                 diff.update(view)
+            if on_segment is not None:
+                on_segment(view)
             out.segment(encode(0, view), nothing)
             if progress:
                 progress(tar.size)
         else:
-            _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel or threading.Event())
+            cancel = cancel or threading.Event()
+            _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel, on_segment or unseen)
     finally:
         tar.close()
     out.finish()
 
 
-def _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel) -> None:
+def _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel, on_segment) -> None:
     nbuf = workers + 3  # one being read, one per encoder, one being written, one spare
     free: queue.Queue = queue.Queue()
     for _ in range(min(nbuf, count)):
@@ -133,8 +139,9 @@ def _pump_threaded(tar, out, encode, count, diff, progress, workers, cancel) -> 
         while (item := todo.get()) is not None:
             if stopped():
                 continue
-            future, buf = item
+            future, buf, view = item
             try:
+                on_segment(view)  # while the segment encodes; its buffer is not reused until released
                 out.segment(future.result(), partial(free.put, buf))
             except BaseException as e:  # noqa: BLE001 — handed to the calling thread
                 failure.append(e)
@@ -171,7 +178,7 @@ def _feed(tar, count, free, todo, submit, diff, progress, stopped) -> None:
         tar.readinto(view)
         if diff is not None:
             diff.update(view)
-        if not _put(todo, (submit(i, view), buf), stopped):
+        if not _put(todo, (submit(i, view), buf, view), stopped):
             return
         done += len(view)
         if progress:

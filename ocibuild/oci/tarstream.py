@@ -165,6 +165,11 @@ class TarStream:
             self._f.close()
             self._f = None
 
+    def file_data(self) -> list[tuple[int, Entry]]:
+        """Each regular file with the offset of its data in the stream, in tar order (its size is the entry's):
+        what a reader of the stream needs to split it back into files without knowing the tar layout."""
+        return [(self._starts[i], span) for i, span in enumerate(self._spans) if isinstance(span, Entry)]
+
     def main_file_start(self, offset: int, n: int) -> int | None:
         """Where (in the stream) the data starts of the file that has the most bytes in ``[offset, offset+n)``."""
         best, most = None, 0

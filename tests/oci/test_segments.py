@@ -94,13 +94,27 @@ def test_tar_stream_is_the_same_whatever_the_read_size(mixed_tree):
     assert len(streams) == 1
 
 
+def _members(blob: bytes) -> list[bytes]:
+    """The uncompressed contents of each gzip member of ``blob``, read one at a time by zlib."""
+    out = []
+    while blob:
+        d = zlib.decompressobj(31)
+        out.append(d.decompress(blob))
+        assert d.eof, "a member ends before the blob does"
+        blob = d.unused_data
+    return out
+
+
 def test_segmented_gzip_is_plain_gzip_to_every_reader(tmp_path, mixed_tree):
     store = BlobStore(tmp_path / "cache")
     built = write_layer(_contents(mixed_tree), store, "gzip")
     blob = store.path(built.descriptor.digest).read_bytes()
     assert blob[:10] == compress.GZIP_HEADER  # no name, mtime 0, fixed OS byte
-    plain = gzip.decompress(blob)  # CRC and length in the trailer are checked too
-    assert plain == zlib.decompress(blob, 31) == _tar_of(blob)
+    plain = gzip.decompress(blob)  # CRC and length in each member's trailer are checked too
+    assert plain == _tar_of(blob)
+    members = _members(blob)  # one whole member per segment, none referring to another's bytes
+    assert [len(m) for m in members[:-1]] == [compress.SEGMENT] * (len(members) - 1)
+    assert b"".join(members) == plain
     assert Digest.of(plain) == built.diff_id
     # it did shrink (the code) without paying for the random part
     assert len(blob) < len(plain) * 0.7
@@ -116,7 +130,8 @@ def test_segments_are_stored_or_deflated_by_their_content():
     assert not compress.deflate_pays(random_seg) and compress.deflate_pays(text_seg)
     stored = gz.encode(random_seg)
     assert stored.mode == compress.STORED and stored.size == 4 * MiB
-    assert sum(len(p) for p in stored.pieces) == 4 * MiB + 5 * -(-(4 * MiB) // 0xFFFF)
+    assert sum(len(p) for p in stored.pieces) == 10 + 4 * MiB + 5 * -(-(4 * MiB) // 0xFFFF) + 8
+    assert gzip.decompress(b"".join(bytes(p) for p in stored.pieces)) == random_seg
     assert gz.encode(text_seg).mode == compress.DEFLATED
     assert gz.encode(text_seg, compress.STORED).mode == compress.STORED  # a recorded plan wins
 
@@ -301,3 +316,23 @@ def test_reads_are_placed_off_page_alignment(tmp_path):
     shift = pipeline.unaliased(buf, start_b)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     assert 0 <= shift < pipeline.PAGE and (base + shift - start_b) % pipeline.PAGE == pipeline.PAGE // 2
+
+
+def test_a_segment_encodes_to_the_same_bytes_wherever_it_sits_and_whatever_surrounds_it():
+    """The encoding is a function of the segment's bytes: not of its buffer's alignment, the stale bytes after it
+    in a reused buffer, or the thread that encodes it (ISA-L, used before, now and then gave another encoding)."""
+    seg = _text(2 * MiB) + _random(MiB, seed=3) + _text(MiB)[::-1]
+    gz = compress.GzipSegments()
+    expected = b"".join(bytes(p) for p in gz.encode(memoryview(seg)).pieces)
+
+    def encode_at(shift: int) -> bytes:
+        buf = bytearray(_random(len(seg) + 8192, seed=shift))
+        buf[shift : shift + len(seg)] = seg
+        return b"".join(bytes(p) for p in gz.encode(memoryview(buf)[shift : shift + len(seg)]).pieces)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        encodings = set(pool.map(encode_at, [0, 1, 7, 63, 2048, 4095, 4097, 8191] * 2))
+    assert encodings == {expected}
+    assert gzip.decompress(expected) == seg
