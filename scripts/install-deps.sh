@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a Debian 12 machine (run as root), idempotently:
-#   - the real tools the tests use (Docker, podman, skopeo, umoci, mmdebstrap, a registry, htpasswd),
+#   - the real tools the tests and benchmarks use (Docker, podman, buildah, skopeo, umoci, mmdebstrap, a registry,
+#     htpasswd),
 #     from Debian's own packages; apt is skipped entirely when every tool is already there;
 #   - ocibuild itself, editable, with the test, example and uv extras.
 # Services are never started by the install: the tests start their own daemons in temporary directories.
@@ -14,12 +15,15 @@ declare -A NEEDS=(
     [podman]=/usr/bin/podman           # pulls conmon, crun|runc and a network stack (unused: --network host)
     [runc]=/usr/sbin/runc              # podman's runtime in the tests: crun fails on hybrid cgroups (v1 + v2)
     [skopeo]=/usr/bin/skopeo
+    [buildah]=/usr/bin/buildah         # bench/peers.py: the daemonless builder of CI without Docker-in-Docker
     [umoci]=/usr/bin/umoci
     [mmdebstrap]=/usr/bin/mmdebstrap   # builds the Debian Python base image (scripts/make-base-image.sh)
     [docker-registry]=/usr/bin/docker-registry
     [apache2-utils]=/usr/bin/htpasswd  # bcrypt htpasswd for the basic-auth registry
     [uidmap]=/usr/bin/newuidmap        # podman and umoci --rootless as a normal user
     [bubblewrap]=/usr/bin/bwrap        # the smoke test's sandbox for a normal user (unshare -r otherwise)
+    [qemu-user-static]=/usr/bin/qemu-aarch64-static  # arm64 programs on amd64 (scripts/enable-arm64.sh)
+    [arch-test]=/usr/bin/arch-test     # mmdebstrap's check that a foreign architecture runs
 )
 
 missing=()

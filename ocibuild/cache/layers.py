@@ -88,3 +88,25 @@ class TieredLayerCache:
 
     def put(self, key: str, layer: Layer, facts: dict | None = None) -> Layer:
         return self.remote.put(key, self.local.put(key, layer, facts), facts)
+
+
+class FreshLayerCache:
+    """``--no-cache``: nothing an earlier build made is used, but a layer made earlier in this same build is (a
+    multi-platform build makes its server, model and app layers once: they are the same for every platform).
+    What is made still goes to ``inner``, for the next build."""
+
+    def __init__(self, inner: LayerCache):
+        self.inner = inner
+        self.shared = inner.shared
+        self._made: dict[str, CachedLayer] = {}
+
+    def get(self, key: str) -> CachedLayer | None:
+        return self._made.get(key)
+
+    def put(self, key: str, layer: Layer, facts: dict | None = None) -> Layer:
+        made = self.inner.put(key, layer, facts)
+        self._made[key] = CachedLayer(made, facts, where=THIS_BUILD)
+        return made
+
+
+THIS_BUILD = "this build"  # CachedLayer.where of a layer made earlier in the same build

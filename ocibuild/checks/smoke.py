@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CheckError, InputError
-from ..rootfs.sandbox import DEFAULT_PATH, Launch, Method, Sandbox, Workdir, find_method
+from ..rootfs.sandbox import DEFAULT_PATH, Launch, Method, Sandbox, Workdir, emulator, find_method, native
 from ..rootfs.unpack import ensure_dir, read_file, unpack
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def smoke_test(
 ) -> None:
     """Run ``image``'s server and score a sample; raises ``CheckError`` (one line, then the server's last log
     lines) when it does not start or does not answer 200. ``methods`` limits the sandboxes tried (tests)."""
-    method = find_method(image.platform.architecture, methods)
+    method = find_method(image.platform.architecture, methods, emulated=True)
     if isinstance(method, str):
         progress.warn(f"smoke test skipped: this machine cannot run the image ({method}); the build goes on")
         return
@@ -90,7 +90,9 @@ def smoke_test(
             f"{time.monotonic() - started:.1f} s"
         )
         launch = _launch(image, work.root, method)
-        progress.step(f"smoke test: starting the server {method.describe(launch.user)}")
+        qemu = emulator(image.platform.architecture) if not native(image.platform.architecture) else None
+        under = f" under {qemu} (emulated: slow)" if qemu else ""
+        progress.step(f"smoke test: starting the server {method.describe(launch.user)}{under}")
         log_path = work.path / "server.log"
         with open(log_path, "wb") as log, Sandbox(method, launch, work.path, log) as proc:
             server = _Server(proc, log_path, options.timeout_s)

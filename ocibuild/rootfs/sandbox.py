@@ -38,7 +38,7 @@ from typing import IO
 
 from .unpack import remove_unpacked
 
-__all__ = ["Launch", "Method", "Sandbox", "Workdir", "find_method"]
+__all__ = ["Launch", "Method", "Sandbox", "Workdir", "emulator", "find_method", "native"]
 
 CHILD = Path(__file__).resolve().with_name("_sandbox_child.py")
 METHODS = ("unshare", "chroot", "bwrap", "unshare-user")
@@ -119,12 +119,47 @@ def _probe(method: Method) -> str | None:
     return f"{' '.join(argv[:2])} failed ({said[:200]})"
 
 
-def find_method(architecture: str, names: Sequence[str] | None = None) -> Method | str:
+# OCI architecture → the name of its qemu-user binfmt_misc entry (Debian's qemu-user-static, binfmt-support).
+_QEMU = {"arm64": "aarch64", "arm": "arm", "386": "i386", "ppc64le": "ppc64le", "s390x": "s390x",
+         "riscv64": "riscv64", "amd64": "x86_64"}  # fmt: skip
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+
+
+def native(architecture: str) -> bool:
+    """Whether this machine runs ``architecture``'s programs itself."""
+    return platform.machine() in _MACHINES.get(architecture, {architecture})
+
+
+def emulator(architecture: str) -> str | None:
+    """The qemu-user entry through which this machine's kernel runs ``architecture``'s programs, if there is one
+    that works in a chroot: enabled, with the ``F`` flag (the interpreter opened at registration, so the image
+    needs no copy of it)."""
+    name = f"qemu-{_QEMU.get(architecture, architecture)}"
+    try:
+        text = (BINFMT_MISC / name).read_text()
+    except OSError:
+        return None
+    lines = text.splitlines()
+    flags = next((ln.split(":", 1)[1] for ln in lines if ln.startswith("flags:")), "")
+    return name if lines[:1] == ["enabled"] and "F" in flags else None
+
+
+def find_method(
+    architecture: str, names: Sequence[str] | None = None, *, emulated: bool = False
+) -> Method | str:
     """The first way of running an image of ``architecture`` that works on this machine, or why there is none
-    (one line). ``names`` limits the choice (of ``METHODS``; tests use it)."""
+    (one line). ``names`` limits the choice (of ``METHODS``; tests use it). ``emulated``: an image of another
+    architecture runs too where the kernel hands its programs to qemu (``emulator``): slow, so only for a run
+    whose result does not depend on the machine (a smoke test, not the bytecode that goes into a layer)."""
     machine = platform.machine()
-    if machine not in _MACHINES.get(architecture, {architecture}):
-        return f"the image is for {architecture} and this machine is {machine}"
+    if not native(architecture):
+        if not emulated:
+            return f"the image is for {architecture} and this machine is {machine}"
+        if emulator(architecture) is None:
+            return (
+                f"the image is for {architecture} and this machine is {machine}, with no qemu-user emulator "
+                f"for it registered in {BINFMT_MISC} (with the F flag)"
+            )
     root = os.geteuid() == 0
     candidates = [m for m in (_ROOT_METHODS if root else _USER_METHODS) if names is None or m.name in names]
     if root and names is not None:

@@ -20,6 +20,7 @@ from ocibuild import Environment, InferenceConfig, package
 from ocibuild.checks.smoke import SmokeOptions, image_user, smoke_test
 from ocibuild.errors import CheckError
 from ocibuild.events import Progress, Step, Warned
+from ocibuild.rootfs import sandbox
 from ocibuild.rootfs.sandbox import METHODS, Workdir, find_method, sweep
 from tests.conftest import REPO
 
@@ -160,6 +161,25 @@ def test_a_machine_that_cannot_run_the_image_warns_and_goes_on(images, monkeypat
     assert "unshare is not installed" in warning and warning.endswith("the build goes on")
     arm = find_method("arm64")
     assert arm == "the image is for arm64 and this machine is x86_64"
+
+
+def test_another_architecture_runs_emulated_only_through_a_usable_binfmt_entry(monkeypatch, tmp_path):
+    """A qemu-user entry counts when it is enabled and has the F flag (its interpreter works inside a chroot)."""
+    monkeypatch.setattr(sandbox, "BINFMT_MISC", tmp_path)
+    assert sandbox.emulator("arm64") is None
+    msg = find_method("arm64", emulated=True)
+    assert isinstance(msg, str) and "no qemu-user emulator" in msg
+    entry = tmp_path / "qemu-aarch64"
+    entry.write_text("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OC\noffset 0\n")
+    assert sandbox.emulator("arm64") is None  # without F the chroot would need the interpreter inside
+    entry.write_text("disabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OCF\noffset 0\n")
+    assert sandbox.emulator("arm64") is None
+    entry.write_text("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OCF\noffset 0\n")
+    assert sandbox.emulator("arm64") == "qemu-aarch64"
+    assert (
+        find_method("arm64") == "the image is for arm64 and this machine is x86_64"
+    )  # bytecode: never emulated
+    assert not isinstance(find_method("arm64", emulated=True), str)
 
 
 def test_the_image_user_is_read_from_its_own_files(images, tmp_path):

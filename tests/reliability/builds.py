@@ -99,3 +99,26 @@ def skopeo_inspect(archive: Path) -> dict:
     ).stdout
     doc = json.loads(out)
     return {"Digest": doc.get("Digest"), "Layers": doc["Layers"]}
+
+
+def how_images_differ(tar: Path, reference: Path) -> str:
+    """For a failure message: which layers of two image tarballs differ, and whether only their compressed bytes
+    do (same diff_id: the same files, encoded differently) or their contents."""
+    import tarfile
+
+    def read(path: Path) -> tuple[list[str], list[str]]:
+        with tarfile.open(path) as tf:
+            (entry,) = json.load(tf.extractfile("manifest.json"))
+            config = json.load(tf.extractfile(entry["Config"]))
+        return [x.rsplit("/", 1)[-1] for x in entry["Layers"]], config["rootfs"]["diff_ids"]
+
+    try:
+        (blobs, diffs), (ref_blobs, ref_diffs) = read(tar), read(reference)
+    except (OSError, KeyError, ValueError, tarfile.TarError) as e:
+        return f"(cannot compare the tarballs: {e})"
+    notes = []
+    for i, (b, d, rb, rd) in enumerate(zip(blobs, diffs, ref_blobs, ref_diffs, strict=False)):
+        if b != rb:
+            what = "same contents, other compressed bytes" if d == rd else "other contents"
+            notes.append(f"layer {i}: {what}")
+    return "; ".join(notes) or f"layers agree ({len(blobs)} against {len(ref_blobs)}); the config differs"

@@ -158,7 +158,20 @@ def image_config(diff_ids: Sequence[str], **extra) -> dict:
     return doc
 
 
-def write_layout(root: Path, layers: Sequence[bytes], *, diff_ids: Sequence[str] | None = None, layer_media_type: str = media.OCI_LAYER_GZIP, config: dict | None = None, config_raw: bytes | None = None, config_media_type: str = media.OCI_CONFIG, manifest: Callable[[dict], dict] | None = None, manifest_raw: bytes | None = None, entry: Callable[[dict], dict] | None = None, tag: str = "t") -> Built:
+def write_layout(
+    root: Path,
+    layers: Sequence[bytes],
+    *,
+    diff_ids: Sequence[str] | None = None,
+    layer_media_type: str = media.OCI_LAYER_GZIP,
+    config: dict | None = None,
+    config_raw: bytes | None = None,
+    config_media_type: str = media.OCI_CONFIG,
+    manifest: Callable[[dict], dict] | None = None,
+    manifest_raw: bytes | None = None,
+    entry: Callable[[dict], dict] | None = None,
+    tag: str = "t",
+) -> Built:
     """An OCI layout at ``root`` of one image tagged ``tag``. The keyword arguments replace or edit each
     document (``manifest``/``entry`` edit the manifest and its index.json descriptor), so digests can lie."""
     blobs = root / "blobs" / "sha256"
@@ -171,7 +184,7 @@ def write_layout(root: Path, layers: Sequence[bytes], *, diff_ids: Sequence[str]
         return d
 
     if diff_ids is None:
-        diff_ids = [sha256(zlib.decompress(b, 31) if b[:2] == b"\x1f\x8b" else b) for b in layers]
+        diff_ids = [sha256(_gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b) for b in layers]
     layer_descs = [{"mediaType": layer_media_type, "digest": put(b), "size": len(b)} for b in layers]
     if config_raw is None:
         config_raw = canonical(config if config is not None else image_config(diff_ids))

@@ -31,6 +31,7 @@ from tests.reliability.builds import (
     check_store,
     env,
     file_sha256,
+    how_images_differ,
     make_model,
     package_argv,
     skopeo_inspect,
@@ -180,7 +181,7 @@ def _one_kill(i, rng, cold, work, shared_cache, out, tmpdir, model, base_image, 
     # The next build, with whatever the killed one cached, writes exactly the clean build's image.
     r = _build(package_argv(model, base_image.ref, cache, "--output", out, "-q"), tmpdir)
     assert r.returncode == 0, f"the build after: {r.stderr[-3000:]}: {where}"
-    assert r.stdout.strip() == reference.digest, where
+    assert r.stdout.strip() == reference.digest, f"{where}\n{how_images_differ(out, reference.tar)}"
     assert file_sha256(out) == reference.sha256, where
     assert temps_beside(out) == [], where
     check_store(cache)
