@@ -7,17 +7,18 @@ signatures and deployments pinned by digest must still hold. So a copy never re-
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from .errors import InputError, UsageError
 from .events import Progress
 from .oci.descriptor import Platform
 from .oci.digest import Digest
-from .oci.image import Image
+from .oci.image import Entry, Image, ImageIndex
 from .registry.credentials import parse_creds
 from .registry.transport import RegistryOptions
 from .transports.location import Location
-from .transports.open import open_location
+from .transports.open import open_location, open_referrers, open_signature
 from .transports.publish import publish_all, publisher_for
 
 
@@ -33,9 +34,11 @@ def copy(
     dest_options: RegistryOptions | None = None,
     progress: Progress | None = None,
     mtime: int = 0,
+    referrers: bool = True,
 ) -> Digest:
     """Copy ``src`` to ``dest`` (one destination or several; any transport to any); returns the digest, the same
-    everywhere. ``mtime``: the time of an archive's tar entries."""
+    everywhere. ``mtime``: the time of an archive's tar entries. ``referrers``: carry what sits beside the image
+    (its SBOM, provenance and other referrers; its cosign signature) where the destination can hold them."""
     if all_platforms and platform:
         raise UsageError("give --platform or --all-platforms, not both")
     dests = [dest] if isinstance(dest, str) else list(dest)
@@ -55,9 +58,21 @@ def copy(
             raise InputError(
                 f"{src} is an image for {entry.platform}, not {wanted}; drop --platform to copy it"
             )
+        if referrers:
+            entry = _with_what_is_beside(entry, src_loc, source_options)
         return publish_all(entry, publishers, progress or Progress())
     finally:
         entry.close()
+
+
+def _with_what_is_beside(entry: Entry, loc: Location, options: RegistryOptions | None) -> Entry:
+    """The entry with the referrers and the signature the source holds for it (and, of an index, for each of
+    its images), so that a copy carries an image's SBOM and signature along."""
+    if isinstance(entry, ImageIndex):
+        images = tuple(_with_what_is_beside(i, loc, options) for i in entry.images)
+        entry = dataclasses.replace(entry, images=images)
+    found = tuple(open_referrers(loc, entry.digest, options))
+    return dataclasses.replace(entry, referrers=found, signature=open_signature(loc, entry.digest, options))
 
 
 def _source_name(src: Location, dest: Location) -> str | None:

@@ -33,6 +33,8 @@ class Settings:
     ca_bundle: str | None = None  # $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE: the trust --ca-cert adds to
     engine_hosts: tuple[str, ...] = ()  # $DOCKER_HOST, $CONTAINER_HOST: engines tried first for --load
     cache_repo: str | None = None  # $OCIBUILD_CACHE_REPO: a registry repository shared as the layer cache
+    # $OCIBUILD_SIGN_PASSWORD, else $COSIGN_PASSWORD (what cosign's users already set): the --sign-key's password
+    sign_password: str | None = field(default=None, repr=False)
     cache_repo_readonly: bool = (
         False  # $OCIBUILD_CACHE_REPO_READONLY=1: read it, never write it (untrusted builds)
     )
@@ -56,6 +58,7 @@ class Settings:
             ca_bundle=env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"),
             engine_hosts=tuple(env[v] for v in ("DOCKER_HOST", "CONTAINER_HOST") if env.get(v)),
             cache_repo=env.get("OCIBUILD_CACHE_REPO") or None,
+            sign_password=env.get("OCIBUILD_SIGN_PASSWORD") or env.get("COSIGN_PASSWORD") or None,
             cache_repo_readonly=_flag(
                 env.get("OCIBUILD_CACHE_REPO_READONLY"), "OCIBUILD_CACHE_REPO_READONLY"
             ),

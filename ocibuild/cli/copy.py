@@ -35,6 +35,11 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--src-creds", metavar="USER:PASSWORD", help="for a registry SRC")
     c.add_argument("--dest-creds", metavar="USER:PASSWORD", help="for the registry DESTs")
+    c.add_argument(
+        "--no-referrers", dest="referrers", action="store_false",
+        help="leave behind what sits beside the image (its SBOM, provenance and other referrers, its cosign "
+        "signature); by default they travel with it where the destination can hold them",
+    )  # fmt: skip
     c.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
     registry_arguments(c)
 
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         dest_options=dest_options,
         progress=report,
         mtime=settings.source_date_epoch,
+        referrers=args.referrers,
     )
     report.step(f"copied {args.source} to {', '.join(args.destinations)}")
     print(digest)

@@ -28,6 +28,7 @@ from ..errors import FormatError, InputError, UsageError
 from ..oci import media
 from ..oci.descriptor import Descriptor, Manifest, sniff_media_type
 from ..oci.digest import Digest
+from ..oci.empty import EMPTY_CONFIG, EMPTY_DESCRIPTOR
 from ..oci.image import Image, Layer
 from ..oci.layer import LayerContents, cache_key, write_layer
 from ..oci.mutate import timestamp
@@ -36,8 +37,6 @@ from ..version import __version__
 from .placement import add_model, model_dir_in_image
 
 ARTIFACT_TYPE = "application/vnd.ocibuild.model.v1"
-EMPTY_CONFIG = b"{}"
-EMPTY_DESCRIPTOR = Descriptor(media.OCI_EMPTY, Digest.of(EMPTY_CONFIG), len(EMPTY_CONFIG))
 
 TITLE = "org.opencontainers.image.title"
 CREATED = "org.opencontainers.image.created"

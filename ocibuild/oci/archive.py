@@ -27,10 +27,11 @@ from ..errors import FormatError, InputError, OcibuildError, OutputError
 from . import compress, media
 from .descriptor import Descriptor, Index, Manifest, Platform, canonical_json, parse_json
 from .digest import CHUNK, Digest, Stream, VerifyingReader, is_digest
-from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image
+from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image, referrers_of
 from .index import fetch_manifest, load_entry, read_index_file, select_manifest
 from .layout import OCI_LAYOUT_FILE, copy_blob
 from .name import ImageName, parse_reference
+from .signature import is_signature_image, signature_tag
 from .store import write_all
 from .tarsafe import BoundedTarInfo
 from .tempfiles import locked_temp, sweep
@@ -63,7 +64,15 @@ def _archive_parts(images: Sequence[Tagged], mtime: int) -> Iterator[bytes | _Bl
     seen: set[str] = set()
     for t in images:
         yield from _blob_parts(t.image, seen, mtime)
-    yield from _small("index.json", Index.build([_index_entry(t) for t in images]).raw, mtime)
+    artifacts = {a.digest: a for t in images for a in referrers_of(t.image)}  # beside their images, untagged
+    for artifact in artifacts.values():
+        yield from _blob_parts(artifact, seen, mtime)
+    signatures = {signature_tag(t.image.digest): t.image.signature for t in images if t.image.signature is not None}
+    for signature in signatures.values():  # under cosign's tag, in index.json only (docker load never sees them)
+        yield from _blob_parts(signature, seen, mtime)
+    entries = [_index_entry(t) for t in images] + [a.entry({}) for a in artifacts.values()]
+    entries += [s.manifest.descriptor(annotations={media.REF_NAME: tag}) for tag, s in signatures.items()]
+    yield from _small("index.json", Index.build(entries).raw, mtime)
     if docker := _docker_manifest(images):
         yield from _small("manifest.json", canonical_json(docker), mtime)
     yield from _small("oci-layout", OCI_LAYOUT_FILE, mtime)
@@ -104,19 +113,30 @@ def _docker_manifest(images: Sequence[Tagged]) -> list[dict]:
     (as ``docker save`` writes it; two entries for one image would make ``docker load`` load it twice)."""
     entries: dict[str, dict] = {}
     for t in images:
-        if not isinstance(t.image, Image) or not t.image.is_container_image:
+        image = docker_image_of(t.image)
+        if image is None:
             continue
         entry = entries.setdefault(
-            t.image.digest,
+            image.digest,
             {
-                "Config": f"blobs/sha256/{t.image.manifest.config.digest.hex}",
+                "Config": f"blobs/sha256/{image.manifest.config.digest.hex}",
                 "RepoTags": None,
-                "Layers": [f"blobs/sha256/{d.digest.hex}" for d in t.image.layers],
+                "Layers": [f"blobs/sha256/{d.digest.hex}" for d in image.layers],
             },
         )
         if t.name and t.name.repo_tag:
             entry["RepoTags"] = [*(entry["RepoTags"] or []), t.name.repo_tag]
     return list(entries.values())
+
+
+def docker_image_of(entry: Image | ImageIndex) -> Image | None:
+    """The image ``docker load`` gets of an entry: a container image itself; of an index, its first platform's
+    image (Docker's ``manifest.json`` holds one platform per name, as Docker 25's own ``docker save`` writes it);
+    none for an artifact."""
+    for image in images_of(entry):
+        if image.is_container_image and image.platform.os != "unknown" and not is_signature_image(image):
+            return image  # not an attestation's manifest, not a signature
+    return None
 
 
 def archive_chunks(images: Sequence[Tagged], mtime: int = 0) -> Iterator[bytes]:

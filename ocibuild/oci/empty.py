@@ -1,4 +1,5 @@
-"""``scratch``: the empty image of a platform, so that building on nothing is building on an image like any other."""
+"""``scratch``: the empty image of a platform, so that building on nothing is building on an image like any other;
+and the empty config that artifacts name."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from . import media
 from .descriptor import Descriptor, Manifest, Platform, canonical_json
 from .digest import Digest
 from .image import Image
+
+# What image-spec 1.1 asks an artifact without a config to name: the two bytes ``{}``.
+EMPTY_CONFIG = b"{}"
+EMPTY_DESCRIPTOR = Descriptor(media.OCI_EMPTY, Digest.of(EMPTY_CONFIG), len(EMPTY_CONFIG))
 
 
 def empty_image(platform: Platform) -> Image:

@@ -142,6 +142,10 @@ class Image:
     )  # where its config can be mounted from
     base: Image | None = field(default=None, compare=False, repr=False)
     added: tuple[Addendum, ...] = field(default=(), compare=False, repr=False)
+    # Artifacts about this image (its SBOM, ...): manifests whose ``subject`` is this one, written beside it.
+    referrers: tuple[Image, ...] = field(default=(), compare=False, repr=False)
+    # Its cosign signature image (``oci.signature``), written beside it under ``sha256-<hex>.sig``.
+    signature: Image | None = field(default=None, compare=False, repr=False)
 
     @property
     def digest(self) -> Digest:
@@ -204,8 +208,9 @@ class Image:
 
     def entry(self, annotations: dict[str, str]) -> Descriptor:
         """This image's descriptor in an ``index.json`` (artifacts carry no platform)."""
-        platform = self.platform if self.is_container_image else None
-        return self.manifest.descriptor(annotations=annotations, platform=platform)
+        if self.is_container_image:
+            return self.manifest.descriptor(annotations=annotations, platform=self.platform)
+        return self.manifest.descriptor(annotations=annotations, artifact_type=self.manifest.artifact_type)
 
     def close(self) -> None:
         """End the connections of the sources its layers come from (a no-op for files)."""
@@ -220,6 +225,8 @@ class ImageIndex:
     index: Index
     images: tuple[Image, ...]
     name: str = ""
+    referrers: tuple[Image, ...] = field(default=(), compare=False, repr=False)  # artifacts about the index
+    signature: Image | None = field(default=None, compare=False, repr=False)  # as ``Image.signature``
 
     @property
     def digest(self) -> Digest:
@@ -249,6 +256,12 @@ class Tagged:
 def images_of(entry: Entry) -> tuple[Image, ...]:
     """The single-platform images (or artifacts) whose blobs and manifests an entry needs written."""
     return entry.images if isinstance(entry, ImageIndex) else (entry,)
+
+
+def referrers_of(entry: Entry) -> tuple[Image, ...]:
+    """Every artifact that refers to the entry or to one of its images, in order, each once."""
+    found = {r.digest: r for r in (*entry.referrers, *(r for i in images_of(entry) if i is not entry for r in i.referrers))}
+    return tuple(found.values())
 
 
 def diff_ids_of(config: dict, layers: int, what: str) -> list[Digest]:

@@ -6,6 +6,8 @@ picks names and platforms by the same rules.
 
 from __future__ import annotations
 
+import re
+
 from ..errors import FormatError, InputError
 from . import media
 from .descriptor import Descriptor, Index, Platform, sniff_media_type
@@ -24,8 +26,12 @@ def select_manifest(
 
 
 def select_entries(index: Index, ref_name: str | None, what: str) -> list[Descriptor]:
-    """The ``index.json`` entries tagged ``ref_name`` (or all, when the layout holds just one image)."""
-    candidates = list(index.manifests)
+    """The ``index.json`` entries tagged ``ref_name`` (or all, when the layout holds just one image); artifacts
+    beside the images (their referrers) are never chosen."""
+    if ref_name is None:  # what sits beside the images (an SBOM, untagged; a cosign signature) is not a candidate
+        candidates = [d for d in index.manifests if not _beside_an_image(d)]
+    else:
+        candidates = list(index.manifests)
     names = sorted({d.annotations.get(media.REF_NAME, "") for d in candidates} - {""})
     if ref_name is not None:
         candidates = [d for d in candidates if d.annotations.get(media.REF_NAME) == ref_name]
@@ -38,6 +44,14 @@ def select_entries(index: Index, ref_name: str | None, what: str) -> list[Descri
     if not candidates:
         raise InputError(f"{what} holds no image")
     return candidates
+
+
+_COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(sig|att|sbom)")  # cosign's tags beside an image
+
+
+def _beside_an_image(desc: Descriptor) -> bool:
+    name = desc.annotations.get(media.REF_NAME)
+    return (bool(desc.artifact_type) and not name) or bool(name and _COSIGN_TAG.fullmatch(name))
 
 
 def resolve_platform(

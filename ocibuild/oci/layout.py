@@ -19,8 +19,9 @@ from . import media
 from .derived import DerivedBlob
 from .descriptor import MAX_DOCUMENT_BYTES, Descriptor, Index, Platform
 from .digest import CHUNK, Stream, VerifyingReader
-from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image
+from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image, referrers_of
 from .index import read_index_file, select_manifest
+from .signature import signature_tag
 from .store import StoredBlob, write_all
 from .tempfiles import new_directory
 
@@ -116,9 +117,7 @@ def _add_to_layout(images: Sequence[Tagged], root: Path, existing: list[Descript
         ref_name = tagged.name.ref_name if tagged.name else None
         full_name = tagged.name.full if tagged.name else None
         for image in images_of(entry):
-            for desc in image.descriptors():
-                write_blob_file(image, desc, blob_dir)
-            _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
+            _write_image(image, blob_dir)
         if isinstance(entry, ImageIndex):
             _write_small(blob_dir, entry.digest.hex, entry.index.raw)
         annotations = {}
@@ -130,7 +129,25 @@ def _add_to_layout(images: Sequence[Tagged], root: Path, existing: list[Descript
         if not annotations:  # an untagged entry once is enough
             entries = [d for d in entries if d.digest != entry.digest or d.annotations]
         entries.append(entry.entry(annotations))
+        for artifact in referrers_of(entry):  # beside the image, untagged, as the referrers API would list them
+            _write_image(artifact, blob_dir)
+            entries = [d for d in entries if d.digest != artifact.digest] + [artifact.entry({})]
+        if entry.signature is not None:  # under cosign's tag, as in a registry
+            entries = _with_signature(entries, entry.signature, signature_tag(entry.digest), blob_dir)
     _write_small(root, "index.json", Index.build(entries).raw)
+
+
+def _with_signature(entries: list[Descriptor], signature: Image, tag: str, blob_dir: Path) -> list[Descriptor]:
+    _write_image(signature, blob_dir)
+    kept = [d for d in entries if d.annotations.get(media.REF_NAME) != tag]
+    return kept + [signature.manifest.descriptor(annotations={media.REF_NAME: tag})]
+
+
+def _write_image(image: Image, blob_dir: Path) -> None:
+    """An image's (or an artifact's) blobs, then its manifest."""
+    for desc in image.descriptors():
+        write_blob_file(image, desc, blob_dir)
+    _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
 
 
 def write_blob_file(image: Image, desc: Descriptor, blob_dir: Path) -> None:

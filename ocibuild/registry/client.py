@@ -119,6 +119,39 @@ class RegistryClient:
             raise RegistryError(f"{what}: the registry stored the manifest as {stored}, not as {digest}")
         return digest
 
+    def has_manifest(self, digest: Digest) -> bool:
+        """Whether the repository holds the manifest ``digest`` (a HEAD: nothing is downloaded)."""
+        what = f"{self.what}@{digest}"
+        response = self._request(
+            "HEAD", f"/v2/{self.repository}/manifests/{digest}", what, headers={"Accept": MANIFEST_ACCEPT}
+        )
+        with response:
+            if response.status_code == 200:
+                return True
+            if response.status_code == 404:
+                return False
+            if response.status_code == 403:
+                raise self._denied(what, f"pull {self.repository}")
+            raise status_error(response, what, "checking for the manifest")
+
+    def get_referrers(self, digest: Digest) -> bytes | None:
+        """The referrers API's index of the manifests whose subject is ``digest``; None when the registry has no
+        referrers API (a 404, as distribution 2.8 answers: then the referrers tag schema holds them)."""
+        what = f"{self.what}@{digest} referrers"
+        response = self._request(
+            "GET", f"/v2/{self.repository}/referrers/{digest}", what, headers={"Accept": media.OCI_INDEX}, stream=True
+        )
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code == 403:
+                raise self._denied(what, f"pull {self.repository}")
+            if response.status_code != 200:
+                raise status_error(response, what, "listing the referrers")
+            if response.headers.get("Content-Type", "").split(";")[0].strip() != media.OCI_INDEX:
+                return None  # a catch-all route answering something else: no referrers API
+            return _read_limited(response, MAX_DOCUMENT_BYTES, what)
+
     # ---------------------------------------------------------------- blobs
 
     def has_blob(self, digest: Digest) -> bool:

@@ -51,14 +51,17 @@ def push_image(
     options: RegistryOptions | None = None,
     progress: Progress | None = None,
     tags: Sequence[str] = (),
+    client: RegistryClient | None = None,
 ) -> Digest:
     """Push ``image`` as ``ref`` (and ``tags`` in the same repository); returns the manifest digest. Blobs go up
-    ``options.workers`` at a time."""
+    ``options.workers`` at a time. ``client``: a push client of ``ref``'s repository to use (and leave open), so
+    that several pushes share one connection pool and one token."""
     options = options or RegistryOptions()
     progress = progress or Progress()
     if ref.digest and ref.digest != image.digest:
         raise UsageError(f"{ref}: the image's digest is {image.digest}; push it by tag or by that digest")
-    client = RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
+    own = client is None
+    client = client or RegistryClient(Transport(ref.registry, options), ref.repository, push=True)
     try:
         blobs = list({d.digest: d for d in image.descriptors()}.values())
         total = sum(d.size for d in blobs)
@@ -82,7 +85,8 @@ def push_image(
         tally.line(f"pushed {ref.registry}/{ref.repository} ({names}) {digest}")
         return digest
     finally:
-        client.transport.close()
+        if own:
+            client.transport.close()
 
 
 def _push_blob(client: RegistryClient, image: Image, desc: Descriptor, tally: _Tally) -> str:

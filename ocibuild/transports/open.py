@@ -14,14 +14,17 @@ from ..errors import BaseImageError, FormatError, InputError, UsageError
 from ..events import Progress
 from ..oci import media
 from ..oci.archive import ArchiveReader, ArchiveSource, open_docker_archive
-from ..oci.descriptor import Descriptor, Platform, sniff_media_type
+from ..oci.descriptor import Descriptor, Index, Platform, sniff_media_type
 from ..oci.digest import Digest
 from ..oci.empty import empty_image
 from ..oci.image import BlobSource, Entry, Image, load_image, load_manifest
-from ..oci.index import load_entry, read_index_file, resolve_platform, select_entries
+from ..oci.index import fetch_manifest, load_entry, read_index_file, resolve_platform, select_entries
 from ..oci.layout import LayoutSource, read_layout_index
+from ..oci.signature import signature_tag
 from ..oci.store import BlobStore
 from ..registry.client import RegistryClient
+from ..registry.referrers import list_referrers
+from ..registry.signatures import signatures_image
 from ..registry.source import RegistrySource
 from ..registry.transport import RegistryOptions, Transport
 from .location import Location
@@ -112,19 +115,70 @@ def _entries(
         mt = mt or sniff_media_type(raw, f"manifest of {loc.ref}")
         source.remember(raw)
         return [Descriptor(mt, Digest.of(raw), len(raw))], source, str(loc.ref)
-    assert loc.path is not None
-    blobs: BlobSource
-    if loc.transport == "oci":
-        index, blobs = read_layout_index(loc.path), LayoutSource(loc.path)
-        what = f"oci:{loc.path}"
-    else:
-        if not loc.path.is_file():
-            raise InputError(f"{loc.path}: no such file")
-        reader = ArchiveReader(loc.path)
-        if not reader.has("index.json"):
-            raise InputError(
-                f"{loc.path} is not an OCI archive (no index.json); for a docker save file use docker-archive:"
-            )
-        index, blobs = read_index_file(reader.read_small("index.json"), loc.text), ArchiveSource(reader)
-        what = f"oci-archive:{loc.path}"
+    index, blobs, what = _index_of(loc)
     return select_entries(index, loc.name, what), blobs, what
+
+
+def _index_of(loc: Location) -> tuple[Index, BlobSource, str]:
+    """A layout's or an OCI archive's ``index.json``, the source of its blobs, and how to name it in messages."""
+    assert loc.path is not None
+    if loc.transport == "oci":
+        return read_layout_index(loc.path), LayoutSource(loc.path), f"oci:{loc.path}"
+    if not loc.path.is_file():
+        raise InputError(f"{loc.path}: no such file")
+    reader = ArchiveReader(loc.path)
+    if not reader.has("index.json"):
+        raise InputError(
+            f"{loc.path} is not an OCI archive (no index.json); for a docker save file use docker-archive:"
+        )
+    return read_index_file(reader.read_small("index.json"), loc.text), ArchiveSource(reader), f"oci-archive:{loc.path}"
+
+
+def open_referrers(
+    loc: Location, subject: Digest, options: RegistryOptions | None = None, artifact_types: tuple[str, ...] = ()
+) -> list[Image]:
+    """The artifacts at ``loc`` whose ``subject`` is ``subject`` (of ``artifact_types`` when given): the registry's
+    referrers (API or tag schema), or a layout's or OCI archive's ``index.json`` entries that refer to it."""
+    wanted = set(artifact_types)
+    if loc.transport == "docker":
+        assert loc.ref is not None
+        client = RegistryClient(Transport(loc.ref.registry, options or RegistryOptions()), loc.ref.repository)
+        source = RegistrySource(client)
+        found = [d for d in list_referrers(client, subject) if not wanted or d.artifact_type in wanted]
+        out = []
+        for d in found:
+            raw, mt = client.get_manifest(str(d.digest))
+            out.append(load_manifest(raw, source, f"{loc.ref.registry}/{loc.ref.repository}@{d.digest}", mt or None))
+        return out
+    if loc.transport not in ("oci", "oci-archive"):
+        return []  # a docker archive has no place for them
+    index, blobs, what = _index_of(loc)
+    out = []
+    for desc in index.manifests:
+        if not desc.artifact_type or (wanted and desc.artifact_type not in wanted):
+            continue
+        raw, mt = fetch_manifest(blobs, desc, what)
+        artifact = load_manifest(raw, blobs, f"{what}@{desc.digest}", mt)
+        if artifact.manifest.subject is not None and artifact.manifest.subject.digest == subject:
+            out.append(artifact)
+    return out
+
+
+def open_signature(loc: Location, subject: Digest, options: RegistryOptions | None = None) -> Image | None:
+    """The cosign signature image of the manifest ``subject`` at ``loc`` (under ``sha256-<hex>.sig``), if any."""
+    tag = signature_tag(subject)
+    if loc.transport == "docker":
+        assert loc.ref is not None
+        client = RegistryClient(Transport(loc.ref.registry, options or RegistryOptions()), loc.ref.repository)
+        try:
+            return signatures_image(client, subject)
+        finally:
+            client.transport.close()
+    if loc.transport not in ("oci", "oci-archive"):
+        return None
+    index, blobs, what = _index_of(loc)
+    found = [d for d in index.manifests if d.annotations.get(media.REF_NAME) == tag]
+    if not found:
+        return None
+    raw, mt = fetch_manifest(blobs, found[0], what)
+    return load_manifest(raw, blobs, f"{what}:{tag}", mt)

@@ -21,13 +21,17 @@ from typing import Protocol
 
 from ..errors import OcibuildError, OutputError, UsageError
 from ..events import Progress
-from ..oci.archive import write_archive
+from ..oci.archive import docker_image_of, write_archive
 from ..oci.digest import Digest
-from ..oci.image import Entry, Image, ImageIndex, Tagged, images_of
+from ..oci.image import Entry, Image, ImageIndex, Tagged, images_of, referrers_of
 from ..oci.layout import write_layout
 from ..oci.name import ImageName, Reference, parse_reference
+from ..oci.signature import Signer, payload, signatures_of
+from ..registry.client import RegistryClient
 from ..registry.push import check_push_access, push_image, push_index
-from ..registry.transport import RegistryOptions
+from ..registry.referrers import push_referrers
+from ..registry.signatures import push_signatures
+from ..registry.transport import RegistryOptions, Transport
 from .location import Location
 
 
@@ -57,7 +61,7 @@ class LayoutPublisher:
 
     def publish(self, entry: Entry, progress: Progress) -> Digest:
         write_layout([Tagged(entry, n) for n in self.names] or [Tagged(entry)], self.root)
-        progress.step(f"wrote OCI layout {self.root}")
+        progress.step(f"wrote OCI layout {self.root}{_beside(entry, 'oci:' + str(self.root), self.names)}")
         return entry.digest
 
 
@@ -92,6 +96,14 @@ class ArchivePublisher:
         tagged = [Tagged(entry, n) for n in self.names] or [Tagged(entry)]
         write_archive(tagged, self.path, append=self.append, mtime=self.mtime)
         counter.done()
+        if note := _beside(entry, f"oci-archive:{self.path}", self.names):
+            progress.step(f"wrote {self.path}{note}")
+        if isinstance(entry, ImageIndex) and (first := docker_image_of(entry)) is not None:
+            progress.warn(
+                f"{self.destination or self.path}: holds the whole index (skopeo and OCI tools read it as "
+                f"oci-archive:{self.path}); docker load takes one platform per name, its {first.platform} "
+                "image: for every platform, push it or write an --oci-layout"
+            )
         return entry.digest
 
 
@@ -103,6 +115,7 @@ class RegistryPublisher:
     tags: tuple[str, ...] = ()
     options: RegistryOptions = RegistryOptions()
     destination: str = ""
+    signer: Signer | None = None  # signs what it pushes, as cosign does (``oci.signature``)
 
     def __post_init__(self) -> None:
         for tag in self.tags:  # a bad tag fails before any upload
@@ -120,9 +133,31 @@ class RegistryPublisher:
             )
 
     def publish(self, entry: Entry, progress: Progress) -> Digest:
-        if isinstance(entry, Image):
-            return push_image(entry, self.ref, self.options, progress, self.tags)
+        client = RegistryClient(Transport(self.ref.registry, self.options), self.ref.repository, push=True)
+        try:  # one client (one token) for everything that goes into this repository
+            # first the documents and the signature: a tag never names an image whose SBOM or signature is missing
+            if artifacts := referrers_of(entry):
+                push_referrers(artifacts, self.ref, self.options, progress, client)
+            signatures = signatures_of(entry)  # carried along by a copy
+            if self.signer is not None:
+                signatures.append(self.signer.sign(payload(f"{self.ref.registry}/{self.ref.repository}", entry.digest)))
+                progress.step(f"signed {entry.digest} for {self.ref.registry}/{self.ref.repository}")
+            if signatures:
+                push_signatures(signatures, entry.digest, self.ref, self.options, progress, client)
+            if isinstance(entry, Image):
+                return push_image(entry, self.ref, self.options, progress, self.tags, client=client)
+        finally:
+            client.transport.close()
         return push_index(entry, self.ref, self.options, progress, self.tags)
+
+
+def _beside(entry: Entry, where: str, names: tuple[ImageName, ...]) -> str:
+    """What a layout or archive holding the entry's SBOM, provenance or signature (more ``index.json`` entries)
+    asks of OCI readers."""
+    if not referrers_of(entry) and entry.signature is None:
+        return ""
+    tag = next((n.ref_name for n in names if n.ref_name), None)
+    return f" (its attestations beside it: OCI tools such as skopeo read the image as {where}:{tag})" if tag else ""
 
 
 def publisher_for(

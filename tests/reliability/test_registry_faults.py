@@ -408,10 +408,18 @@ def test_cli_pulls_and_pushes_through_transient_faults(proxy, upstream, base_ima
     r = requests.get(f"{direct(upstream)}/v2/{name}/manifests/{tag}", headers={"Accept": media.OCI_MANIFEST},
                      timeout=10)  # fmt: skip
     assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
-    doc = json.loads(r.content)
     puts = [x for x in records if x.method == "PUT" and "/manifests/" in x.path]
-    needed = {d["digest"] for d in [doc["config"], *doc["layers"]]}
-    for put in puts:
+    assert any(p.path.endswith(f"/manifests/{tag}") for p in puts)
+    for put in puts:  # every manifest (the image's, its SBOM's, its provenance's) after every blob it names
+        reference = put.path.rsplit("/", 1)[-1]
+        r = requests.get(f"{direct(upstream)}/v2/{name}/manifests/{reference}", timeout=10,
+                         headers={"Accept": f"{media.OCI_MANIFEST}, {media.OCI_INDEX}"})  # fmt: skip
+        doc = json.loads(r.content)
+        if "manifests" in doc:  # the referrers tag's index: it lists manifests, put before it
+            put_before = {x.path.rsplit("/", 1)[-1] for x in puts if x.answered < put.arrived and x.status == 201}
+            assert {m["digest"] for m in doc["manifests"]} <= put_before
+            continue
+        needed = {d["digest"] for d in [doc["config"], *doc["layers"]]}
         assert needed <= {confirmed(x) for x in records if x.answered < put.arrived}
     assert_store_clean(BlobStore(cache))
 
