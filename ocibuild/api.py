@@ -23,19 +23,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .attest.documents import DocumentOptions, with_documents
+from .attest.sbom import check_format
 from .cache.registry import parse_cache_repo
 from .checks.build import CheckOptions
 from .checks.smoke import SmokeOptions
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .events import Listener, Progress
 from .oci.descriptor import Platform
 from .oci.digest import Digest
-from .oci.image import Image
+from .oci.image import Entry, Image
 from .oci.name import ImageName, parse_reference
+from .oci.signature import Signer
 from .oci.store import BlobStore
 from .packaging.dockerfile import DockerfilePublisher
 from .packaging.environment import PythonEnvironment, load_environment
-from .packaging.package import DEFAULT_USER, BuildResult, PackageSpec, build
+from .packaging.package import DEFAULT_USER, BuildResult, IndexResult, PackageSpec, build, build_index
 from .packaging.sources import PackageSources, parse_exclude_newer
 from .registry.credentials import parse_creds
 from .registry.transport import RegistryOptions
@@ -130,13 +133,26 @@ class Outputs:
             for tag in self.additional_tags:
                 parse_reference(f"{ref.registry}/{ref.repository}:{tag}")
 
+    def check_index(self) -> None:
+        """What cannot take an index of several platforms, said before the build."""
+        if self.load:
+            raise UsageError(
+                "--load takes one platform (an engine stores one per name); with several --platform values "
+                "write the index with --push, --oci-layout or --output, or load one platform's build"
+            )
+        if self.dockerfiles:
+            raise UsageError(
+                "--dockerfile writes the context of one platform's image; build one --platform for it"
+            )
+
 
 class Package:
-    """A built image in the local cache, ready to be written out (to as many places as wanted)."""
+    """A built image in the local cache (or, for several platforms, an index of them), ready to be written out
+    (to as many places as wanted)."""
 
     def __init__(
         self,
-        result: BuildResult,
+        result: BuildResult | IndexResult,
         progress: Progress,
         settings: Settings,
         registry: RegistryOptions | None = None,
@@ -145,17 +161,42 @@ class Package:
         self._progress = progress
         self._settings = settings
         self._registry = registry
+        self._entry: Entry = result.index if isinstance(result, IndexResult) else result.image
+        self.signer: Signer | None = None  # signs every push (``sign_key`` of ``package``)
+
+    def attach_documents(self, store: BlobStore, options: DocumentOptions) -> None:
+        """Give every image its SBOM and provenance, written beside it by every publisher that can hold them
+        (registries, layouts, archives)."""
+        self._entry = with_documents(self.result, store, options, self._settings.source_date_epoch)
+
+    @property
+    def results(self) -> tuple[BuildResult, ...]:
+        """Each platform's build, in the order the platforms were given."""
+        return self.result.results if isinstance(self.result, IndexResult) else (self.result,)
+
+    @property
+    def entry(self) -> Entry:
+        """What is published: the image, or the index of the platforms' images (with their SBOMs and provenance)."""
+        return self._entry
 
     @property
     def image(self) -> Image:
+        """The image of a one-platform build (an index's images are ``entry.images``)."""
+        if isinstance(self.result, IndexResult):
+            raise UsageError(
+                f"this package is an index of {len(self.results)} platforms; take .entry (its images: .entry.images)"
+            )
         return self.result.image
 
     @property
     def digest(self) -> Digest:
-        return self.result.image.digest
+        return self.entry.digest
 
     def default_tag(self) -> str:
-        return f"{self.result.model_name}:{self.result.image.config['config']['Labels']['org.opencontainers.image.version']}"
+        first = self.results[0]
+        return (
+            f"{first.model_name}:{first.image.config['config']['Labels']['org.opencontainers.image.version']}"
+        )
 
     def publishers(self, outputs: Outputs, registry: RegistryOptions | None = None) -> list[Publisher]:
         """The publishers ``outputs`` names, in the order they are written: files first, then the engine, then
@@ -174,7 +215,7 @@ class Package:
         for path in outputs.dockerfiles:
             out.append(
                 DockerfilePublisher(
-                    Path(path), self.result.base_ref, self.result.requirements, f"--dockerfile {path}"
+                    Path(path), self.results[0].base_ref, self.results[0].requirements, f"--dockerfile {path}"
                 )
             )
         if outputs.load:
@@ -184,14 +225,16 @@ class Package:
         options = registry or self._registry or self._settings.registry_options()
         for reference in outputs.pushes:
             ref = parse_reference(reference)
-            out.append(RegistryPublisher(ref, tuple(outputs.additional_tags), options, f"--push {reference}"))
+            out.append(
+                RegistryPublisher(ref, tuple(outputs.additional_tags), options, f"--push {reference}", self.signer)
+            )
         return out
 
     def publish(self, outputs: Outputs, registry: RegistryOptions | None = None) -> Digest:
         """Write the image to every output of ``outputs``; a failure names its output, and leaves nothing
         half-written there."""
         outputs.check()
-        return publish_all(self.image, self.publishers(outputs, registry), self._progress)
+        return publish_all(self.entry, self.publishers(outputs, registry), self._progress)
 
     def export(self, path: PathLike, tag: str | None = None, append: bool = False) -> Path:
         """A tarball that ``docker load``, ``podman load`` and ``skopeo`` (docker-archive: and oci-archive:) read.
@@ -276,6 +319,27 @@ def bind_credentials(
     return options
 
 
+def _signer(key: PathLike | None, password_file: PathLike | None, settings: Settings) -> Signer | None:
+    if key is None:
+        if password_file is not None:
+            raise UsageError("--sign-password-file is the password of a --sign-key; add --sign-key")
+        return None
+    password = settings.sign_password
+    if password_file is not None:
+        try:
+            password = Path(password_file).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise InputError(f"--sign-password-file {password_file}: {e.strerror}") from None
+    return Signer(Path(key), password)
+
+
+def _platforms(texts: Sequence[str]) -> list[Platform]:
+    wanted = [Platform.parse(t.strip()) for t in texts if t.strip()]
+    if not wanted:
+        raise UsageError("--platform: name at least one os/arch, e.g. linux/amd64")
+    return wanted
+
+
 def _registered(model: PathLike) -> bool:
     from .models.registry import is_model_reference
 
@@ -290,6 +354,7 @@ def package(
     name: str | None = None,
     version: str | None = None,
     platform: str = "linux/amd64",
+    platforms: Sequence[str] | None = None,
     compression: str = "gzip",
     port: int = 5001,
     user: str = DEFAULT_USER,
@@ -306,10 +371,17 @@ def package(
     sample_input: PathLike | None = None,
     cache_repo: str | None = None,
     cache_repo_readonly: bool | None = None,
+    sbom: str = "spdx",
+    provenance: bool = True,
+    sign_key: PathLike | None = None,
+    sign_password_file: PathLike | None = None,
 ) -> Package:
     """Build the image into the local cache. ``models``: local files or folders, and registered models as
     registry references (``docker://HOST/REPO:VERSION`` or ``HOST/REPO@sha256:…``, see ``ocibuild model push``).
     ``version``: the local models' version (default 1); for a registered model, its own unless given.
+    ``platform``: ``os/arch[/variant]``; ``platforms`` (or a comma-separated ``platform``): several, built into one
+    image index (each on its platform's image of the base, with wheels for it; the layers that do not depend on the
+    platform are made once).
     ``user``: who the image runs as (``UID[:GID]`` or ``NAME[:GROUP]``; default the non-root 65532:65532,
     ``"0"`` for root). ``bytecode``: compile the dependencies with the image's own Python (where this machine
     can run it) so that a read-only root starts as fast as a writable one.
@@ -322,11 +394,23 @@ def package(
     ``cache_repo``: a registry repository (``REGISTRY/REPO``) that builders share as their layer cache (default
     ``$OCIBUILD_CACHE_REPO``): layers found there are not built, layers built go there, unless
     ``cache_repo_readonly`` (default ``$OCIBUILD_CACHE_REPO_READONLY``).
+    ``sbom``: the SBOM every image carries, ``"spdx"`` (SPDX 2.3 JSON, the default), ``"cyclonedx"`` (1.6 JSON)
+    or ``"none"``; ``provenance``: a SLSA provenance v1 statement (in-toto). Each is pushed as the image's referrer
+    and written beside it in layouts and archives.
+    ``sign_key``: a PEM ECDSA P-256 private key that signs every push as cosign does (its password from
+    ``sign_password_file``, else ``$OCIBUILD_SIGN_PASSWORD`` or ``$COSIGN_PASSWORD``).
     ``settings``: what the environment says (default: read now, ``Settings.from_environ``). ``outputs``: where
     to write the image once built (checked before building)."""
     settings = settings or Settings.from_environ()
+    check_format(sbom)
+    signer = _signer(sign_key, sign_password_file, settings)  # a wrong key or password fails before the build
+    if signer is not None and outputs is not None and not outputs.pushes:
+        raise UsageError("--sign-key signs what is pushed (the signature names the repository): add --push")
+    wanted = _platforms(platforms if platforms is not None else platform.split(","))
     if outputs is not None:
         outputs.check()
+        if len(wanted) > 1:
+            outputs.check_index()
     if sample_input is not None and not smoke_test:
         raise UsageError("--sample-input is what --smoke-test sends; add --smoke-test")
     smoke = SmokeOptions.with_sample(Path(sample_input) if sample_input else None) if smoke_test else None
@@ -342,7 +426,7 @@ def package(
         base=base or settings.default_base(environment.python_version),
         name=name,
         version=None if version is None else str(version),
-        platform=Platform.parse(platform),
+        platform=wanted[0],
         compression=compression,
         port=port,
         user=user,
@@ -360,7 +444,10 @@ def package(
     for reference in outputs.pushes if outputs is not None else ():
         RegistryPublisher(parse_reference(reference), options=spec.registry).preflight()
     store = BlobStore(Path(cache) if cache is not None else settings.cache_dir)
-    pkg = Package(build(spec, store, progress), progress, settings, registry)
+    result = build(spec, store, progress) if len(wanted) == 1 else build_index(spec, wanted, store, progress)
+    pkg = Package(result, progress, settings, registry)
+    pkg.signer = signer
+    pkg.attach_documents(store, DocumentOptions(sbom, provenance))
     if outputs is not None:
         pkg.publish(outputs)
     return pkg

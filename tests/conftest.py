@@ -18,6 +18,7 @@ Tests under tests/e2e are marked `slow` automatically (and should say so themsel
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -218,6 +219,55 @@ def _make_base_image(out: Path, tag: str, docker_name: str, *script_args: str) -
 def base_image() -> BaseImage:
     # v2: with libstdc++6, which manylinux wheels (numpy) need
     return _make_base_image(FIXTURE_CACHE / "debian-python-3.11-v2", BASE_TAG, BASE_DOCKER_NAME)
+
+
+@pytest.fixture(scope="session")
+def base_image_arm64() -> BaseImage:
+    """The same Debian Python 3.11 base for linux/arm64: a real arm64 root (mmdebstrap under qemu-user-static, about
+    3-5 minutes once, then cached); scripts/enable-arm64.sh lets this machine run it."""
+    require("qemu-aarch64-static")
+    return _make_base_image(
+        FIXTURE_CACHE / "debian-python-3.11-v2-arm64",
+        BASE_TAG,
+        f"{BASE_DOCKER_NAME}-arm64",
+        "--arch",
+        "arm64",
+    )
+
+
+def make_index_layout(out: Path, bases: Sequence[BaseImage]) -> str:
+    """An OCI layout in ``out`` whose tag names an image index of ``bases`` (each one platform's image), its
+    blobs hard-linked from theirs. Returns its reference."""
+    blobs = out / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    manifests = []
+    for base in bases:
+        for blob in (base.layout / "blobs" / "sha256").iterdir():
+            if not (blobs / blob.name).exists():
+                os.link(blob, blobs / blob.name)
+        (entry,) = [m for m in json.loads((base.layout / "index.json").read_text())["manifests"]
+                    if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == base.tag]  # fmt: skip
+        manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_bytes())
+        config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+        platform = {"architecture": config["architecture"], "os": config["os"]}
+        manifests.append({k: entry[k] for k in ("mediaType", "digest", "size")} | {"platform": platform})
+    raw = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                      "manifests": manifests}).encode()  # fmt: skip
+    digest = hashlib.sha256(raw).hexdigest()
+    (blobs / digest).write_bytes(raw)
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{digest}", "size": len(raw),
+        "annotations": {"org.opencontainers.image.ref.name": BASE_TAG}}]}  # fmt: skip
+    (out / "index.json").write_text(json.dumps(index))
+    (out / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return f"oci:{out}:{BASE_TAG}"
+
+
+@pytest.fixture(scope="session")
+def multiarch_base(base_image, base_image_arm64, tmp_path_factory) -> str:
+    """A base as users' bases are (python:3.11-slim is one): an OCI layout whose tag names an image index of the
+    linux/amd64 and linux/arm64 images above. Returns its reference."""
+    return make_index_layout(tmp_path_factory.mktemp("multiarch-base"), [base_image, base_image_arm64])
 
 
 @pytest.fixture(scope="session")
@@ -528,6 +578,18 @@ class Registry:
             )  # fmt: skip
             self._bases.add(repo_tag)
         return self.ref(repo_tag)
+
+    def referrer_blobs(self, repo: str, digest: str) -> dict[str, int]:
+        """The blobs (digest: size) of the artifacts the referrers tag of ``digest`` lists in ``repo`` (the image's
+        SBOM and provenance: distribution 2.8 has no referrers API)."""
+        tag_index = json.loads(run(["skopeo", "inspect", "--raw", *self.skopeo_args(),
+                                    f"docker://{self.ref(repo)}:{digest.replace(':', '-')}"]).stdout)  # fmt: skip
+        sizes = {}
+        for entry in tag_index["manifests"]:
+            doc = json.loads(run(["skopeo", "inspect", "--raw", *self.skopeo_args(),
+                                  f"docker://{self.ref(repo)}@{entry['digest']}"]).stdout)  # fmt: skip
+            sizes.update({x["digest"]: x["size"] for x in [doc["config"], *doc["layers"]]})
+        return sizes
 
     def skopeo_inspect(self, repo_tag: str) -> dict:
         return json.loads(

@@ -7,6 +7,8 @@ stdout carries results (the image digest, last); progress and errors go to stder
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +25,23 @@ def cmd_inspect(args) -> int:
 
     registry = registry_options(args, Settings.from_environ())
     print(inspect_reference(args.reference, args.platform, raw=args.raw, registry=registry, creds=args.creds))
+    return 0
+
+
+def cmd_sbom(args) -> int:
+    from ..attest.sbom import read_sbom
+
+    registry = registry_options(args, Settings.from_environ())
+    sys.stdout.buffer.write(read_sbom(args.reference, args.platform, args.format, registry, args.creds))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from ..attest.verify import verify_reference
+
+    registry = registry_options(args, Settings.from_environ())
+    print(verify_reference(args.reference, args.key, registry, args.creds, args.signed_for))
     return 0
 
 
@@ -66,10 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_parser(sub)
     i = sub.add_parser("inspect", help="show an image's manifest, config, layers and history")
     i.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a registry REF")
-    i.add_argument("--platform", default="linux/amd64")
+    i.add_argument(
+        "--platform",
+        help="os/arch[/variant]: that platform's image of an index (default: the index's platforms; "
+        "linux/amd64 of a layout or archive listing one image per platform)",
+    )
     i.add_argument("--raw", action="store_true", help="print the manifest and config JSON as they are")
     i.add_argument("--creds", metavar="USER:PASSWORD", help="for a registry REF (default: as for package)")
     registry_arguments(i)
+    sb = sub.add_parser("sbom", help="print the SBOM attached to an image (from its referrers)")
+    sb.add_argument("reference", help="a registry REF, oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    sb.add_argument("--platform", help="os/arch[/variant]: that platform's image of an index (default linux/amd64)")
+    sb.add_argument("--format", choices=["spdx", "cyclonedx"], help="which SBOM, when there are both")
+    sb.add_argument("--creds", metavar="USER:PASSWORD", help="for a registry REF (default: as for package)")
+    registry_arguments(sb)
+    vf = sub.add_parser("verify", help="check an image's cosign signature with a public key")
+    vf.add_argument("reference", help="a registry REF")
+    vf.add_argument("--key", required=True, type=Path, metavar="PUB", help="the PEM public key (cosign.pub)")
+    vf.add_argument(
+        "--signed-for", metavar="HOST/REPO",
+        help="the repository the signature must name (default: the one REF is in; for a mirror, the original)",
+    )  # fmt: skip
+    vf.add_argument("--creds", metavar="USER:PASSWORD", help="for the registry (default: as for package)")
+    registry_arguments(vf)
     lg = sub.add_parser("login", help="check and store registry credentials where docker login would")
     lg.add_argument("registry", help="registry host, e.g. registry.example.com or localhost:5000")
     lg.add_argument("-u", "--username")
@@ -99,7 +137,7 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"inspect": cmd_inspect, "serve": cmd_serve, "login": cmd_login}
+    handlers = {"inspect": cmd_inspect, "serve": cmd_serve, "login": cmd_login, "sbom": cmd_sbom, "verify": cmd_verify}
     if args.command != "serve":  # the scoring server installs its own graceful-stop handler
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -114,11 +152,30 @@ def main(argv: list[str] | None = None) -> int:
         # clears that mark, so the exit code is ours.
         exec("")
         return 143 if isinstance(e, _Terminated) else 130
+    except BrokenPipeError as e:
+        if _stdout_closed():  # `ocibuild inspect REF | head`: the reader has what it wanted
+            return 141  # as a shell reports a death by SIGPIPE
+        print(f"ocibuild: error: {e.strerror or e}", file=sys.stderr)
+        return 1
     except OSError as e:
         # Environmental failures (disk full, permission denied) are the user's to fix: one line, no traceback.
         where = f" ({e.filename})" if e.filename else ""
         print(f"ocibuild: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone; if so stdout now goes nowhere, so that Python's flush at
+    exit stays quiet."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone
 
 
 if __name__ == "__main__":

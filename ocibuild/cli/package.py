@@ -67,7 +67,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--tag", help="image name for --output/--oci-layout/--load, e.g. myimage:1 (default NAME:VERSION)"
     )
-    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default: linux/amd64)")
+    p.add_argument(
+        "--platform",
+        default="linux/amd64",
+        help="os/arch[/variant] (default: linux/amd64); several, comma-separated (linux/amd64,linux/arm64), "
+        "build one image index",
+    )
     p.add_argument(
         "--compression",
         default="gzip",
@@ -88,6 +93,23 @@ def add_parser(sub) -> None:
         "--no-bytecode", dest="bytecode", action="store_false",
         help="ship the dependencies without compiled bytecode (default: compiled by the image's own Python, "
         "where this machine can run it, so a read-only root starts as fast as a writable one)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sbom", choices=["spdx", "cyclonedx", "none"], default="spdx",
+        help="the SBOM every image carries (default spdx: SPDX 2.3 JSON; cyclonedx: CycloneDX 1.6 JSON): its OS "
+        "packages, wheels with their files' sha256, model files; pushed as the image's referrer (read it back "
+        "with: ocibuild sbom REF), written beside it in --oci-layout and --output",
+    )  # fmt: skip
+    p.add_argument(
+        "--sign-key", type=Path, metavar="FILE",
+        help="a PEM ECDSA P-256 private key: sign every --push as cosign does (sha256-<hex>.sig beside it), for "
+        "cosign verify --key and skopeo's sigstoreSigned policy; its password from $OCIBUILD_SIGN_PASSWORD "
+        "(or $COSIGN_PASSWORD) or --sign-password-file, never a flag",
+    )  # fmt: skip
+    p.add_argument("--sign-password-file", type=Path, metavar="FILE", help="the --sign-key's password, in a file")
+    p.add_argument(
+        "--no-provenance", dest="provenance", action="store_false",
+        help="attach no SLSA provenance (default: an in-toto statement of who built the image from what, by digest)",
     )  # fmt: skip
     p.add_argument(
         "--cache", type=Path, help="blob cache directory (default: $OCIBUILD_CACHE or ~/.cache/ocibuild)"
@@ -236,8 +258,13 @@ def run(args: argparse.Namespace) -> int:
         sample_input=args.sample_input,
         cache_repo=args.cache_repo,
         cache_repo_readonly=args.cache_repo_readonly or None,
+        sbom=args.sbom,
+        provenance=args.provenance,
+        sign_key=args.sign_key,
+        sign_password_file=args.sign_password_file,
     )
-    for path in args.output:
-        report.step(f"wrote {path}; load it with: docker load -i {path}")
+    if len(pkg.results) == 1:
+        for path in args.output:
+            report.step(f"wrote {path}; load it with: docker load -i {path}")
     print(pkg.digest)
     return 0

@@ -12,37 +12,54 @@ import hashlib
 import json
 import re
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cache.layers import CachedLayer, LayerCache, LocalLayerCache, TieredLayerCache
+from ..cache.layers import (
+    THIS_BUILD,
+    CachedLayer,
+    FreshLayerCache,
+    LayerCache,
+    LocalLayerCache,
+    TieredLayerCache,
+)
 from ..cache.records import TieredRecords
 from ..cache.registry import RegistryLayerCache
 from ..checks.build import BuildChecks, CheckOptions
 from ..checks.smoke import SmokeOptions, smoke_test
-from ..errors import InputError, UsageError
+from ..errors import InputError, OcibuildError, UsageError
 from ..events import Progress
 from ..models.placement import MODELS_ROOT, add_model, model_dir_in_image, model_name_for
 from ..oci import compress
-from ..oci.descriptor import Platform
+from ..oci.descriptor import Index, Platform
 from ..oci.digest import Digest
 from ..oci.empty import is_empty
-from ..oci.image import Addendum, Image, Layer
-from ..oci.layer import LayerContents, cache_key, content_key, write_layer
+from ..oci.image import Addendum, Image, ImageIndex, Layer
+from ..oci.layer import (
+    FileDigest,
+    LayerContents,
+    cache_key,
+    content_key,
+    write_layer,
+    write_layer_with_file_digests,
+)
 from ..oci.mutate import ConfigChanges, mutate, timestamp
 from ..oci.name import Reference
 from ..oci.store import BlobStore, Records
 from ..oci.tempfiles import remove_tree
 from ..registry.transport import RegistryOptions
+from ..rootfs.packages import OsPackage, OsPackages, os_packages
 from ..rootfs.pyenv import TargetPython, detect_target_python
 from ..transports.open import open_base
 from ..version import __version__
 from . import bytecode
 from .entry_script import check_entry_script
 from .environment import PythonEnvironment, check_python_version, requirements_texts
+from .installed import InstalledWheel
 from .sources import redact_urls
 from .split import Part, split_dependencies
 from .wheels import install_dependencies
@@ -61,9 +78,10 @@ DEFAULT_PORT = 5001
 DEFAULT_USER = "65532:65532"
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
 _READ_ONLY_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
-# What the dependencies layer holds for the same inputs: a change to it (2: without uv's .lock) makes every
-# cached dependencies layer a miss, so a cached and a fresh build of the same inputs never differ.
-DEPS_FORMAT = 2
+# What the dependencies layer holds for the same inputs: a change to it (2: without uv's .lock; 3: the record
+# names the installed wheels, for the SBOM) makes every cached dependencies layer a miss, so a cached and a fresh
+# build of the same inputs never differ.
+DEPS_FORMAT = 3
 TOOL = f"ocibuild {__version__}"  # in cache keys: another version of ocibuild may build other bytes
 _SERVING_SOURCE = Path(__file__).resolve().parent.parent / "serving"
 
@@ -101,6 +119,16 @@ class PackageSpec:
 
 
 @dataclass(frozen=True)
+class Contents:
+    """What the build put in the image, as it saw it: what the SBOM lists (``attest``)."""
+
+    os: OsPackages | None  # the base's OS packages (None: built on scratch)
+    wheels: tuple[InstalledWheel, ...]  # what the installer installed, with the wheel files' sha256
+    model_files: tuple[FileDigest, ...]  # the local models' files, at their paths in the image
+    registered: tuple[ResolvedModel, ...]  # the registered models, as resolved
+
+
+@dataclass(frozen=True)
 class BuildResult:
     image: Image  # its ``base`` and ``added`` say what it was built on and what this build added
     base_ref: str
@@ -108,6 +136,9 @@ class BuildResult:
     model_name: str
     model_dir: str  # AZUREML_MODEL_DIR inside the image
     requirements: tuple[Path, ...] = ()
+    contents: Contents | None = None
+    model_version: str = ""
+    spec: PackageSpec | None = None  # what it was built from (this platform's)
 
     @property
     def digest(self) -> Digest:
@@ -123,6 +154,7 @@ class _Models:
     version: str
     model_dir: str
     labels: dict[str, str]
+    files: tuple[FileDigest, ...] = ()  # the local models' files, with their sha256
 
 
 def validate(spec: PackageSpec) -> None:
@@ -174,6 +206,57 @@ def build(
 ) -> BuildResult:
     """Build the image for ``spec``: layers come from ``cache`` (default: the local store's) when their inputs
     made them before, else are built into ``store``."""
+    return _build_platform(spec, store, progress, _prepare(spec, store, progress, cache))
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """A multi-platform build: one image per platform, in the order asked, and the index that lists them."""
+
+    index: ImageIndex
+    results: tuple[BuildResult, ...]
+
+    @property
+    def digest(self) -> Digest:
+        return self.index.digest
+
+
+def build_index(
+    spec: PackageSpec,
+    platforms: Sequence[Platform],
+    store: BlobStore,
+    progress: Progress,
+    cache: LayerCache | None = None,
+) -> IndexResult:
+    """One image per platform, each on that platform's base (from the base's index) with dependencies resolved
+    for it, in one image index. The server, model and app layers do not depend on the platform: made once (even
+    with ``--no-cache``), the same blobs in every image."""
+    if len(platforms) < 2:
+        raise UsageError("an index needs two platforms or more; build one platform as a plain image")
+    if len(set(platforms)) != len(platforms):
+        raise UsageError(f"--platform {','.join(map(str, platforms))}: a platform is named twice")
+    run = _prepare(spec, store, progress, cache)
+    results = []
+    for platform in platforms:
+        progress.step(f"platform {platform}")
+        try:
+            results.append(_build_platform(replace(spec, platform=platform), store, progress, run))
+        except OcibuildError as e:  # which platform failed: the others may be fine
+            raise type(e)(f"{platform}: {e}") from None
+    index = Index.build([r.image.entry({}) for r in results])
+    return IndexResult(ImageIndex(index, tuple(r.image for r in results)), tuple(results))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the builds of one call share: the caches, and the registered models (resolved once)."""
+
+    cache: LayerCache
+    records: Records
+    registered: list[ResolvedModel]
+
+
+def _prepare(spec: PackageSpec, store: BlobStore, progress: Progress, cache: LayerCache | None) -> _Run:
     validate(spec)
     if note := user_note(spec.user):
         progress.warn(note)
@@ -181,31 +264,45 @@ def build(
         progress.step(note)
     shared = _cache_repo(spec, store, progress)
     cache = cache or (TieredLayerCache(LocalLayerCache(store), shared) if shared else LocalLayerCache(store))
+    if not spec.use_cache:
+        cache = FreshLayerCache(cache)
     records: Records = TieredRecords(store, shared) if shared else store
-    registered = _resolve_registered(spec, store, progress)
+    return _Run(cache, records, _resolve_registered(spec, store, progress))
+
+
+def _build_platform(spec: PackageSpec, store: BlobStore, progress: Progress, run: _Run) -> BuildResult:
     progress.step(f"base: {spec.base}")
     base = open_base(spec.base, spec.platform, options=spec.registry, store=store, progress=progress)
-    target = _detect_python(base, spec, records, progress)
+    target = _detect_python(base, spec, run.records, progress)
     if spec.environment.python_version:
         check_python_version(spec.environment, target)
 
     checks = BuildChecks(
-        spec.checks, base, target, records, progress, SITE_PACKAGES, f"base image {spec.base}"
+        spec.checks, base, target, run.records, progress, SITE_PACKAGES, f"base image {spec.base}"
     )
+    cache = run.cache
     added: list[Addendum] = []
+    wheels: tuple[InstalledWheel, ...] = ()
     if not spec.environment.is_empty():
-        added += _dependencies_layers(spec, base, target, store, cache, records, progress, checks)
+        layers, wheels = _dependencies_layers(spec, base, target, store, cache, run.records, progress, checks)
+        added += layers
     checks.entry_script(spec.entry_script, spec.source_dir)
-    added.append(Addendum(_server_layer(spec, store, cache, progress), f"{TOOL}: scoring server", "server"))
-    models = _model_layers(spec, registered, store, cache, progress)
+    added.append(Addendum(_server_layer(spec, store, cache), f"{TOOL}: scoring server", "server"))
+    models = _model_layers(spec, run.registered, store, cache, progress)
     added += models.added
-    app, script_rel = _app_layer(spec, store, cache, progress)
+    app, script_rel = _app_layer(spec, store, cache)
     added.append(app)
     changes = _config_changes(spec, base, target, models, script_rel)
     image = mutate(base, added, changes, timestamp(spec.epoch))
     if spec.smoke is not None:
         smoke_test(image, spec.smoke, progress)
-    return BuildResult(image, spec.base, target, models.name, models.model_dir, spec.environment.requirements)
+    contents = Contents(
+        _base_packages(base, spec, run.records, progress), wheels, models.files, tuple(run.registered)
+    )
+    return BuildResult(
+        image, spec.base, target, models.name, models.model_dir, spec.environment.requirements, contents,
+        models.version, spec,
+    )  # fmt: skip
 
 
 def _model_layers(
@@ -221,11 +318,12 @@ def _model_layers(
     names = _model_names(spec, multi)
     _check_distinct(names + [m.info.name for m in registered])
     added = []
+    files: tuple[FileDigest, ...] = ()
     if spec.models:
         contents = LayerContents()
         for path, name in zip(spec.models, names, strict=True):
             add_model(contents, path, name, version)
-        layer = _files_layer(contents, spec, store, cache, progress, "model layer", derive=True)
+        layer, files = _model_layer(contents, spec, store, cache, progress)
         listing = ", ".join(p.name for p in spec.models)
         label = names[0] if len(names) == 1 else "set"
         added.append(Addendum(layer, f"ocibuild: model {label}:{version} ({listing})", "model"))
@@ -244,12 +342,10 @@ def _model_layers(
         suffix = f".{m.info.name}" if multi else ""
         labels[f"io.ocibuild.model.source{suffix}"] = m.reference
         labels[f"io.ocibuild.model.digest{suffix}"] = str(m.info.digest)
-    return _Models(added, name, version, model_dir, labels)
+    return _Models(added, name, version, model_dir, labels, files)
 
 
-def _app_layer(
-    spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress
-) -> tuple[Addendum, str]:
+def _app_layer(spec: PackageSpec, store: BlobStore, cache: LayerCache) -> tuple[Addendum, str]:
     """The entry script (or the whole ``--source-dir``) at the app root, and the script's path there."""
     app = LayerContents()
     if spec.source_dir is not None:
@@ -260,7 +356,7 @@ def _app_layer(
     else:
         script_rel = spec.entry_script.name
         app.add_file(spec.entry_script, f"{APP_ROOT}/{script_rel}")
-    layer = _files_layer(app, spec, store, cache, progress, None)
+    layer = _files_layer(app, spec, store, cache)
     return Addendum(layer, f"ocibuild: app ({script_rel})", "app"), script_rel
 
 
@@ -345,6 +441,28 @@ def _detect_python(base: Image, spec: PackageSpec, store: Records, progress: Pro
     return target
 
 
+def _base_packages(base: Image, spec: PackageSpec, records: Records, progress: Progress) -> OsPackages | None:
+    """The base's OS packages (for the SBOM), read from its package databases once per set of base layers."""
+    if is_empty(base):
+        return None
+    key = "ospkgs-1-" + hashlib.sha256(json.dumps([str(d.digest) for d in base.layers]).encode()).hexdigest()
+    if (cached := records.get_ref(key)) is not None:
+        try:
+            return _os_packages_from_json(cached)
+        except (TypeError, KeyError, ValueError):
+            pass
+    progress.step("reading the base image's package databases (for the SBOM)")
+    openers = [partial(base.open_uncompressed, layer) for layer in base.layers]
+    found = os_packages(openers, f"base image {spec.base}")
+    records.put_ref(key, asdict(found))
+    return found
+
+
+def _os_packages_from_json(doc: dict) -> OsPackages:
+    packages = tuple(OsPackage(**p) for p in doc["packages"])
+    return OsPackages(packages, doc["distro"], doc["distro_version"], tuple(doc["managers"]))
+
+
 def _dependencies_layers(
     spec: PackageSpec,
     base: Image,
@@ -354,31 +472,38 @@ def _dependencies_layers(
     records: Records,
     progress: Progress,
     checks: BuildChecks,
-) -> list[Addendum]:
-    """The installed dependencies, in layers by size (``split``): found by their inputs' key (a record naming the
-    layers, with the checks' facts), or installed, checked, compiled and written, each layer found by its contents
-    when an earlier build made it (a new small requirement does not write torch's layers again)."""
+) -> tuple[list[Addendum], tuple[InstalledWheel, ...]]:
+    """The installed dependencies in layers by size (``split``), and the wheels they came from: found by their
+    inputs' key (a record naming the layers, with the checks' facts and the wheels), or installed, checked,
+    compiled and written, each layer found by its contents when an earlier build made it (a new small requirement
+    does not write torch's layers again)."""
     env = spec.environment
     compiler = bytecode.plan(base, spec.bytecode)  # a sandbox, or why there is none
     key = _dependencies_key(spec, target, compiler)
     summary = redact_urls(", ".join([p.name for p in env.requirements] + list(env.packages)))
     found = _cached_dependencies(key, cache, records) if spec.use_cache else None
     if found is not None:
-        parts, facts, where = found
+        parts, facts, wheels, where = found
         progress.step(f"dependencies: {where} ({summary})")
         checks.dependencies(facts)
     else:
         progress.step(f"dependencies: resolving wheels for {target.describe()} ({summary})")
-        parts = _build_dependencies(spec, base, target, compiler, store, cache, progress, checks)
+        parts, wheels = _build_dependencies(spec, base, target, compiler, store, cache, progress, checks)
         records.put_ref(
-            key, {"format": DEPS_FORMAT, "parts": [[n, k] for n, k, _ in parts], "facts": checks.facts}
+            key,
+            {
+                "format": DEPS_FORMAT,
+                "parts": [[n, k] for n, k, _ in parts],
+                "facts": checks.facts,
+                "wheels": [w.to_json() for w in wheels],
+            },
         )
     created_by = (
         f"ocibuild: python dependencies ({summary}) for Python {target.version[0]}.{target.version[1]}"
     )
     if len(parts) == 1:
-        return [Addendum(parts[0][2], created_by, "dependencies")]
-    return [Addendum(layer, f"{created_by}: {name}", "dependencies") for name, _, layer in parts]
+        return [Addendum(parts[0][2], created_by, "dependencies")], wheels
+    return [Addendum(layer, f"{created_by}: {name}", "dependencies") for name, _, layer in parts], wheels
 
 
 def _dependencies_key(spec: PackageSpec, target: TargetPython, compiler: object) -> str:
@@ -403,13 +528,14 @@ _Parts = list[tuple[str, str, Layer]]  # each layer of the dependencies: its nam
 
 def _cached_dependencies(
     key: str, cache: LayerCache, records: Records
-) -> tuple[_Parts, dict | None, str] | None:
-    """The layers the record under ``key`` names, if every one of them can still be had."""
+) -> tuple[_Parts, dict | None, tuple[InstalledWheel, ...], str] | None:
+    """The layers the record under ``key`` names, if every one of them can still be had, and its wheels."""
     doc = records.get_ref(key)
     if not isinstance(doc, dict) or doc.get("format") != DEPS_FORMAT:
         return None
     try:
         names, keys = zip(*((str(n), str(k)) for n, k in doc["parts"]), strict=True)
+        wheels = tuple(InstalledWheel.from_json(w) for w in doc["wheels"])
     except (KeyError, TypeError, ValueError):
         return None
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="cache") as pool:  # a cache repo: round trips
@@ -420,7 +546,7 @@ def _cached_dependencies(
     shared = [hit.where for hit in hits if hit is not None and hit.where != "cached"]
     where = f"from the cache repo {shared[0]}" if shared else "cached"
     facts = doc.get("facts")
-    return parts, facts if isinstance(facts, dict) else None, where
+    return parts, facts if isinstance(facts, dict) else None, wheels, where
 
 
 def _build_dependencies(
@@ -432,14 +558,14 @@ def _build_dependencies(
     cache: LayerCache,
     progress: Progress,
     checks: BuildChecks,
-) -> _Parts:
+) -> tuple[_Parts, tuple[InstalledWheel, ...]]:
     env = spec.environment
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-deps-"))
     try:
         site = tmp / "site-packages"
         site.mkdir()
         requirements = env.requirement_files(tmp)  # with the conda file's pip: index options, if any
-        install_dependencies(
+        wheels = install_dependencies(
             target, site, requirements=requirements, packages=env.packages, progress=progress.step,
             sources=env.sources, exclude_newer=env.exclude_newer,
         )  # fmt: skip
@@ -450,7 +576,8 @@ def _build_dependencies(
             bytecode.compile_bytecode(base, target, compiler, site, SITE_PACKAGES, progress)
         contents = LayerContents()
         contents.add_tree(site, SITE_PACKAGES, bytecode=True)
-        return _write_parts(split_dependencies(contents, site, SITE_PACKAGES), spec, store, cache, progress)
+        parts = _write_parts(split_dependencies(contents, site, SITE_PACKAGES), spec, store, cache, progress)
+        return parts, wheels
     finally:
         remove_tree(tmp)
 
@@ -465,7 +592,7 @@ def _write_parts(
         key = content_key(
             part.contents, spec.compression, mtime=spec.epoch, tool=__version__, store=store, remember=False
         )
-        hit = cache.get(key) if spec.use_cache else None
+        hit = cache.get(key)
         if hit is not None:
             layer = hit.layer
         else:
@@ -482,45 +609,63 @@ def _write_parts(
 
 
 def _files_layer(
-    contents: LayerContents,
-    spec: PackageSpec,
-    store: BlobStore,
-    cache: LayerCache,
-    progress: Progress,
-    label: str | None,
-    derive: bool = False,
+    contents: LayerContents, spec: PackageSpec, store: BlobStore, cache: LayerCache
 ) -> Layer:
-    """A layer of host files, from the cache when the same files made it before with the same settings: then not
-    one byte of them is compressed. The same files are, for a local cache, the same path, size, mtime, inode and
-    device (not one byte is read); for a cache shared with other machines, the same contents. ``derive``: the
-    files outlive the build, so a big layer is kept as a derived blob (``oci.store``) rather than copied into the
-    cache. ``label`` names the layer in progress (None: a small layer, not worth a line)."""
-    if cache.shared:
-        key = content_key(contents, spec.compression, mtime=spec.epoch, tool=__version__, store=store)
-    else:
-        key = cache_key(contents, spec.compression, mtime=spec.epoch, tool=__version__)
-    if spec.use_cache and (cached := cache.get(key)) is not None:
-        if label:
-            progress.step(f"{label}: {_found(cached)} ({cached.layer.digest.short})")
+    """A small layer of host files (the server, the app), from the cache when the same files made it before with
+    the same settings: then not one byte of them is compressed. The same files are, for a local cache, the same
+    path, size, mtime, inode and device (not one byte is read); for a cache shared with other machines, the same
+    contents."""
+    key = _files_key(contents, spec, store, cache)
+    if (cached := cache.get(key)) is not None:
         return cached.layer
-    counter = progress.bytes(label, contents.total_size) if label else None
-    layer = write_layer(
-        contents, store, spec.compression, counter, mtime=spec.epoch, derive=derive, workers=spec.workers
-    )
-    if counter:
-        counter.done()
+    layer = write_layer(contents, store, spec.compression, mtime=spec.epoch, workers=spec.workers)
     return cache.put(key, layer)
 
 
+def _model_layer(
+    contents: LayerContents, spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress
+) -> tuple[Layer, tuple[FileDigest, ...]]:
+    """The local models' layer, found in the cache like ``_files_layer``'s (a hit reads nothing) or written as a
+    derived blob (the files outlive the build: ``oci.store``), and each file's sha256 for the SBOM, taken from the
+    same one read that writes the layer and kept in the cache record beside it."""
+    key = _files_key(contents, spec, store, cache)
+    if (cached := cache.get(key)) is not None and (files := _files_from_facts(cached.facts)) is not None:
+        progress.step(f"model layer: {_found(cached)} ({cached.layer.digest.short})")
+        return cached.layer, files
+    counter = progress.bytes("model layer", contents.total_size)
+    layer, files = write_layer_with_file_digests(
+        contents, store, spec.compression, counter, mtime=spec.epoch, derive=True, workers=spec.workers
+    )
+    counter.done()
+    facts = {"files": [[f.path, f.size, f.sha256] for f in files]}
+    return cache.put(key, layer, facts), files
+
+
+def _files_from_facts(facts: dict | None) -> tuple[FileDigest, ...] | None:
+    try:
+        return tuple(FileDigest(str(p), int(n), str(h)) for p, n, h in (facts or {})["files"])
+    except (KeyError, TypeError, ValueError):
+        return None  # recorded before the SBOM needed them: the layer is written again, which hashes them
+
+
+def _files_key(contents: LayerContents, spec: PackageSpec, store: BlobStore, cache: LayerCache) -> str:
+    """By content for a cache other machines share, else by the files' identity here (nothing is read)."""
+    if cache.shared:
+        return content_key(contents, spec.compression, mtime=spec.epoch, tool=__version__, store=store)
+    return cache_key(contents, spec.compression, mtime=spec.epoch, tool=__version__)
+
+
 def _found(cached: CachedLayer) -> str:
+    if cached.where == THIS_BUILD:
+        return "the same for every platform"
     return "cached" if cached.where == "cached" else f"from the cache repo {cached.where}"
 
 
-def _server_layer(spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress) -> Layer:
+def _server_layer(spec: PackageSpec, store: BlobStore, cache: LayerCache) -> Layer:
     contents = LayerContents()
     for src in sorted(_SERVING_SOURCE.glob("*.py")):
         contents.add_file(src, f"{SERVER_DIR}/{SERVER_PACKAGE}/{src.name}")
-    return _files_layer(contents, spec, store, cache, progress, None)
+    return _files_layer(contents, spec, store, cache)
 
 
 def _cache_repo(spec: PackageSpec, store: BlobStore, progress: Progress) -> RegistryLayerCache | None:

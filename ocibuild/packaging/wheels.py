@@ -5,6 +5,8 @@ becomes the dependencies layer, with uv when it can name the image's platform, e
 Installs are wheel-only: a wheel compiled on the host would be wrong in the image. A package that the resolver can
 only take from a source archive is built by ``packaging.sdist`` into a wheelhouse first, and kept only if the
 result is pure Python. What the target is comes from ``rootfs.pyenv``; this module never reads an image.
+It returns what it installed (``packaging.installed``): each distribution and the wheel file it came from, read from
+the installers' records (uv's pylock.toml, pip's ``--report``, the wheels built here) before their folder goes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import BinaryIO, Literal
 
 from ocibuild.errors import DependencyError, InputError
 from ocibuild.packaging.environment import check_readable
+from ocibuild.packaging.installed import InstalledWheel, WheelOrigins, installed_wheels
 from ocibuild.packaging.sdist import SourceBuild, build_pure_wheel
 from ocibuild.packaging.sources import PackageSources, Redactor
 from ocibuild.rootfs.pyenv import TargetPython
@@ -38,7 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["install_dependencies"]
+__all__ = ["InstalledWheel", "install_dependencies"]
 
 
 Installer = Literal["auto", "uv", "pip"]
@@ -171,9 +174,16 @@ def _uv_lock_command(
 
 
 def _pip_command(
-    target: TargetPython, dest: Path, files: list[Path], specs: list[str], opts: _Options = _Options()
+    target: TargetPython,
+    dest: Path,
+    files: list[Path],
+    specs: list[str],
+    opts: _Options = _Options(),
+    report: Path | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "install", "--target", str(dest)]
+    if report is not None:
+        cmd += ["--report", str(report)]  # which file each package came from (pip 22.2+), for the SBOM
     for tag in target.platform_tags():
         cmd += ["--platform", tag]
     cmd += ["--python-version", target.python_version, "--implementation", "cp"]
@@ -267,6 +277,12 @@ def _key_line(lines: Sequence[str]) -> str:
     return next((s.strip() for s in reversed(lines) if s.strip()), "no output")
 
 
+def _version_in(text: str, name: str) -> str:
+    """`` VERSION`` when the installer's output pins ``name`` to one version (``name==1.0``), else nothing."""
+    versions = set(re.findall(rf"(?<![\w.-]){re.escape(name)}==([\w.!+-]*\w)", text, re.I))
+    return f" {versions.pop()}" if len(versions) == 1 else ""
+
+
 def _raise_for(run: _Run, tool: str, target: TargetPython, log: Path) -> None:
     lines = list(run.tail)
     text = "\n".join(lines)
@@ -284,9 +300,10 @@ def _raise_for(run: _Run, tool: str, target: TargetPython, log: Path) -> None:
         )
     for pattern in _NO_WHEEL:
         if m := pattern.search(text):
+            version = _version_in(text, m[1])
             raise DependencyError(
-                f"no wheel of {m[1]!r} fits the base image ({plat}): pin a version of {m[1]} that publishes one, "
-                f"or use a base image whose platform has one (check the name too; {tool} log: {log})"
+                f"no wheel of {m[1]!r}{version} fits the base image ({plat}): pin a version of {m[1]} that "
+                f"publishes one, or use a base image whose platform has one (check the name too; {tool} log: {log})"
             )
     if m := _EXCLUDED.search(text):
         raise DependencyError(
@@ -382,6 +399,8 @@ def _update_record(record: Path, removed: set[str], rewritten: dict[str, bytes])
         _replace_file(record, ("\n".join(out) + "\n").encode("utf-8"))
 
 
+_PYLOCK = "lock/pylock.toml"  # uv's resolution, in the work folder
+_PIP_REPORT = "pip-report.json"  # pip's installation report, in the work folder
 _MAX_SOURCE_ROUNDS = 8  # resolutions after source builds were refused; each round marks at least one package
 _FAILED_BUILD = re.compile(r"Failed to (?:download and )?build `([A-Za-z0-9][A-Za-z0-9._-]*)")
 _PIP_UNSATISFIED = re.compile(
@@ -494,9 +513,7 @@ def _install_with_uv(inst: _Install, uv: str, platform: str) -> tuple[_Run, str]
     inst.opts.sources.uv_env(env)
     pip_env = dict(env)
     inst.opts.sources.pip_env_like_uv(pip_env)
-    lock = (
-        inst.work / "lock" / "pylock.toml"
-    )  # a fresh folder: uv takes an existing output file as preferences
+    lock = inst.work / _PYLOCK  # in a fresh folder: uv takes an existing output file as preferences
     lock.parent.mkdir()
     files = list(inst.files)
     if inst.specs:
@@ -558,13 +575,15 @@ def _install_with_pip(inst: _Install) -> tuple[_Run, str]:
     has none, build it from source (pure Python only) and try again with it in the wheelhouse."""
     env = _env()
     inst.opts.sources.pip_env(env)
-    if inst.opts.exclude_newer and not _pip_has_uploaded_prior_to(env):
+    options = _pip_install_options(env)
+    if inst.opts.exclude_newer and "--uploaded-prior-to" not in options:
         raise DependencyError(
             "--exclude-newer needs uv or pip 26 or newer (pip install uv, or pip install -U pip)"
         )
+    report = inst.work / _PIP_REPORT if "--report" in options else None  # an older pip: files unknown
     inst.say(f"installing wheels for {inst.target.describe()} with pip ({inst.target.platform_tags()[0]})")
     for _ in range(_MAX_SOURCE_ROUNDS):
-        run = inst.run(_pip_command(inst.target, inst.dest, inst.files, inst.specs, inst.opts), env)
+        run = inst.run(_pip_command(inst.target, inst.dest, inst.files, inst.specs, inst.opts, report), env)
         if run.returncode == 0:
             return run, "pip"
         text = "\n".join(run.tail)
@@ -583,7 +602,8 @@ def _install_with_pip(inst: _Install) -> tuple[_Run, str]:
     return run, "pip"
 
 
-def _pip_has_uploaded_prior_to(env: dict[str, str]) -> bool:
+def _pip_install_options(env: dict[str, str]) -> str:
+    """``pip install --help``: which options the pip in use has (``--uploaded-prior-to``, ``--report``)."""
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--help"],
         capture_output=True,
@@ -591,7 +611,18 @@ def _pip_has_uploaded_prior_to(env: dict[str, str]) -> bool:
         env=env,
         check=False,
     )
-    return "--uploaded-prior-to" in out.stdout
+    return out.stdout
+
+
+def _origins(inst: _Install) -> WheelOrigins:
+    """Which wheel file each package came from, read from the work folder before it is removed: the wheels built
+    here and pip's report are the very files; uv's lock lists every wheel of each locked version."""
+    origins = WheelOrigins()
+    for wheel in inst.built.values():
+        origins.add_built(wheel)
+    origins.add_pip_report(inst.work / _PIP_REPORT)
+    origins.add_pylock(inst.work / _PYLOCK)
+    return origins
 
 
 def _uv_for(target: TargetPython, installer: Installer) -> tuple[str | None, str | None]:
@@ -638,8 +669,8 @@ def install_dependencies(
     installer: Installer = "auto",
     sources: PackageSources | None = None,
     exclude_newer: str | None = None,
-) -> None:
-    """Install wheels for ``target`` into ``dest``, an empty or absent directory.
+) -> tuple[InstalledWheel, ...]:
+    """Install wheels for ``target`` into ``dest``, an empty or absent directory; return what was installed.
 
     ``dest`` becomes the image's ``/opt/ocibuild/site-packages``. uv is used when it is installed and can name the
     target's platform (seven times faster, docs/decisions.md), pip otherwise; ``installer`` forces one. A requirement
@@ -648,10 +679,12 @@ def install_dependencies(
     ``sources.parse_exclude_newer``) ignores files uploaded after it. Installer output, credentials redacted, goes
     to a log file in the temp directory, which is kept and named in the error when the install fails.
     Files in ``dest`` may be hardlinks into uv's cache: replace them, never modify them in place.
+    The result, for the image's SBOM, has one ``InstalledWheel`` per distribution in ``dest`` (sorted by canonical
+    name) with the wheel file it came from when the installer recorded it (``packaging.installed``).
     """
     files, specs = _check_inputs(requirements, packages)
     if not files and not specs:
-        return
+        return ()
     sources = sources or PackageSources()
     dest = Path(dest).absolute()
     dest.mkdir(parents=True, exist_ok=True)
@@ -675,6 +708,7 @@ def install_dependencies(
             raise KeyboardInterrupt
         if run.returncode != 0:
             _raise_for(run, tool, target, log_path)
+        origins = _origins(inst)
     except DependencyError as e:
         if str(log_path) not in str(e):
             log_path.unlink(missing_ok=True)
@@ -687,3 +721,4 @@ def install_dependencies(
         shutil.rmtree(work, ignore_errors=True)
     log_path.unlink(missing_ok=True)
     _make_reproducible(dest, target)
+    return installed_wheels(dest, origins)

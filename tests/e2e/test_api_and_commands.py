@@ -37,7 +37,7 @@ def test_python_api_package_export_layout_save(tmp_path, base_ref, example_model
     tar = pkg.export(tmp_path / "image.tar", tag="myimage:latest")
     inspected = json.loads(run(["skopeo", "inspect", f"docker-archive:{tar}"]).stdout)
     assert inspected["Labels"]["io.ocibuild.model.version"] == "7"
-    assert json.loads(run(["skopeo", "inspect", f"oci-archive:{tar}"]).stdout)["Digest"] == pkg.digest
+    assert json.loads(run(["skopeo", "inspect", f"oci-archive:{tar}:latest"]).stdout)["Digest"] == pkg.digest
     env = dict(e.split("=", 1) for e in pkg.image.config["config"]["Env"])
     assert env["AZUREML_MODEL_DIR"] == "/var/azureml-app/azureml-models/ridge/7"
     layout = pkg.write_layout(tmp_path / "layout", tag="ridge:7")

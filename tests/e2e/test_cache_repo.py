@@ -64,7 +64,10 @@ def test_a_fresh_runner_reuses_what_the_fleet_built(registry, base_image, exampl
     assert not [r for r in uploads if deps.replace(":", "%3A") in r.path or deps in r.path]
     mounts = [r.path for r in records if r.method == "POST" and "mount=" in r.path and r.status == 201]
     assert any(deps.replace(":", "%3A") in p and "from=fleet%2Fcache" in p for p in mounts), mounts
-    assert reg.proxy.blob_bytes_uploaded(records) < 64 << 10  # the image's config, nothing of its layers
+    # the image's config and its SBOM and provenance (new to this repository), nothing of its layers
+    documents = sum(reg.referrer_blobs("fleet/app-b", digest).values())
+    assert 0 < documents < 1 << 20
+    assert reg.proxy.blob_bytes_uploaded(records) < (64 << 10) + documents
     # Nor did it download any layer, not even the base's: what the first runner read of the base is a record
     # in the cache repo too. It read configs and the cache entries' facts.
     layers = set(base_layers) | set(_layer_digests(reg, "fleet/app-a:1"))

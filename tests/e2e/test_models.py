@@ -160,6 +160,7 @@ def test_package_from_reference_mounts_the_model_blob(kind, registered):
         uploads = [x for x in recs if x.method in ("PUT", "PATCH") and "/blobs/uploads/" in x.path]
         assert all(layer["digest"].replace(":", "%3A") not in x.path for x in uploads)
         sizes = {x["digest"]: x["size"] for x in [image["config"], *image["layers"]]}
+        sizes.update(r.reg.referrer_blobs(APP, r.image_digest))  # and the image's SBOM and provenance
         assert r.reg.proxy.blob_bytes_uploaded(recs) == sum(sizes.values()) - layer["size"]
 
 

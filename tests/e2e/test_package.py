@@ -47,8 +47,9 @@ def built(tmp_path_factory, cache, base_ref, example_model):
     return out, digest
 
 
-def score_container(engine, image, example_model, extra=()):
-    """Run ``image`` on ``engine``, wait until healthy, POST the example input, return the predictions."""
+def score_container(engine, image, example_model, extra=(), timeout=90):
+    """Run ``image`` on ``engine``, wait until healthy (``timeout`` s), POST the example input, return the
+    predictions."""
     port = free_port()
     name = f"ocibuild-test-{uuid.uuid4().hex[:8]}"
     engine.run("run", "-d", "--name", name, "--network", "host", "-e", f"OCIBUILD_PORT={port}", *extra, image)
@@ -60,7 +61,7 @@ def score_container(engine, image, example_model, extra=()):
             logs = engine.run("logs", name, check=False)
             return logs.stdout + logs.stderr
 
-        assert wait_http(f"http://127.0.0.1:{port}/", timeout=90, alive=died) == b"Healthy"
+        assert wait_http(f"http://127.0.0.1:{port}/", timeout=timeout, alive=died) == b"Healthy"
         r = requests.post(
             f"http://127.0.0.1:{port}/score",
             json.dumps(example_model.input),
@@ -87,13 +88,14 @@ def assert_same_predictions(got, want):
 
 def test_skopeo_reads_tarball_as_docker_and_oci_archive(built):
     out, digest = built
-    oci = json.loads(run(["skopeo", "inspect", f"oci-archive:{out}"]).stdout)
+    # the SBOM sits beside the image in index.json: skopeo needs the image named by its tag
+    oci = json.loads(run(["skopeo", "inspect", f"oci-archive:{out}:1"]).stdout)
     assert oci["Digest"] == digest
     docker = json.loads(run(["skopeo", "inspect", f"docker-archive:{out}"]).stdout)
     assert docker["Labels"]["io.ocibuild.model.name"] == "diabetes-ridge"
     assert docker["Architecture"] == "amd64" and docker["Os"] == "linux"
     assert len(docker["Layers"]) == 6  # base, dependencies (scipy; the rest), server, model, app
-    cfg = json.loads(run(["skopeo", "inspect", "--config", f"oci-archive:{out}"]).stdout)
+    cfg = json.loads(run(["skopeo", "inspect", "--config", f"oci-archive:{out}:1"]).stdout)
     assert "5001/tcp" in cfg["config"]["ExposedPorts"]
     # Locked down by default: a numeric user that is not root (Kubernetes' runAsNonRoot checks exactly this).
     uid, _, gid = cfg["config"]["User"].partition(":")
@@ -225,7 +227,7 @@ def _checkout(dst: Path, example_model) -> Path:
 
 def _digest_and_config(layout: Path, tag: str):
     idx = json.loads((layout / "index.json").read_text())
-    [m] = [m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    [m] = [m for m in idx["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
     manifest = json.loads((layout / "blobs/sha256" / m["digest"][7:]).read_text())
     return m["digest"], [layer["digest"] for layer in manifest["layers"]]
 
@@ -307,7 +309,7 @@ def test_build_as_unprivileged_user(base_image, example_model):
         assert_same_predictions(smoke_answer(proc.stderr), example_model.predictions)
         assert out.stat().st_uid == 65534
         assert (
-            json.loads(run(["skopeo", "inspect", f"oci-archive:{out}"]).stdout)["Digest"]
+            json.loads(run(["skopeo", "inspect", f"oci-archive:{out}:1"]).stdout)["Digest"]
             == proc.stdout.split()[-1]
         )
     finally:

@@ -1,17 +1,18 @@
 """The layer cache keyed on inputs (issue 4): which edits are a miss, what a hit costs, and --no-cache."""
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from ocibuild.cache.layers import LocalLayerCache
+from ocibuild.cache.layers import FreshLayerCache, LocalLayerCache
 from ocibuild.events import Progress
 from ocibuild.oci.layer import LayerContents, cache_key
 from ocibuild.oci.store import BlobStore
 from ocibuild.packaging import package
-from ocibuild.packaging.package import PackageSpec, _files_layer
+from ocibuild.packaging.package import PackageSpec, _model_layer
 
 
 def _key(contents: LayerContents, codec: str = "gzip", mtime: int = 0, tool: str = "1.0") -> str:
@@ -74,14 +75,15 @@ def test_settings_are_part_of_the_key(model):
 
 
 def _count_writes(monkeypatch) -> list:
+    """Calls of the model layer's writer (the only reader of model bytes)."""
     calls = []
-    real = package.write_layer
+    real = package.write_layer_with_file_digests
 
     def counting(*args, **kw):
         calls.append(args)
         return real(*args, **kw)
 
-    monkeypatch.setattr(package, "write_layer", counting)
+    monkeypatch.setattr(package, "write_layer_with_file_digests", counting)
     return calls
 
 
@@ -89,21 +91,14 @@ def test_hit_reads_nothing_and_miss_rebuilds(model, tmp_path, monkeypatch):
     store = BlobStore(tmp_path / "cache")
     calls = _count_writes(monkeypatch)
     quiet = Progress()
-    first = _files_layer(
-        _contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer", derive=True
-    )
+    first, files = _model_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet)
     assert len(calls) == 1
-    assert (
-        _files_layer(
-            _contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer", derive=True
-        )
-        == first
-    )
-    assert len(calls) == 1  # a hit: the layer writer (the only reader of model bytes) was not called
+    assert [(f.size, f.sha256) for f in files] == [(model.stat().st_size, hashlib.sha256(model.read_bytes()).hexdigest())]
+    # a hit: the layer writer was not called, and the files' digests come from the cache's record
+    assert _model_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet) == (first, files)
+    assert len(calls) == 1
     os.utime(model)
-    again = _files_layer(
-        _contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer", derive=True
-    )
+    again, _ = _model_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet)
     assert len(calls) == 2 and again == first  # same bytes, same layer, but they had to be read to know it
 
 
@@ -111,42 +106,13 @@ def test_no_cache_rebuilds_and_a_missing_blob_is_a_miss(model, tmp_path, monkeyp
     store = BlobStore(tmp_path / "cache")
     calls = _count_writes(monkeypatch)
     quiet = Progress()
-    built = _files_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer")
-    _files_layer(
-        _contents(model), _spec(model, use_cache=False), store, LocalLayerCache(store), quiet, "model layer"
-    )
+    built, _ = _model_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet)
+    no_cache = FreshLayerCache(LocalLayerCache(store))  # what a --no-cache build asks
+    _model_layer(_contents(model), _spec(model, use_cache=False), store, no_cache, quiet)
     assert len(calls) == 2
     store.path(built.digest).unlink()  # the cache was cleaned: the ref alone is not enough
-    assert (
-        _files_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet, "model layer")
-        == built
-    )
+    assert _model_layer(_contents(model), _spec(model), store, LocalLayerCache(store), quiet)[0] == built
     assert len(calls) == 3
-
-
-@pytest.mark.slow
-def test_editing_an_included_requirements_file_rebuilds_the_dependencies(tmp_path, base_ref, example_model):
-    """The dependencies layer's key covers the files a requirements file pulls in with ``-r``: pinning another
-    version in the included file must not reuse the cached layer."""
-    from ocibuild.api import Environment, InferenceConfig
-    from ocibuild.api import package as api_package
-
-    (tmp_path / "requirements.txt").write_text("-r pins/base.txt\n")
-    (tmp_path / "pins").mkdir()
-    (tmp_path / "pins" / "base.txt").write_text("six==1.16.0\n")
-
-    def deps_digest() -> str:
-        env = Environment(pip_requirements=tmp_path / "requirements.txt")
-        # six is not what the example's script imports: the image is never run, only its layers compared.
-        pkg = api_package([example_model.model], InferenceConfig(example_model.score, environment=env), base_ref,
-                          cache=tmp_path / "cache", skip_checks=["imports"])  # fmt: skip
-        [deps] = [n for n in pkg.image.added if n.role == "dependencies"]
-        return str(deps.layer.digest)
-
-    first = deps_digest()
-    assert deps_digest() == first  # unchanged inputs: the cached layer
-    (tmp_path / "pins" / "base.txt").write_text("six==1.17.0\n")
-    assert deps_digest() != first
 
 
 @pytest.mark.slow

@@ -63,20 +63,6 @@ def imports(site: Path, module: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.fixture
-def isolated_env(monkeypatch, tmp_path):
-    """No index configuration from this machine: no pip.conf, no PIP_*/UV_* sources, a HOME without .netrc."""
-    for var in list(os.environ):
-        if var.startswith(
-            ("PIP_", "UV_INDEX", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX", "UV_FIND_LINKS", "NETRC")
-        ):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    return tmp_path / "home"
-
-
 # ---- options, keys and redaction: no installer ---------------------------------------------------------------
 
 
@@ -551,3 +537,45 @@ def test_dependencies_cache_key_follows_each_source_option(
     assert cached(find_links=[links])
     write_wheel(links, "ocitest-other", "1.0")  # the folder changed: so may the resolution
     assert not cached(find_links=[links])
+
+
+def _platform_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
+    """A wheel of ``name`` for one platform only (``tag``, e.g. ``cp311-cp311-manylinux_2_17_x86_64``)."""
+    import zipfile
+
+    module = name.replace("-", "_")
+    path = folder / f"{module}-{version}-{tag}.whl"
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": "",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: ocibuild-tests\nRoot-Is-Purelib: false\nTag: {tag}\n",
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in [*files, f"{info}/RECORD"]))
+    return path
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_no_wheel_for_the_image_platform_names_package_version_and_platform(
+    isolated_env, tmp_path, installer
+):
+    """A distribution that publishes wheels for x86_64 only: an arm64 image gets one line naming it, its version
+    and the platform, and nothing is built from source in its place."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _platform_wheel(wheels, "ocitest-amdonly", "1.0", "cp311-cp311-manylinux_2_17_x86_64")
+    sources = PackageSources.create(find_links=[wheels], no_index=True)
+    arm64 = TargetPython((3, 11), 2, "/usr/bin/python3", "glibc", (2, 36), "arm64", None)
+    with pytest.raises(DependencyError) as e:
+        install_dependencies(arm64, tmp_path / "site", packages=["ocitest-amdonly==1.0"], sources=sources,
+                             installer=installer)  # fmt: skip
+    message = str(e.value)
+    assert "\n" not in message
+    assert "'ocitest-amdonly' 1.0" in message and "manylinux_2_36_aarch64" in message, message
+    assert not list((tmp_path / "site").glob("ocitest_amdonly*"))
+    install_dependencies(target(), tmp_path / "site-amd64", packages=["ocitest-amdonly==1.0"], sources=sources,
+                         installer=installer)  # fmt: skip
+    assert (tmp_path / "site-amd64" / "ocitest_amdonly" / "__init__.py").is_file()

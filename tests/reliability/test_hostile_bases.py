@@ -659,3 +659,17 @@ def test_entry_script_nested_too_deeply_is_one_line(tmp_path, app, capsys):
         )  # fmt: skip
         err = capsys.readouterr().err
         assert code == 1 and err.count("ocibuild: error:") == 1 and "nested too deeply" in err, err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``ocibuild inspect REF | head -1``: once the reader has gone there is nothing to tell it; no error line, and
+    the exit status a shell gives a death by SIGPIPE."""
+    import sys
+
+    built = write_layout(tmp_path / "base", [LAYER])
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    proc = subprocess.run([sys.executable, "-m", "ocibuild", "inspect", built.ref], stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=60, check=False)  # fmt: skip
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
