@@ -308,7 +308,7 @@ def bind_credentials(
     elif base_creds:
         raise UsageError("--base-creds is for a registry --base; this --base is not one")
     if creds and not push_refs and base_ref is None:
-        from .models.registry import model_registries
+        from .models.reference import model_registries
 
         if not (hosts := model_registries(models)):
             raise UsageError(
@@ -341,7 +341,7 @@ def _platforms(texts: Sequence[str]) -> list[Platform]:
 
 
 def _registered(model: PathLike) -> bool:
-    from .models.registry import is_model_reference
+    from .models.reference import is_model_reference
 
     return isinstance(model, str) and is_model_reference(model)
 

@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
 
 
 def _options(args, reference: str, settings: Settings):
-    from ..models.registry import model_reference
+    from ..models.reference import model_reference
 
     ref = model_reference(reference) if args.model_command != "list" else None
     host = ref.registry if ref else _repository_host(reference)

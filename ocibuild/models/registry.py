@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import tarfile
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,27 +32,7 @@ from ..transports.location import Location
 from ..transports.open import open_location
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version
 from .orasclient import OrasRegistry
-
-
-def is_model_reference(text: str) -> bool:
-    """Whether a ``package`` model argument names a registered model rather than a local path: ``docker://…``,
-    or (when no such local path exists) ``HOST/REPO…`` whose first part is a host (has a dot or a port, or is
-    ``localhost``) or anything pinned by ``@sha256:``."""
-    if text.startswith("docker://"):
-        return True
-    if os.path.lexists(text) or text.startswith((".", "/", "~")):
-        return False
-    first = text.split("/", 1)[0]
-    return "/" in text and ("." in first or ":" in first or first == "localhost") or "@sha256:" in text
-
-
-def model_reference(text: str) -> Reference:
-    return parse_reference(text.removeprefix("docker://"))
-
-
-def model_registries(models: Sequence[str]) -> list[str]:
-    """The registries the registered models among ``package``'s model arguments live on."""
-    return sorted({model_reference(m).registry for m in models if is_model_reference(m)})
+from .reference import model_reference
 
 
 @contextlib.contextmanager

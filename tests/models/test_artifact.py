@@ -20,7 +20,7 @@ from ocibuild.models.artifact import (
     check_version,
     read_model_manifest,
 )
-from ocibuild.models.registry import is_model_reference
+from ocibuild.models.reference import is_model_reference
 from ocibuild.oci import media
 from ocibuild.oci.descriptor import Descriptor, Manifest, canonical_json
 from ocibuild.oci.digest import Digest
