@@ -30,12 +30,14 @@ from .checks.build import CheckOptions
 from .checks.smoke import SmokeOptions
 from .errors import InputError, UsageError
 from .events import Listener, Progress
+from .oci.archive import StagedArchive
 from .oci.descriptor import Platform
 from .oci.digest import Digest
 from .oci.image import Entry, Image
+from .oci.layout import StagedLayout
 from .oci.name import ImageName, parse_reference
 from .oci.signature import Signer
-from .oci.store import BlobStore
+from .oci.store import BlobStore, Spool
 from .packaging.dockerfile import DockerfilePublisher
 from .packaging.environment import PythonEnvironment, load_environment
 from .packaging.package import DEFAULT_USER, BuildResult, IndexResult, PackageSpec, build, build_index
@@ -163,6 +165,7 @@ class Package:
         self._registry = registry
         self._entry: Entry = result.index if isinstance(result, IndexResult) else result.image
         self.signer: Signer | None = None  # signs every push (``sign_key`` of ``package``)
+        self.staging: list[Staging] = []  # outputs begun by the build (``_stage``)
 
     def attach_documents(self, store: BlobStore, options: DocumentOptions) -> None:
         """Give every image its SBOM and provenance, written beside it by every publisher that can hold them
@@ -206,12 +209,15 @@ class Package:
         out: list[Publisher] = []
         if outputs.append and not outputs.archives:
             raise UsageError("--append adds to a tarball: use it with --output FILE")
+        archives = {s.path: s for s in self.staging if isinstance(s, StagedArchive)}
+        layouts = {s.root: s for s in self.staging if isinstance(s, StagedLayout)}
         for path in outputs.archives:
+            staged = archives.pop(Path(path), None)
             out.append(
-                ArchivePublisher(Path(path), (name,), outputs.append, False, epoch, f"--output {path}")
+                ArchivePublisher(Path(path), (name,), outputs.append, False, epoch, f"--output {path}", staged)
             )
         for path in outputs.layouts:
-            out.append(LayoutPublisher(Path(path), (name,), f"--oci-layout {path}"))
+            out.append(LayoutPublisher(Path(path), (name,), f"--oci-layout {path}", layouts.pop(Path(path), None)))
         for path in outputs.dockerfiles:
             out.append(
                 DockerfilePublisher(
@@ -234,7 +240,15 @@ class Package:
         """Write the image to every output of ``outputs``; a failure names its output, and leaves nothing
         half-written there."""
         outputs.check()
-        return publish_all(self.entry, self.publishers(outputs, registry), self._progress)
+        try:
+            return publish_all(self.entry, self.publishers(outputs, registry), self._progress)
+        finally:
+            self.discard_staging()
+
+    def discard_staging(self) -> None:
+        """Remove what the build began at its outputs and no publish finished (once published, nothing is left)."""
+        staging, self.staging = self.staging, []
+        _discard(staging)
 
     def export(self, path: PathLike, tag: str | None = None, append: bool = False) -> Path:
         """A tarball that ``docker load``, ``podman load`` and ``skopeo`` (docker-archive: and oci-archive:) read.
@@ -331,6 +345,32 @@ def _signer(key: PathLike | None, password_file: PathLike | None, settings: Sett
         except OSError as e:
             raise InputError(f"--sign-password-file {password_file}: {e.strerror}") from None
     return Signer(Path(key), password)
+
+
+Staging = StagedArchive | StagedLayout | Spool
+
+
+def _stage(outputs: Outputs | None, epoch: int, store: BlobStore) -> list[Staging]:
+    """What takes the model layer as the build makes it, so that the model is read once whatever it is written
+    to: each tarball and layout (begun beside its destination) and, for pushes, the cache (``oci.store.Spool``:
+    a push asks the registry before it sends, so the layer cannot go up while it is made)."""
+    if outputs is None:
+        return []
+    staging: list[Staging] = []
+    try:
+        staging += [StagedArchive(Path(path), epoch) for path in outputs.archives]
+        staging += [StagedLayout(Path(path)) for path in outputs.layouts]
+    except BaseException:
+        _discard(staging)
+        raise
+    if outputs.pushes:
+        staging.append(Spool(store))
+    return staging
+
+
+def _discard(staging: Sequence[Staging]) -> None:
+    for staged in staging:
+        staged.discard()
 
 
 def _platforms(texts: Sequence[str]) -> list[Platform]:
@@ -444,10 +484,18 @@ def package(
     for reference in outputs.pushes if outputs is not None else ():
         RegistryPublisher(parse_reference(reference), options=spec.registry).preflight()
     store = BlobStore(Path(cache) if cache is not None else settings.cache_dir)
-    result = build(spec, store, progress) if len(wanted) == 1 else build_index(spec, wanted, store, progress)
-    pkg = Package(result, progress, settings, registry)
-    pkg.signer = signer
-    pkg.attach_documents(store, DocumentOptions(sbom, provenance))
-    if outputs is not None:
-        pkg.publish(outputs)
+    staging = _stage(outputs, settings.source_date_epoch, store)
+    try:
+        if len(wanted) == 1:
+            result: BuildResult | IndexResult = build(spec, store, progress, sinks=staging)
+        else:
+            result = build_index(spec, wanted, store, progress, sinks=staging)
+        pkg = Package(result, progress, settings, registry)
+        pkg.signer = signer
+        pkg.staging = staging
+        pkg.attach_documents(store, DocumentOptions(sbom, provenance))
+        if outputs is not None:
+            pkg.publish(outputs)
+    finally:
+        _discard(staging)
     return pkg

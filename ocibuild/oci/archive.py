@@ -57,11 +57,24 @@ class _BlobPart:
     desc: Descriptor
 
 
-def _archive_parts(images: Sequence[Tagged], mtime: int) -> Iterator[bytes | _BlobPart]:
-    """The tarball as headers and small documents (bytes) and blobs (``_BlobPart``, padding included after)."""
-    yield _tar_header("blobs/", 0, mtime, directory=True)
-    yield _tar_header("blobs/sha256/", 0, mtime, directory=True)
-    seen: set[str] = set()
+def _archive_parts(
+    images: Sequence[Tagged],
+    mtime: int,
+    lead: Sequence[Descriptor] = (),
+    staged: Sequence[Descriptor] | None = None,
+) -> Iterator[bytes | _BlobPart]:
+    """The tarball as headers and small documents (bytes) and blobs (``_BlobPart``, padding included after).
+    ``lead``: blobs written first, right after the directories (the model's layers: see ``StagedArchive``);
+    ``staged``: the file already holds the directories and these blobs (None: nothing yet)."""
+    seen: set[str] = {d.digest for d in staged or ()}
+    if staged is None:
+        yield _tar_header("blobs/", 0, mtime, directory=True)
+        yield _tar_header("blobs/sha256/", 0, mtime, directory=True)
+    holders = {d.digest: image for t in images for image in images_of(t.image) for d in image.descriptors()}
+    for desc in lead:
+        if desc.digest not in seen and desc.digest in holders:
+            seen.add(desc.digest)
+            yield from _blob_part(holders[desc.digest], desc, mtime)
     for t in images:
         yield from _blob_parts(t.image, seen, mtime)
     artifacts = {a.digest: a for t in images for a in referrers_of(t.image)}  # beside their images, untagged
@@ -79,6 +92,13 @@ def _archive_parts(images: Sequence[Tagged], mtime: int) -> Iterator[bytes | _Bl
     yield bytes(1024)
 
 
+def _blob_part(image: Image, desc: Descriptor, mtime: int) -> Iterator[bytes | _BlobPart]:
+    yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
+    yield _BlobPart(image, desc)
+    if pad := -desc.size % 512:
+        yield bytes(pad)
+
+
 def _blob_parts(entry: Image | ImageIndex, seen: set[str], mtime: int) -> Iterator[bytes | _BlobPart]:
     """Every blob and manifest of ``entry`` not written yet (``seen``): an image's blobs, then its manifest; an
     index's images, then the index."""
@@ -87,10 +107,7 @@ def _blob_parts(entry: Image | ImageIndex, seen: set[str], mtime: int) -> Iterat
             if desc.digest in seen:
                 continue
             seen.add(desc.digest)
-            yield _tar_header(f"blobs/sha256/{desc.digest.hex}", desc.size, mtime)
-            yield _BlobPart(image, desc)
-            if pad := -desc.size % 512:
-                yield bytes(pad)
+            yield from _blob_part(image, desc, mtime)
         if image.digest not in seen:
             seen.add(image.digest)
             yield from _small(f"blobs/sha256/{image.digest.hex}", image.manifest.raw, mtime)
@@ -157,30 +174,37 @@ def _small(name: str, data: bytes, mtime: int) -> Iterator[bytes]:
         yield bytes(pad)
 
 
-def write_archive(images: Sequence[Tagged], path: Path, append: bool = False, mtime: int = 0) -> None:
+def write_archive(
+    images: Sequence[Tagged],
+    path: Path,
+    append: bool = False,
+    mtime: int = 0,
+    lead: Sequence[Descriptor] = (),
+    staged: StagedArchive | None = None,
+) -> None:
     """Write the tarball to ``path`` atomically (temp file in the same directory, then rename).
 
-    ``mtime`` is every tar entry's time (the build's ``SOURCE_DATE_EPOCH``). Blobs take the fastest safe path (``layout.copy_blob``): a cached blob is copied by the kernel, a derived
-    one is produced and written without a copy through Python, a foreign one is verified as it is copied.
+    ``mtime`` is every tar entry's time (the build's ``SOURCE_DATE_EPOCH``). Blobs take the fastest safe path
+    (``layout.copy_blob``): a cached blob is copied by the kernel, a derived one is produced and written without a
+    copy through Python, a foreign one is verified as it is copied.
     With ``append``, the images already in ``path`` are kept (read from the old file while the new one is
     written), except that a name given again moves to the new image, as ``docker tag`` moves it.
+    ``lead``: blobs that come first (the model's layers), so that a tarball ``staged`` during the build (whose temp
+    file already holds them) and one written whole are the same bytes.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: directory {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory; give a file name such as {path}/image.tar")
     if append and path.exists():
         images = [*_without_names(read_archive_entries(path), images), *images]
-    sweep(path.parent, f".{path.name}.*.tmp")  # left by an export that was killed
-    try:
-        fd, tmp = locked_temp(path.parent, f".{path.name}.", ".tmp")
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write there ({e.strerror})") from None
+    if staged is not None and staged.path == path:
+        fd, tmp = staged.take()
+        done: list[Descriptor] | None = staged.blobs
+    else:
+        fd, tmp = _open_temp(path)
+        done = None
     try:
         try:
             pending: list[bytes] = []
-            for part in _archive_parts(images, mtime):
+            for part in _archive_parts(images, mtime, lead, done):
                 if isinstance(part, bytes):
                     pending.append(part)
                     continue
@@ -195,14 +219,89 @@ def write_archive(images: Sequence[Tagged], path: Path, append: bool = False, mt
             os.close(fd)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(
-                f"writing {path}: {e.strerror}; free space there or choose another --output"
-            ) from None
-        raise
+        _raise_output(path, e)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _open_temp(path: Path) -> tuple[int, str]:
+    """The locked temp file beside ``path`` that becomes the tarball, once the destination is checked."""
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: directory {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name such as {path}/image.tar")
+    sweep(path.parent, f".{path.name}.*.tmp")  # left by an export that was killed
+    try:
+        return locked_temp(path.parent, f".{path.name}.", ".tmp")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write there ({e.strerror})") from None
+
+
+def _raise_output(path: Path, e: OSError) -> None:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OutputError(f"writing {path}: {e.strerror}; free space there or choose another --output") from None
+    raise e
+
+
+class StagedArchive:
+    """A tarball begun before the build, so that a model's layer goes into it as the build makes it (an
+    ``oci.layer.BlobSink``) rather than being read from the model's files again when it is written: one read of
+    the model. Its temp file holds the directories, then that blob under a header patched in once its digest is
+    known (the names are fixed-length; the header's length is known from the blob's size bounds); ``write_archive``
+    adds the rest and renames it, or ``discard`` removes it. The blob sits where ``write_archive``'s ``lead`` puts
+    the model's layers in a tarball written whole: the same bytes either way."""
+
+    def __init__(self, path: Path, mtime: int = 0):
+        self.path = Path(path)
+        self.mtime = mtime
+        self.blobs: list[Descriptor] = []
+        self._fd, self._tmp = _open_temp(self.path)
+        self._at = -1  # where the blob's header goes
+        self._reserved = 0
+        try:
+            dirs = [_tar_header(d, 0, mtime, directory=True) for d in ("blobs/", "blobs/sha256/")]
+            write_all(self._fd, dirs)
+        except OSError as e:
+            self.discard()
+            _raise_output(self.path, e)
+
+    def begin(self, min_size: int, max_size: int) -> int | None:
+        if self._at >= 0 or self._fd < 0:
+            return None  # one blob per tarball
+        sizes = {len(self._header(min_size)), len(self._header(max_size))}
+        if len(sizes) != 1:
+            return None  # compressed, around 8 GiB: its header's length (a PAX size record or not) is not known
+        self._reserved = sizes.pop()
+        self._at = os.lseek(self._fd, 0, os.SEEK_CUR)
+        write_all(self._fd, [bytes(self._reserved)])
+        return self._fd
+
+    def commit(self, desc: Descriptor) -> None:
+        header = self._header(desc.size, desc.digest.hex)
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        if len(header) != self._reserved or end != self._at + self._reserved + desc.size:
+            raise RuntimeError(f"staged blob {desc.digest.short}: {end - self._at} bytes where the header said otherwise")
+        os.pwrite(self._fd, header, self._at)
+        write_all(self._fd, [bytes(-desc.size % 512)])
+        self.blobs.append(desc)
+
+    def _header(self, size: int, hex_digest: str = "0" * 64) -> bytes:
+        return _tar_header(f"blobs/sha256/{hex_digest}", size, self.mtime)
+
+    def take(self) -> tuple[int, str]:
+        """The temp file, for ``write_archive`` to finish (it closes it)."""
+        if self._fd < 0:
+            raise RuntimeError(f"{self.path}: the staged tarball was already taken")
+        fd, self._fd = self._fd, -1
+        return fd, self._tmp
+
+    def discard(self) -> None:
+        """Remove the temp file, if ``write_archive`` has not taken it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            Path(self._tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- reading

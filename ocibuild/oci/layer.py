@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from ..errors import InputError
 from . import compress
@@ -31,6 +32,21 @@ from .tarstream import Entry, TarStream, file_ident
 
 # Layers at least this big, whose sources outlive the build (``derive=True``), become derived blobs.
 DERIVE_MIN = 64 << 20
+
+
+class BlobSink(Protocol):
+    """An output that takes a derived layer's bytes as the build makes them (``oci.archive.StagedArchive``,
+    ``oci.layout.StagedLayout``, ``oci.store.Spool``): the cache keeps only the layer's recipe, so without a sink
+    the output would read the model's files a second time to write them."""
+
+    def begin(self, min_size: int, max_size: int) -> int | None:
+        """A file descriptor to append the blob to (between ``min_size`` and ``max_size`` bytes), or None: this
+        sink cannot take it (it holds one blob)."""
+        ...
+
+    def commit(self, desc: Descriptor) -> None:
+        """The bytes appended since ``begin`` are the blob ``desc``."""
+        ...
 
 
 def _image_path(path: str) -> str:
@@ -220,12 +236,15 @@ def write_layer_with_file_digests(
     mtime: int = 0,
     derive: bool = False,
     workers: int | None = None,
+    sinks: Sequence[BlobSink] = (),
 ) -> tuple[Layer, tuple[FileDigest, ...]]:
     """``write_layer``, and the sha256 of every regular file in tar order, from the same single read of the files
     (a model's files are too big to read twice). The layer is the same, byte for byte. Each file is hashed in the
     pipeline's writer thread, beside the reader's hash of the whole tar. ``LayerContents`` has no hard-link
-    entries: a file linked twice on the host is two regular files here, each listed with its digest."""
-    return _write_layer(contents, store, codec, progress, mtime, derive, workers, hash_files=True)
+    entries: a file linked twice on the host is two regular files here, each listed with its digest.
+    ``sinks``: where a derived layer's bytes go as they are made (this build's outputs), so that writing them does
+    not read the files again."""
+    return _write_layer(contents, store, codec, progress, mtime, derive, workers, hash_files=True, sinks=sinks)
 
 
 class _FileHasher:
@@ -269,6 +288,7 @@ def _write_layer(
     workers: int | None,
     *,
     hash_files: bool,
+    sinks: Sequence[BlobSink] = (),
 ) -> tuple[Layer, tuple[FileDigest, ...]]:
     entries = contents.entries()
     tar = TarStream(entries, mtime, "{path} changed while being packed; rebuild when it is stable")
@@ -284,8 +304,10 @@ def _write_layer(
     derived = derive and tar.size >= DERIVE_MIN and codec != "zstd"
     if progress is not None:
         progress = partial(_capped, progress, contents.total_size)
+    staged = [(sink, fd) for sink in sinks if (fd := sink.begin(*_size_bounds(tar.size, plain))) is not None] if derived else []
     if derived:
-        out = Output(encoder, _discard, hash_blob=not plain)
+        fds = [fd for _, fd in staged]
+        out = Output(encoder, partial(_write_to_all, fds) if fds else _discard, hash_blob=not plain)
         pump(tar, out, diff=diff, progress=progress, workers=workers, on_segment=on_segment)
     else:
         with store.new_blob() as blob:
@@ -308,7 +330,18 @@ def _write_layer(
         store.put_recipe(digest, recipe)
     media_type = compress.LAYER_MEDIA_TYPE[codec]
     layer = Layer(Descriptor(media_type, digest, out.size), diff_id, StoreSource(store))
+    for sink, _ in staged:
+        sink.commit(layer.descriptor)
     return layer, files.result() if files is not None else ()
+
+
+def _size_bounds(tar_size: int, plain: bool) -> tuple[int, int]:
+    """Bounds on the blob's size: a plain tar is its size; gzip shrinks at most 1032 to 1 (deflate's limit) and
+    grows incompressible segments by their stored blocks' and members' headers (5 bytes per 64 KiB block, 18 per
+    4 MiB member)."""
+    if plain:
+        return tar_size, tar_size
+    return tar_size // 1100, tar_size + tar_size // 1000 + (1 << 20)
 
 
 def _capped(progress: Callable[[int], None], total: int, done: int) -> None:
@@ -321,4 +354,10 @@ def _discard(pieces: list, release: Release) -> None:
 
 def _write_to(fd: int, pieces: list, release: Release) -> None:
     write_all(fd, pieces)
+    release()
+
+
+def _write_to_all(fds: list[int], pieces: list, release: Release) -> None:
+    for fd in fds:
+        write_all(fd, pieces)
     release()

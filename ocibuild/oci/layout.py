@@ -11,7 +11,7 @@ import errno
 import fcntl
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import DigestMismatchError, FormatError, InputError, OutputError
@@ -23,7 +23,7 @@ from .image import BlobOrigin, Image, ImageIndex, Tagged, images_of, load_image,
 from .index import read_index_file, select_manifest
 from .signature import signature_tag
 from .store import StoredBlob, write_all
-from .tempfiles import new_directory
+from .tempfiles import new_directory, remove_tree
 
 OCI_LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -79,11 +79,12 @@ def read_layout_index(root: Path) -> Index:
 # ---------------------------------------------------------------- writing
 
 
-def write_layout(images: Sequence[Tagged], root: Path) -> None:
+def write_layout(images: Sequence[Tagged], root: Path, staged: StagedLayout | None = None) -> None:
     """Write images (or indexes) into the layout at ``root`` (created, or added to), each under its name's
-    ``ref_name`` and ``full`` (an entry takes its ``ref_name`` from any entry that had it, as a tag moves)."""
+    ``ref_name`` and ``full`` (an entry takes its ``ref_name`` from any entry that had it, as a tag moves).
+    ``staged``: blobs the build already wrote beside ``root``, moved in rather than copied."""
     try:
-        _write_layout(images, Path(root))
+        _write_layout(images, Path(root), staged.blobs if staged is not None else {})
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputError(
@@ -92,21 +93,23 @@ def write_layout(images: Sequence[Tagged], root: Path) -> None:
         raise
 
 
-def _write_layout(images: Sequence[Tagged], root: Path) -> None:
+def _write_layout(images: Sequence[Tagged], root: Path, staged: Mapping[str, Path]) -> None:
     is_layout = (root / "oci-layout").is_file()
     if root.exists() and not is_layout and (not root.is_dir() or any(root.iterdir())):
         raise OutputError(f"{root} exists and is not an OCI layout; choose a new or empty directory")
     if not root.parent.is_dir():
         raise OutputError(f"{root}: directory {root.parent} does not exist; create it first")
     if is_layout:
-        _add_to_layout(images, root)
+        _add_to_layout(images, root, staged)
         return
     with new_directory(root) as tmp:
         (tmp / "oci-layout").write_bytes(OCI_LAYOUT_FILE)
-        _add_to_layout(images, tmp, existing=[])
+        _add_to_layout(images, tmp, staged, existing=[])
 
 
-def _add_to_layout(images: Sequence[Tagged], root: Path, existing: list[Descriptor] | None = None) -> None:
+def _add_to_layout(
+    images: Sequence[Tagged], root: Path, staged: Mapping[str, Path], existing: list[Descriptor] | None = None
+) -> None:
     if existing is None:
         existing = list(read_index_file((root / "index.json").read_bytes(), str(root)).manifests)
     blob_dir = root / "blobs" / "sha256"
@@ -117,7 +120,7 @@ def _add_to_layout(images: Sequence[Tagged], root: Path, existing: list[Descript
         ref_name = tagged.name.ref_name if tagged.name else None
         full_name = tagged.name.full if tagged.name else None
         for image in images_of(entry):
-            _write_image(image, blob_dir)
+            _write_image(image, blob_dir, staged)
         if isinstance(entry, ImageIndex):
             _write_small(blob_dir, entry.digest.hex, entry.index.raw)
         annotations = {}
@@ -143,17 +146,21 @@ def _with_signature(entries: list[Descriptor], signature: Image, tag: str, blob_
     return kept + [signature.manifest.descriptor(annotations={media.REF_NAME: tag})]
 
 
-def _write_image(image: Image, blob_dir: Path) -> None:
+def _write_image(image: Image, blob_dir: Path, staged: Mapping[str, Path] | None = None) -> None:
     """An image's (or an artifact's) blobs, then its manifest."""
     for desc in image.descriptors():
-        write_blob_file(image, desc, blob_dir)
+        write_blob_file(image, desc, blob_dir, staged)
     _write_small(blob_dir, image.manifest.digest.hex, image.manifest.raw)
 
 
-def write_blob_file(image: Image, desc: Descriptor, blob_dir: Path) -> None:
-    """Copy one blob into ``blob_dir`` under its hex name, via a temp file; skipped if present."""
+def write_blob_file(image: Image, desc: Descriptor, blob_dir: Path, staged: Mapping[str, Path] | None = None) -> None:
+    """Copy one blob into ``blob_dir`` under its hex name, via a temp file; skipped if present; moved in if the
+    build ``staged`` it."""
     final = blob_dir / desc.digest.hex
     if final.is_file():
+        return
+    if staged and desc.digest in staged:
+        os.replace(staged[desc.digest], final)
         return
     fd, tmp = tempfile.mkstemp(dir=blob_dir, prefix=".tmp-")
     try:
@@ -224,6 +231,45 @@ def _copy_range(src: StoredBlob, fd: int, size: int) -> None:
         raise DigestMismatchError(
             f"cached blob {src.digest.short} is shorter than its {size} bytes; delete it from the cache and build again"
         )
+
+
+class StagedLayout:
+    """Blobs for an OCI layout, made before the layout is written: a model's layer goes into a temp directory
+    beside ``root`` as the build makes it (an ``oci.layer.BlobSink``), and ``write_layout`` moves it in (a rename,
+    not a copy, and not a second read of the model's files). Nothing is at ``root`` until then; ``discard``
+    removes what is left."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        parent = self.root.absolute().parent
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", suffix=".tmp", dir=parent))
+        except OSError as e:
+            raise OutputError(f"{root}: cannot write in {parent} ({e.strerror})") from None
+        self.blobs: dict[str, Path] = {}
+        self._fd = -1
+        self._tmp = ""
+
+    def begin(self, min_size: int, max_size: int) -> int | None:
+        if self._tmp or not self.dir.is_dir():
+            return None  # one blob
+        self._fd, self._tmp = tempfile.mkstemp(dir=self.dir, prefix=".blob-")
+        return self._fd
+
+    def commit(self, desc: Descriptor) -> None:
+        os.fchmod(self._fd, 0o644)
+        os.close(self._fd)
+        self._fd = -1
+        final = self.dir / desc.digest.hex
+        os.replace(self._tmp, final)
+        self.blobs[desc.digest] = final
+
+    def discard(self) -> None:
+        """Remove the temp directory and whatever ``write_layout`` did not move out of it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        remove_tree(self.dir)
 
 
 def _write_small(directory: Path, name: str, data: bytes) -> None:

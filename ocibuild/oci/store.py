@@ -24,13 +24,16 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import DigestMismatchError, FormatError, OutputError
 from .digest import CHUNK, Digest, HashingWriter, Stream, copy_verified
 from .tempfiles import locked_temp, sweep
+
+if TYPE_CHECKING:
+    from .descriptor import Descriptor
 
 
 class Records(Protocol):
@@ -251,6 +254,43 @@ class BlobStore:
             _unlink(tmp)
             self._raise_if_full(e)
             raise
+
+
+class Spool:
+    """A derived layer's bytes kept as a stored blob while one build publishes (an ``oci.layer.BlobSink``), so that
+    a push sends it, if the registry lacks it, without reading the model's files again; asking the registry first
+    (``registry.push``) still keeps a push from re-sending what is there. ``discard`` then leaves the recipe only,
+    as a derived blob is kept (``BlobStore.open`` prefers the stored bytes while they are there)."""
+
+    def __init__(self, store: BlobStore):
+        self.store = store
+        self._open: ExitStack | None = None
+        self._blob: NewBlob | None = None
+        self._spooled: list[Digest] = []
+
+    def begin(self, min_size: int, max_size: int) -> int | None:
+        if self._open is not None or self._spooled:
+            return None  # one blob
+        self._open = ExitStack()
+        self._blob = self._open.enter_context(self.store.new_blob())
+        return self._blob.fileno()
+
+    def commit(self, desc: Descriptor) -> None:
+        assert self._open is not None and self._blob is not None
+        self._blob.commit(desc.digest)
+        self._open.close()
+        self._open = None
+        self._spooled.append(desc.digest)
+
+    def discard(self) -> None:
+        """Remove the spooled bytes (and an unfinished temp file) where a recipe can produce them again."""
+        if self._open is not None:
+            self._open.__exit__(RuntimeError, RuntimeError("the build stopped"), None)
+            self._open = None
+        for digest in self._spooled:
+            if self.store.recipe(digest, usable=False) is not None:
+                self.store.remove_blob(digest)
+        self._spooled = []
 
 
 class NewBlob:

@@ -40,6 +40,7 @@ from ..oci.digest import Digest
 from ..oci.empty import is_empty
 from ..oci.image import Addendum, Image, ImageIndex, Layer
 from ..oci.layer import (
+    BlobSink,
     FileDigest,
     LayerContents,
     cache_key,
@@ -202,11 +203,16 @@ def user_note(user: str) -> str | None:
 
 
 def build(
-    spec: PackageSpec, store: BlobStore, progress: Progress, cache: LayerCache | None = None
+    spec: PackageSpec,
+    store: BlobStore,
+    progress: Progress,
+    cache: LayerCache | None = None,
+    sinks: Sequence[BlobSink] = (),
 ) -> BuildResult:
     """Build the image for ``spec``: layers come from ``cache`` (default: the local store's) when their inputs
-    made them before, else are built into ``store``."""
-    return _build_platform(spec, store, progress, _prepare(spec, store, progress, cache))
+    made them before, else are built into ``store``. ``sinks``: outputs that take the model layer's bytes as they
+    are made (when they are: a cache hit makes none), so that writing them does not read the model again."""
+    return _build_platform(spec, store, progress, _prepare(spec, store, progress, cache, sinks))
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,7 @@ def build_index(
     store: BlobStore,
     progress: Progress,
     cache: LayerCache | None = None,
+    sinks: Sequence[BlobSink] = (),
 ) -> IndexResult:
     """One image per platform, each on that platform's base (from the base's index) with dependencies resolved
     for it, in one image index. The server, model and app layers do not depend on the platform: made once (even
@@ -235,7 +242,7 @@ def build_index(
         raise UsageError("an index needs two platforms or more; build one platform as a plain image")
     if len(set(platforms)) != len(platforms):
         raise UsageError(f"--platform {','.join(map(str, platforms))}: a platform is named twice")
-    run = _prepare(spec, store, progress, cache)
+    run = _prepare(spec, store, progress, cache, sinks)
     results = []
     for platform in platforms:
         progress.step(f"platform {platform}")
@@ -254,9 +261,12 @@ class _Run:
     cache: LayerCache
     records: Records
     registered: list[ResolvedModel]
+    sinks: tuple[BlobSink, ...]  # where the model layer's bytes go as they are made (``build``)
 
 
-def _prepare(spec: PackageSpec, store: BlobStore, progress: Progress, cache: LayerCache | None) -> _Run:
+def _prepare(
+    spec: PackageSpec, store: BlobStore, progress: Progress, cache: LayerCache | None, sinks: Sequence[BlobSink]
+) -> _Run:
     validate(spec)
     if note := user_note(spec.user):
         progress.warn(note)
@@ -267,7 +277,7 @@ def _prepare(spec: PackageSpec, store: BlobStore, progress: Progress, cache: Lay
     if not spec.use_cache:
         cache = FreshLayerCache(cache)
     records: Records = TieredRecords(store, shared) if shared else store
-    return _Run(cache, records, _resolve_registered(spec, store, progress))
+    return _Run(cache, records, _resolve_registered(spec, store, progress), tuple(sinks))
 
 
 def _build_platform(spec: PackageSpec, store: BlobStore, progress: Progress, run: _Run) -> BuildResult:
@@ -288,7 +298,7 @@ def _build_platform(spec: PackageSpec, store: BlobStore, progress: Progress, run
         added += layers
     checks.entry_script(spec.entry_script, spec.source_dir)
     added.append(Addendum(_server_layer(spec, store, cache), f"{TOOL}: scoring server", "server"))
-    models = _model_layers(spec, run.registered, store, cache, progress)
+    models = _model_layers(spec, run.registered, store, cache, progress, run.sinks)
     added += models.added
     app, script_rel = _app_layer(spec, store, cache)
     added.append(app)
@@ -311,6 +321,7 @@ def _model_layers(
     store: BlobStore,
     cache: LayerCache,
     progress: Progress,
+    sinks: Sequence[BlobSink] = (),
 ) -> _Models:
     """The model layer of the local models (one, for all of them) and each registered model's own layer."""
     version = spec.version or "1"
@@ -323,7 +334,7 @@ def _model_layers(
         contents = LayerContents()
         for path, name in zip(spec.models, names, strict=True):
             add_model(contents, path, name, version)
-        layer, files = _model_layer(contents, spec, store, cache, progress)
+        layer, files = _model_layer(contents, spec, store, cache, progress, sinks)
         listing = ", ".join(p.name for p in spec.models)
         label = names[0] if len(names) == 1 else "set"
         added.append(Addendum(layer, f"ocibuild: model {label}:{version} ({listing})", "model"))
@@ -623,18 +634,23 @@ def _files_layer(
 
 
 def _model_layer(
-    contents: LayerContents, spec: PackageSpec, store: BlobStore, cache: LayerCache, progress: Progress
+    contents: LayerContents,
+    spec: PackageSpec,
+    store: BlobStore,
+    cache: LayerCache,
+    progress: Progress,
+    sinks: Sequence[BlobSink] = (),
 ) -> tuple[Layer, tuple[FileDigest, ...]]:
     """The local models' layer, found in the cache like ``_files_layer``'s (a hit reads nothing) or written as a
-    derived blob (the files outlive the build: ``oci.store``), and each file's sha256 for the SBOM, taken from the
-    same one read that writes the layer and kept in the cache record beside it."""
+    derived blob (the files outlive the build: ``oci.store``) whose bytes also go to ``sinks``, and each file's
+    sha256 for the SBOM: all from the same one read, the files' digests kept in the cache record beside it."""
     key = _files_key(contents, spec, store, cache)
     if (cached := cache.get(key)) is not None and (files := _files_from_facts(cached.facts)) is not None:
         progress.step(f"model layer: {_found(cached)} ({cached.layer.digest.short})")
         return cached.layer, files
     counter = progress.bytes("model layer", contents.total_size)
     layer, files = write_layer_with_file_digests(
-        contents, store, spec.compression, counter, mtime=spec.epoch, derive=True, workers=spec.workers
+        contents, store, spec.compression, counter, mtime=spec.epoch, derive=True, workers=spec.workers, sinks=sinks
     )
     counter.done()
     facts = {"files": [[f.path, f.size, f.sha256] for f in files]}

@@ -15,16 +15,16 @@ into place) after every blob it needs is there, so a failed write leaves nothing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import OcibuildError, OutputError, UsageError
 from ..events import Progress
-from ..oci.archive import docker_image_of, write_archive
+from ..oci.archive import StagedArchive, docker_image_of, write_archive
 from ..oci.digest import Digest
 from ..oci.image import Entry, Image, ImageIndex, Tagged, images_of, referrers_of
-from ..oci.layout import write_layout
+from ..oci.layout import StagedLayout, write_layout
 from ..oci.name import ImageName, Reference, parse_reference
 from ..oci.signature import Signer, payload, signatures_of
 from ..registry.client import RegistryClient
@@ -55,12 +55,13 @@ class LayoutPublisher:
     root: Path
     names: tuple[ImageName, ...] = ()
     destination: str = ""
+    staged: StagedLayout | None = field(default=None, compare=False)  # blobs the build already wrote for it
 
     def check(self, entry: Entry) -> None:
         pass
 
     def publish(self, entry: Entry, progress: Progress) -> Digest:
-        write_layout([Tagged(entry, n) for n in self.names] or [Tagged(entry)], self.root)
+        write_layout([Tagged(entry, n) for n in self.names] or [Tagged(entry)], self.root, self.staged)
         progress.step(f"wrote OCI layout {self.root}{_beside(entry, 'oci:' + str(self.root), self.names)}")
         return entry.digest
 
@@ -76,6 +77,7 @@ class ArchivePublisher:
     docker: bool = False
     mtime: int = 0
     destination: str = ""
+    staged: StagedArchive | None = field(default=None, compare=False)  # begun during the build, the model in it
 
     def check(self, entry: Entry) -> None:
         if not self.docker:
@@ -94,7 +96,8 @@ class ArchivePublisher:
         size = sum(d.size for image in images_of(entry) for d in image.descriptors())
         counter = progress.bytes(f"writing {self.path}", size)
         tagged = [Tagged(entry, n) for n in self.names] or [Tagged(entry)]
-        write_archive(tagged, self.path, append=self.append, mtime=self.mtime)
+        lead = [a.layer.descriptor for image in images_of(entry) for a in image.added if a.role == "model"]
+        write_archive(tagged, self.path, self.append, self.mtime, lead, self.staged)
         counter.done()
         if note := _beside(entry, f"oci-archive:{self.path}", self.names):
             progress.step(f"wrote {self.path}{note}")
