@@ -239,9 +239,13 @@ def _open_temp(path: Path) -> tuple[int, str]:
 
 
 def _raise_output(path: Path, e: OSError) -> None:
+    raise _output_error(path, e) from None
+
+
+def _output_error(path: Path, e: OSError) -> Exception:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise OutputError(f"writing {path}: {e.strerror}; free space there or choose another --output") from None
-    raise e
+        return OutputError(f"writing {path}: {e.strerror}; free space there or choose another --output")
+    return e
 
 
 class StagedArchive:
@@ -285,6 +289,9 @@ class StagedArchive:
         os.pwrite(self._fd, header, self._at)
         write_all(self._fd, [bytes(-desc.size % 512)])
         self.blobs.append(desc)
+
+    def error(self, e: OSError) -> Exception:
+        return _output_error(self.path, e)
 
     def _header(self, size: int, hex_digest: str = "0" * 64) -> bytes:
         return _tar_header(f"blobs/sha256/{hex_digest}", size, self.mtime)

@@ -48,6 +48,10 @@ class BlobSink(Protocol):
         """The bytes appended since ``begin`` are the blob ``desc``."""
         ...
 
+    def error(self, e: OSError) -> Exception:
+        """What to raise when appending to it failed (a full disk: one line naming the output)."""
+        ...
+
 
 def _image_path(path: str) -> str:
     p = PurePosixPath("/" + path.lstrip("/"))
@@ -306,8 +310,7 @@ def _write_layer(
         progress = partial(_capped, progress, contents.total_size)
     staged = [(sink, fd) for sink in sinks if (fd := sink.begin(*_size_bounds(tar.size, plain))) is not None] if derived else []
     if derived:
-        fds = [fd for _, fd in staged]
-        out = Output(encoder, partial(_write_to_all, fds) if fds else _discard, hash_blob=not plain)
+        out = Output(encoder, partial(_write_to_sinks, staged) if staged else _discard, hash_blob=not plain)
         pump(tar, out, diff=diff, progress=progress, workers=workers, on_segment=on_segment)
     else:
         with store.new_blob() as blob:
@@ -357,7 +360,10 @@ def _write_to(fd: int, pieces: list, release: Release) -> None:
     release()
 
 
-def _write_to_all(fds: list[int], pieces: list, release: Release) -> None:
-    for fd in fds:
-        write_all(fd, pieces)
+def _write_to_sinks(staged: list[tuple[BlobSink, int]], pieces: list, release: Release) -> None:
+    for sink, fd in staged:
+        try:
+            write_all(fd, pieces)
+        except OSError as e:
+            raise sink.error(e) from None
     release()

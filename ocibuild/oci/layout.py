@@ -264,6 +264,11 @@ class StagedLayout:
         os.replace(self._tmp, final)
         self.blobs[desc.digest] = final
 
+    def error(self, e: OSError) -> Exception:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OutputError(f"writing {self.root}: {e.strerror}; free space there or choose another --oci-layout")
+        return e
+
     def discard(self) -> None:
         """Remove the temp directory and whatever ``write_layout`` did not move out of it."""
         if self._fd >= 0:

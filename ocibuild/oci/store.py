@@ -120,9 +120,12 @@ class BlobStore:
 
     def _raise_if_full(self, e: BaseException) -> None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(
-                f"cache {self.root}: {e.strerror}; free space there or point --cache / OCIBUILD_CACHE elsewhere"
-            ) from None
+            raise self.full_error(e) from None
+
+    def full_error(self, e: OSError) -> OutputError:
+        return OutputError(
+            f"cache {self.root}: {e.strerror}; free space there or point --cache / OCIBUILD_CACHE elsewhere"
+        )
 
     def path(self, digest: Digest) -> Path:
         """Where a stored blob's bytes are (a derived blob has none)."""
@@ -281,6 +284,9 @@ class Spool:
         self._open.close()
         self._open = None
         self._spooled.append(desc.digest)
+
+    def error(self, e: OSError) -> Exception:
+        return self.store.full_error(e) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e
 
     def discard(self) -> None:
         """Remove the spooled bytes (and an unfinished temp file) where a recipe can produce them again."""

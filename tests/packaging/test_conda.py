@@ -462,7 +462,7 @@ def test_package_builds_on_the_pinned_python(tmp_path, monkeypatch, base, expect
     monkeypatch.delenv("OCIBUILD_BASE", raising=False)
     seen = []
 
-    def build(spec, store, progress):
+    def build(spec, store, progress, **_):
         seen.append(spec)
         raise _Built
 
