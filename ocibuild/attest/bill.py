@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from ..oci.digest import Digest
+from ..oci.layer import FileDigest
 from ..rootfs.packages import OsPackages
 
 
@@ -32,11 +33,7 @@ class Wheel(Protocol):
     def license(self) -> str: ...  # as its metadata declares it; "" when it declares none
 
 
-@dataclass(frozen=True)
-class ModelFile:
-    path: str  # inside the image, no leading "/"
-    size: int
-    sha256: str
+ModelFile = FileDigest  # a model file as the layer writer hashed it: its path in the image, size and sha256
 
 
 @dataclass(frozen=True)

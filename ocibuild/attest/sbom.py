@@ -9,7 +9,7 @@ from ..packaging.package import BuildResult
 from ..registry.transport import RegistryOptions
 from ..version import __version__
 from . import cyclonedx, spdx
-from .bill import Bill, ModelFile, RegisteredModel
+from .bill import Bill, RegisteredModel
 
 FORMATS = ("spdx", "cyclonedx", "none")
 MEDIA_TYPES = {"spdx": spdx.MEDIA_TYPE, "cyclonedx": cyclonedx.MEDIA_TYPE}
@@ -35,7 +35,7 @@ def bill_of(result: BuildResult, epoch: int) -> Bill:
         base_digest=base.digest if base is not None and base.layers else None,
         os=contents.os if contents else None,
         wheels=contents.wheels if contents else (),
-        model_files=tuple(ModelFile(f.path, f.size, f.sha256) for f in contents.model_files) if contents else (),
+        model_files=contents.model_files if contents else (),
         registered_models=tuple(
             RegisteredModel(m.info.name, m.info.version, m.reference, str(m.info.digest)) for m in contents.registered
         )

@@ -122,17 +122,7 @@ class RegistryClient:
     def has_manifest(self, digest: Digest) -> bool:
         """Whether the repository holds the manifest ``digest`` (a HEAD: nothing is downloaded)."""
         what = f"{self.what}@{digest}"
-        response = self._request(
-            "HEAD", f"/v2/{self.repository}/manifests/{digest}", what, headers={"Accept": MANIFEST_ACCEPT}
-        )
-        with response:
-            if response.status_code == 200:
-                return True
-            if response.status_code == 404:
-                return False
-            if response.status_code == 403:
-                raise self._denied(what, f"pull {self.repository}")
-            raise status_error(response, what, "checking for the manifest")
+        return self._exists(f"manifests/{digest}", what, "pull", "checking for the manifest", Accept=MANIFEST_ACCEPT)
 
     def get_referrers(self, digest: Digest) -> bytes | None:
         """The referrers API's index of the manifests whose subject is ``digest``; None when the registry has no
@@ -155,15 +145,19 @@ class RegistryClient:
     # ---------------------------------------------------------------- blobs
 
     def has_blob(self, digest: Digest) -> bool:
-        response = self._request("HEAD", f"/v2/{self.repository}/blobs/{digest}")
+        return self._exists(f"blobs/{digest}", self.what, "read", f"checking blob {digest.short}")
+
+    def _exists(self, path: str, what: str, right: str, doing: str, **headers: str) -> bool:
+        """A HEAD of ``/v2/REPO/{path}``: True (200), False (404), or the error (``right``: what a 403 denies)."""
+        response = self._request("HEAD", f"/v2/{self.repository}/{path}", what, headers=headers)
         with response:
             if response.status_code == 200:
                 return True
             if response.status_code == 404:
                 return False
             if response.status_code == 403:
-                raise self._denied(self.what, f"read {self.repository}")
-            raise status_error(response, self.what, f"checking blob {digest.short}")
+                raise self._denied(what, f"{right} {self.repository}")
+            raise status_error(response, what, doing)
 
     def open_blob(self, desc: Descriptor) -> Stream:
         """A stream of the blob (redirects followed) that raises ``DigestMismatchError`` at its end if wrong."""
