@@ -25,7 +25,6 @@ from pathlib import Path
 
 from .attest.documents import DocumentOptions, with_documents
 from .attest.sbom import check_format
-from .cache.registry import parse_cache_repo
 from .checks.build import CheckOptions
 from .checks.smoke import SmokeOptions
 from .errors import InputError, UsageError
@@ -35,7 +34,7 @@ from .oci.descriptor import Platform
 from .oci.digest import Digest
 from .oci.image import Entry, Image
 from .oci.layout import StagedLayout
-from .oci.name import ImageName, parse_reference
+from .oci.name import ImageName, Reference, parse_reference
 from .oci.signature import Signer
 from .oci.store import BlobStore, Spool
 from .packaging.dockerfile import DockerfilePublisher
@@ -43,7 +42,7 @@ from .packaging.environment import PythonEnvironment, load_environment
 from .packaging.package import DEFAULT_USER, BuildResult, IndexResult, PackageSpec, build, build_index
 from .packaging.sources import PackageSources, parse_exclude_newer
 from .registry.credentials import parse_creds
-from .registry.transport import RegistryOptions
+from .registry.options import RegistryOptions
 from .settings import Settings
 from .transports.engine import EnginePublisher
 from .transports.location import registry_reference
@@ -308,8 +307,8 @@ def bind_credentials(
     ``cache_repo``'s registry is written as a push is: ``creds`` when it is a push's registry, else the
     environment's or a login's."""
     push_refs = [parse_reference(p) for p in pushes]
-    if cache_repo:
-        host = parse_cache_repo(cache_repo).registry
+    if (repo := _cache_repo(cache_repo)) is not None:
+        host = repo.registry
         options = options.for_target(host, creds if host in {r.registry for r in push_refs} else None)
     base_ref = registry_reference(base)
     for push in push_refs:
@@ -331,6 +330,15 @@ def bind_credentials(
         for host in hosts:  # no --push and no registry --base: the registered models' registries
             options = options.for_target(host, creds)
     return options
+
+
+def _cache_repo(text: str | None) -> Reference | None:
+    """``--cache-repo``'s repository (``cache.registry`` and its HTTP are imported only when there is one)."""
+    if not text:
+        return None
+    from .cache.registry import parse_cache_repo
+
+    return parse_cache_repo(text)
 
 
 def _signer(key: PathLike | None, password_file: PathLike | None, settings: Settings) -> Signer | None:
@@ -476,7 +484,7 @@ def package(
         epoch=settings.source_date_epoch,
         checks=CheckOptions.of(skip_checks, allow_imports),
         smoke=smoke,
-        cache_repo=parse_cache_repo(repo) if (repo := cache_repo or settings.cache_repo) else None,
+        cache_repo=_cache_repo(cache_repo or settings.cache_repo),
         cache_repo_readonly=settings.cache_repo_readonly
         if cache_repo_readonly is None
         else cache_repo_readonly,

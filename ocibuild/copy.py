@@ -16,7 +16,7 @@ from .oci.descriptor import Platform
 from .oci.digest import Digest
 from .oci.image import Entry, Image, ImageIndex
 from .registry.credentials import parse_creds
-from .registry.transport import RegistryOptions
+from .registry.options import RegistryOptions
 from .transports.location import Location
 from .transports.open import open_location, open_referrers, open_signature
 from .transports.publish import publish_all, publisher_for

@@ -9,7 +9,7 @@ from .errors import OcibuildError, UsageError
 from .events import human_size
 from .oci.descriptor import Platform
 from .oci.image import ImageIndex
-from .registry.transport import RegistryOptions
+from .registry.options import RegistryOptions
 from .transports.location import Location
 from .transports.open import open_base, open_location
 

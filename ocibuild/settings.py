@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .registry.credentials import auth_files
-from .registry.transport import RegistryOptions
+from .registry.options import RegistryOptions
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..errors import InputError, UsageError
 from ..oci.image import Image
 from ..packaging.package import BuildResult
-from ..registry.transport import RegistryOptions
+from ..registry.options import RegistryOptions
 from ..version import __version__
 from . import cyclonedx, spdx
 from .bill import Bill, RegisteredModel

@@ -11,8 +11,9 @@ from ..errors import OcibuildError, UsageError
 from ..oci.digest import Digest
 from ..oci.signature import load_public_key, signature_tag, verify
 from ..registry.client import RegistryClient
+from ..registry.options import RegistryOptions
 from ..registry.signatures import read_signatures
-from ..registry.transport import RegistryOptions, Transport
+from ..registry.transport import Transport
 from ..transports.location import Location
 
 

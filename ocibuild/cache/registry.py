@@ -34,9 +34,10 @@ from ..oci.name import Reference, parse_reference
 from ..oci.store import BlobStore
 from ..registry.client import RegistryClient
 from ..registry.errors import NotFoundError
+from ..registry.options import RegistryOptions
 from ..registry.push import push_image
 from ..registry.source import RegistrySource
-from ..registry.transport import RegistryOptions, Transport
+from ..registry.transport import Transport
 from ..version import __version__
 from .layers import CachedLayer
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..events import Progress
-from ..registry.transport import RegistryOptions
+from ..registry.options import RegistryOptions
 from ..settings import Settings
 from .render import Renderer
 

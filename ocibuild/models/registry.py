@@ -26,8 +26,9 @@ from ..oci.store import BlobStore
 from ..oci.tarsafe import BoundedTarInfo
 from ..oci.tempfiles import new_directory
 from ..registry.errors import NotFoundError
+from ..registry.options import RegistryOptions
 from ..registry.push import push_image
-from ..registry.transport import RegistryOptions, Transport
+from ..registry.transport import Transport
 from ..transports.location import Location
 from ..transports.open import open_location
 from .artifact import EMPTY_CONFIG, EMPTY_DESCRIPTOR, ModelInfo, build_artifact, check_name, check_version

@@ -28,7 +28,6 @@ from ..cache.layers import (
     TieredLayerCache,
 )
 from ..cache.records import TieredRecords
-from ..cache.registry import RegistryLayerCache
 from ..checks.build import BuildChecks, CheckOptions
 from ..checks.smoke import SmokeOptions, smoke_test
 from ..errors import InputError, OcibuildError, UsageError
@@ -52,7 +51,7 @@ from ..oci.mutate import ConfigChanges, mutate, timestamp
 from ..oci.name import Reference
 from ..oci.store import BlobStore, Records
 from ..oci.tempfiles import remove_tree
-from ..registry.transport import RegistryOptions
+from ..registry.options import RegistryOptions
 from ..rootfs.packages import OsPackage, OsPackages, os_packages
 from ..rootfs.pyenv import TargetPython, detect_target_python
 from ..transports.open import open_base
@@ -66,6 +65,7 @@ from .split import Part, split_dependencies
 from .wheels import install_dependencies
 
 if TYPE_CHECKING:
+    from ..cache.registry import RegistryLayerCache
     from ..models.registry import ResolvedModel
 
 APP_ROOT = "var/azureml-app"
@@ -688,6 +688,10 @@ def _cache_repo(spec: PackageSpec, store: BlobStore, progress: Progress) -> Regi
     """The registry repository a fleet shares as its cache, asked after the local cache, if there is one."""
     if spec.cache_repo is None:
         return None
+    from ..cache.registry import (
+        RegistryLayerCache,  # HTTP (requests) is imported only for a build that uses it
+    )
+
     return RegistryLayerCache(spec.cache_repo, spec.registry, store, progress, spec.cache_repo_readonly)
 
 

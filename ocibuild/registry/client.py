@@ -23,7 +23,8 @@ from ..oci.descriptor import MAX_DOCUMENT_BYTES, Descriptor
 from ..oci.digest import CHUNK, Digest, Stream, VerifyingReader, is_digest
 from .auth import repository_scope
 from .errors import AccessDeniedError, NotFoundError, RegistryError, TransientError
-from .transport import StaleToken, Transport, reason, registry_errors, retry_delay, status_error
+from .options import retry_delay
+from .transport import StaleToken, Transport, reason, registry_errors, status_error
 
 MANIFEST_ACCEPT = ", ".join(
     [media.OCI_MANIFEST, media.OCI_INDEX, media.DOCKER_MANIFEST, media.DOCKER_MANIFEST_LIST]

@@ -7,7 +7,8 @@ from pathlib import Path
 from ..errors import BadReferenceError
 from ..oci.name import _HOST
 from .credentials import Credentials, normalise_host, save_login
-from .transport import RegistryOptions, Transport, status_error
+from .options import RegistryOptions
+from .transport import Transport, status_error
 
 
 def registry_host(text: str) -> str:

@@ -24,7 +24,8 @@ from ..oci.image import Image, ImageIndex
 from ..oci.name import Reference
 from .client import RegistryClient
 from .errors import TransientError
-from .transport import RegistryOptions, Transport, retry_delay
+from .options import RegistryOptions, retry_delay
+from .transport import Transport
 
 
 class _Tally:

@@ -18,8 +18,9 @@ from ..oci.image import Image
 from ..oci.name import Reference
 from .client import RegistryClient
 from .errors import NotFoundError
+from .options import RegistryOptions
 from .push import push_image
-from .transport import RegistryOptions, Transport
+from .transport import Transport
 
 
 def referrers_tag(subject: Digest) -> str:

@@ -11,8 +11,9 @@ from ..oci.name import Reference
 from ..oci.signature import Signed, signature_image, signature_tag, signatures_in
 from .client import RegistryClient
 from .errors import NotFoundError
+from .options import RegistryOptions
 from .push import push_image
-from .transport import RegistryOptions, Transport
+from .transport import Transport
 
 
 def read_signatures(client: RegistryClient, digest: Digest) -> list[Signed]:

@@ -24,7 +24,8 @@ from ..oci.name import Reference
 from ..oci.store import BlobStore
 from .client import RegistryClient
 from .errors import TransientError
-from .transport import RegistryOptions, Transport, retry_delay
+from .options import RegistryOptions, retry_delay
+from .transport import Transport
 
 
 class RegistrySource:

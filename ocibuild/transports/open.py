@@ -3,12 +3,14 @@
 The one opener: ``package --base``, ``copy`` and ``inspect`` come through here, and a new transport is one more
 branch here plus its reader. Layouts and archives are read in place; a registry image is fetched manifest first,
 its blobs when they are opened (through the cache when a ``BlobStore`` is given, else streamed); ``scratch`` is
-the empty image.
+the empty image. The registry's modules (and requests) are imported by the branches that use them: most builds
+read a local base, and every command's start would pay 50 ms for them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from ..errors import BaseImageError, FormatError, InputError, UsageError
 from ..events import Progress
@@ -22,12 +24,11 @@ from ..oci.index import fetch_manifest, load_entry, read_index_file, resolve_pla
 from ..oci.layout import LayoutSource, read_layout_index
 from ..oci.signature import signature_tag
 from ..oci.store import BlobStore
-from ..registry.client import RegistryClient
-from ..registry.referrers import list_referrers
-from ..registry.signatures import signatures_image
-from ..registry.source import RegistrySource
-from ..registry.transport import RegistryOptions, Transport
+from ..registry.options import RegistryOptions
 from .location import Location
+
+if TYPE_CHECKING:
+    from ..registry.client import RegistryClient
 
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 
@@ -109,7 +110,9 @@ def _entries(
     its tag for a layout or an OCI archive), the source of their blobs, and how to name them in messages."""
     if loc.transport == "docker":
         assert loc.ref is not None
-        client = RegistryClient(Transport(loc.ref.registry, options), loc.ref.repository)
+        from ..registry.source import RegistrySource
+
+        client = _client(loc, options)
         source = RegistrySource(client, store, progress=progress)
         raw, mt = client.get_manifest(loc.ref.reference)
         mt = mt or sniff_media_type(raw, f"manifest of {loc.ref}")
@@ -117,6 +120,14 @@ def _entries(
         return [Descriptor(mt, Digest.of(raw), len(raw))], source, str(loc.ref)
     index, blobs, what = _index_of(loc)
     return select_entries(index, loc.name, what), blobs, what
+
+
+def _client(loc: Location, options: RegistryOptions | None) -> RegistryClient:
+    from ..registry.client import RegistryClient
+    from ..registry.transport import Transport
+
+    assert loc.ref is not None
+    return RegistryClient(Transport(loc.ref.registry, options or RegistryOptions()), loc.ref.repository)
 
 
 def _index_of(loc: Location) -> tuple[Index, BlobSource, str]:
@@ -142,7 +153,10 @@ def open_referrers(
     wanted = set(artifact_types)
     if loc.transport == "docker":
         assert loc.ref is not None
-        client = RegistryClient(Transport(loc.ref.registry, options or RegistryOptions()), loc.ref.repository)
+        from ..registry.referrers import list_referrers
+        from ..registry.source import RegistrySource
+
+        client = _client(loc, options)
         source = RegistrySource(client)
         found = [d for d in list_referrers(client, subject) if not wanted or d.artifact_type in wanted]
         out = []
@@ -169,7 +183,9 @@ def open_signature(loc: Location, subject: Digest, options: RegistryOptions | No
     tag = signature_tag(subject)
     if loc.transport == "docker":
         assert loc.ref is not None
-        client = RegistryClient(Transport(loc.ref.registry, options or RegistryOptions()), loc.ref.repository)
+        from ..registry.signatures import signatures_image
+
+        client = _client(loc, options)
         try:
             return signatures_image(client, subject)
         finally:

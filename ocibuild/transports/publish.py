@@ -27,11 +27,7 @@ from ..oci.image import Entry, Image, ImageIndex, Tagged, images_of, referrers_o
 from ..oci.layout import StagedLayout, write_layout
 from ..oci.name import ImageName, Reference, parse_reference
 from ..oci.signature import Signer, payload, signatures_of
-from ..registry.client import RegistryClient
-from ..registry.push import check_push_access, push_image, push_index
-from ..registry.referrers import push_referrers
-from ..registry.signatures import push_signatures
-from ..registry.transport import RegistryOptions, Transport
+from ..registry.options import RegistryOptions
 from .location import Location
 
 
@@ -126,6 +122,8 @@ class RegistryPublisher:
 
     def preflight(self) -> None:
         """Before anything is built: the credentials given for this registry work."""
+        from ..registry.push import check_push_access
+
         check_push_access(self.ref, self.options)
 
     def check(self, entry: Entry) -> None:
@@ -136,6 +134,12 @@ class RegistryPublisher:
             )
 
     def publish(self, entry: Entry, progress: Progress) -> Digest:
+        from ..registry.client import RegistryClient
+        from ..registry.push import push_image, push_index
+        from ..registry.referrers import push_referrers
+        from ..registry.signatures import push_signatures
+        from ..registry.transport import Transport
+
         client = RegistryClient(Transport(self.ref.registry, self.options), self.ref.repository, push=True)
         try:  # one client (one token) for everything that goes into this repository
             # first the documents and the signature: a tag never names an image whose SBOM or signature is missing

@@ -148,7 +148,8 @@ def test_a_registered_layer_that_writes_outside_its_folder_is_refused(reg, base_
     from ocibuild.oci.digest import Digest
     from ocibuild.oci.name import parse_reference
     from ocibuild.registry.client import RegistryClient
-    from ocibuild.registry.transport import RegistryOptions, Transport
+    from ocibuild.registry.options import RegistryOptions
+    from ocibuild.registry.transport import Transport
 
     folder = "var/azureml-app/azureml-models/evil/1"
     buf = io.BytesIO()

@@ -20,7 +20,8 @@ from ocibuild.oci.digest import Digest, VerifyingReader
 from ocibuild.oci.name import parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.errors import NotFoundError, UnreachableError
-from ocibuild.registry.transport import RegistryOptions, RetryPolicy, Transport
+from ocibuild.registry.options import RegistryOptions, RetryPolicy
+from ocibuild.registry.transport import Transport
 from tests.conftest import free_port
 
 

@@ -11,7 +11,7 @@ from ocibuild.oci.descriptor import Descriptor, canonical_json
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.image import Image, StoreSource, load_image
 from ocibuild.oci.store import BlobStore
-from ocibuild.registry.transport import RegistryOptions, RetryPolicy
+from ocibuild.registry.options import RegistryOptions, RetryPolicy
 
 FAST = RegistryOptions(retry=RetryPolicy(backoff=0.05, max_backoff=0.2))  # retries without long waits
 

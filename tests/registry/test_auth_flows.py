@@ -14,9 +14,9 @@ from ocibuild.oci.name import parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.credentials import Credentials
 from ocibuild.registry.errors import AuthenticationError
+from ocibuild.registry.options import RegistryOptions
 from ocibuild.registry.push import push_image
 from ocibuild.registry.source import open_registry_image
-from ocibuild.registry.transport import RegistryOptions
 from ocibuild.settings import Settings
 from tests.conftest import REGISTRY_REFRESH_TOKEN
 from tests.registry.images import FAST, make_image, repo

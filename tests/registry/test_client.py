@@ -22,16 +22,10 @@ from ocibuild.oci.store import BlobStore
 from ocibuild.registry.client import MIN_CHUNK, RegistryClient
 from ocibuild.registry.credentials import Credentials
 from ocibuild.registry.errors import TransientError
+from ocibuild.registry.options import RegistryOptions, RetryPolicy, retry_after_seconds, retry_delay
 from ocibuild.registry.push import push_image
 from ocibuild.registry.source import open_registry_image
-from ocibuild.registry.transport import (
-    RegistryOptions,
-    RetryPolicy,
-    Transport,
-    is_loopback,
-    retry_after_seconds,
-    retry_delay,
-)
+from ocibuild.registry.transport import Transport, is_loopback
 from tests.registry.images import FAST, make_image, repo
 from tests.registry.servers import Fault
 

@@ -27,9 +27,9 @@ from ocibuild.oci.image import Image
 from ocibuild.oci.name import Reference, parse_reference
 from ocibuild.oci.store import BlobStore
 from ocibuild.registry.errors import TransientError
+from ocibuild.registry.options import RegistryOptions, RetryPolicy
 from ocibuild.registry.push import push_image
 from ocibuild.registry.source import open_registry_image
-from ocibuild.registry.transport import RegistryOptions, RetryPolicy
 from tests.conftest import BASE_REPO, EXAMPLE_DIR, run
 from tests.registry.images import make_image, repo
 from tests.registry.servers import Fault, Record, RecordingProxy
