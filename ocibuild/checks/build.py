@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CheckError, UsageError
-from ..rootfs.files import BaseFiles, ModuleTree, base_files
+from ..rootfs.base import base_files
+from ..rootfs.files import BaseFiles, ModuleTree
 from . import native
 from .imports import ImportCheck, module_tree
 
@@ -56,8 +57,8 @@ class CheckOptions:
 class BuildChecks:
     """One build's checks against one base image, whose files are read once (and cached by its digests).
 
-    The read starts at once in a thread: it takes about 0.7 s on the Debian base, which a cold build spends waiting
-    for the installer (a separate process) anyway.
+    The files are usually in the cache's records already (``rootfs.base`` reads a new base once, when its Python is
+    detected); when not, the read starts at once in a thread, beside the installer (a separate process).
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class BuildChecks:
     def _read(self) -> None:
         assert self.base is not None
         try:
-            self._files = base_files(self.base, self.target, self.store, self.what)
+            self._files = base_files(self.base, self.store, self.what)
         except BaseException as e:  # handed to the build's own thread by files()
             self._files = e
 

@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,8 +51,9 @@ from ..oci.name import Reference
 from ..oci.store import BlobStore, Records
 from ..oci.tempfiles import remove_tree
 from ..registry.options import RegistryOptions
-from ..rootfs.packages import OsPackage, OsPackages, os_packages
-from ..rootfs.pyenv import TargetPython, detect_target_python
+from ..rootfs.base import base_packages, base_python
+from ..rootfs.packages import OsPackages
+from ..rootfs.pyenv import TargetPython
 from ..transports.open import open_base
 from ..version import __version__
 from . import bytecode
@@ -436,42 +436,13 @@ def _resolve_registered(spec: PackageSpec, store: BlobStore, progress: Progress)
     return [resolve_model(ref, store, spec.registry, progress) for ref in spec.model_refs]
 
 
-def _detect_python(base: Image, spec: PackageSpec, store: Records, progress: Progress) -> TargetPython:
-    what = f"base image {spec.base}"
-    key = "pyenv-" + hashlib.sha256(json.dumps([str(d.digest) for d in base.layers]).encode()).hexdigest()
-    if base.layers and (cached := store.get_ref(key)) is not None:
-        try:
-            return _target_from_json(cached)
-        except (TypeError, KeyError, ValueError):
-            pass
-    if base.layers:
-        progress.step("reading the base image's layers to find its Python")
-    openers = [partial(base.open_uncompressed, layer) for layer in base.layers]
-    target = detect_target_python(openers, base.platform.architecture, base.platform.variant, what=what)
-    store.put_ref(key, asdict(target))
-    return target
+def _detect_python(base: Image, spec: PackageSpec, records: Records, progress: Progress) -> TargetPython:
+    return base_python(base, records, f"base image {spec.base}", progress)
 
 
 def _base_packages(base: Image, spec: PackageSpec, records: Records, progress: Progress) -> OsPackages | None:
-    """The base's OS packages (for the SBOM), read from its package databases once per set of base layers."""
-    if is_empty(base):
-        return None
-    key = "ospkgs-1-" + hashlib.sha256(json.dumps([str(d.digest) for d in base.layers]).encode()).hexdigest()
-    if (cached := records.get_ref(key)) is not None:
-        try:
-            return _os_packages_from_json(cached)
-        except (TypeError, KeyError, ValueError):
-            pass
-    progress.step("reading the base image's package databases (for the SBOM)")
-    openers = [partial(base.open_uncompressed, layer) for layer in base.layers]
-    found = os_packages(openers, f"base image {spec.base}")
-    records.put_ref(key, asdict(found))
-    return found
-
-
-def _os_packages_from_json(doc: dict) -> OsPackages:
-    packages = tuple(OsPackage(**p) for p in doc["packages"])
-    return OsPackages(packages, doc["distro"], doc["distro_version"], tuple(doc["managers"]))
+    """The base's OS packages, for the SBOM."""
+    return None if is_empty(base) else base_packages(base, records, f"base image {spec.base}", progress)
 
 
 def _dependencies_layers(
@@ -693,8 +664,3 @@ def _cache_repo(spec: PackageSpec, store: BlobStore, progress: Progress) -> Regi
     )
 
     return RegistryLayerCache(spec.cache_repo, spec.registry, store, progress, spec.cache_repo_readonly)
-
-
-def _target_from_json(doc: dict) -> TargetPython:
-    doc = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()}
-    return TargetPython(**doc)

@@ -10,25 +10,21 @@ small JSON document cached by the image's layer and config digests, so a rebuild
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, BinaryIO
 
 from .elf import parse_elf
 from .layers import Dir, File, Link, Path, Tree, as_abs, normalise, read_tree
 
 if TYPE_CHECKING:
-    from ..oci.image import Image
-    from ..oci.store import Records
     from .pyenv import TargetPython
 
-__all__ = ["BaseFiles", "read_base_files", "base_files"]
+__all__ = ["BaseFiles", "FORMAT", "files_in_tree", "read_base_files", "scan_member"]
 
-_FORMAT = 1  # bumped whenever what is kept changes, so an old cached document is not misread
+FORMAT = 1  # bumped whenever what is kept changes, so an old cached document is not misread
 _LIBRARY_LIMIT = 64 << 20  # a library larger than this is known by name only (its version definitions unread)
 _TEXT_LIMIT = 64 << 10
 _SCAN_CHUNK = 1 << 20
@@ -93,7 +89,7 @@ class BaseFiles:
 
     def to_json(self) -> dict:
         return {
-            "format": _FORMAT,
+            "format": FORMAT,
             "libraries": self.libraries,
             "elf": self.elf,
             "dir_links": self.dir_links,
@@ -107,7 +103,7 @@ class BaseFiles:
 
     @classmethod
     def from_json(cls, doc: dict) -> BaseFiles:
-        if doc.get("format") != _FORMAT:
+        if doc.get("format") != FORMAT:
             raise ValueError("another format")
         return cls(
             libraries=doc["libraries"],
@@ -144,7 +140,7 @@ def _under_python(path: Path) -> bool:
     return any(_PYDIR.fullmatch(p) for p in path[:-1])
 
 
-def _scan(path: Path, size: int, open_content: Callable[[], BinaryIO | None]) -> object:
+def scan_member(path: Path, size: int, open_content: Callable[[], BinaryIO | None]) -> object:
     """Keep what the checks need of one regular file: decided by its name and size before anything is read."""
     name = path[-1]
     if path[0] == "etc" and size <= _TEXT_LIMIT and _is_loader_config(path):
@@ -193,7 +189,11 @@ def read_base_files(
 
     ``env`` is the image config's ``Env`` (its ``LD_LIBRARY_PATH`` and ``PYTHONPATH`` count).
     """
-    tree = read_tree(layers, what, _scan)
+    return files_in_tree(read_tree(layers, what, scan_member), target, env)
+
+
+def files_in_tree(tree: Tree, target: TargetPython, env: Sequence[str] = ()) -> BaseFiles:
+    """``read_base_files`` of a tree read with ``scan_member`` (``layers.read_trees``)."""
     variables = dict(v.split("=", 1) for v in env if "=" in v)
     libraries: dict[str, dict[str, str]] = {}
     elf: dict[str, dict] = {}
@@ -383,23 +383,3 @@ def merge(into: ModuleTree, other: ModuleTree) -> ModuleTree:
         else:
             into[name] = json.loads(json.dumps(node))  # a copy: trees are shared between documents
     return into
-
-
-# --- cached by the base's digests -----------------------------------------------------------------------------------
-
-
-def base_files(base: Image, target: TargetPython, store: Records, what: str) -> BaseFiles:
-    """The base's files for the checks: from the cache's records when this base (layers and config) was read
-    before, here or (with a shared cache) by another builder."""
-    ident = [str(d.digest) for d in base.layers] + [str(base.manifest.config.digest), _FORMAT]
-    key = "basefiles-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()
-    if (cached := store.get_ref(key)) is not None:
-        try:
-            return BaseFiles.from_json(cached)
-        except (KeyError, TypeError, ValueError):
-            pass
-    openers = [partial(base.open_uncompressed, d) for d in base.layers]
-    env = (base.config.get("config") or {}).get("Env") or []
-    found = read_base_files(openers, target, env, what=what)
-    store.put_ref(key, found.to_json())
-    return found

@@ -18,7 +18,9 @@ from urllib.parse import quote
 
 from .layers import Dir, Path, Tree, read_tree
 
-__all__ = ["OsPackage", "OsPackages", "os_packages", "parse_apk_installed", "parse_dpkg_status"]
+__all__ = [
+    "OsPackage", "OsPackages", "os_packages", "packages_in_tree", "parse_apk_installed", "parse_dpkg_status", "scan_member",
+]  # fmt: skip
 
 _DB_LIMIT = 64 << 20  # a package database larger than this is refused as hostile (Debian's largest: a few MB)
 _DPKG_STATUS = ("var", "lib", "dpkg", "status")
@@ -58,7 +60,11 @@ class OsPackages:
 
 def os_packages(layers: Sequence[Callable[[], BinaryIO]], what: str = "base image") -> OsPackages:
     """Read the layers (uncompressed tar openers, bottom first) for their package databases and os-release."""
-    tree = read_tree(layers, what, _scan)
+    return packages_in_tree(read_tree(layers, what, scan_member))
+
+
+def packages_in_tree(tree: Tree) -> OsPackages:
+    """``os_packages`` of a tree read with ``scan_member`` (``layers.read_trees``)."""
     packages: list[OsPackage] = []
     managers = []
     if (status := _text(tree, _DPKG_STATUS)) is not None:
@@ -124,7 +130,7 @@ def _is_database(path: Path) -> bool:
     return path in (_DPKG_STATUS, _APK_INSTALLED) or path[:-1] == _DPKG_STATUS_D or path in _OS_RELEASE
 
 
-def _scan(path: Path, size: int, open_content: Callable[[], BinaryIO | None]) -> object:
+def scan_member(path: Path, size: int, open_content: Callable[[], BinaryIO | None]) -> object:
     if not _is_database(path) or size > _DB_LIMIT:
         return None
     content = open_content()

@@ -25,7 +25,10 @@ from ocibuild.rootfs.layers import read_tree
 
 __all__ = [
     "TargetPython",
+    "check_platform",
     "detect_target_python",
+    "scan_member",
+    "target_in_tree",
 ]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -309,7 +312,7 @@ def _scan_python(stream: BinaryIO, *, with_elf: bool) -> _Facts:
 _MAX_ENTRIES = 1_000_000
 
 
-def _scan_member(path: _Path, size: int, open_content: Callable[[], BinaryIO | None]) -> _Facts | None:
+def scan_member(path: _Path, size: int, open_content: Callable[[], BinaryIO | None]) -> _Facts | None:
     kind = _scan_kind(path)
     if kind is None:
         return None
@@ -318,7 +321,7 @@ def _scan_member(path: _Path, size: int, open_content: Callable[[], BinaryIO | N
 
 
 def _build_tree(layers: Sequence[Callable[[], BinaryIO]], what: str) -> _Tree:
-    return read_tree(layers, what, _scan_member, max_entries=_MAX_ENTRIES)
+    return read_tree(layers, what, scan_member, max_entries=_MAX_ENTRIES)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -522,12 +525,21 @@ def detect_target_python(
     ``layers`` open each layer's *uncompressed* tar stream, bottom layer first; each is read once, front to back.
     ``what`` names the image in error messages (e.g. ``base image python:3.11-slim``).
     """
+    check_platform(architecture, variant, what)
+    return target_in_tree(_build_tree(layers, what), architecture, variant, what=what)
+
+
+def check_platform(architecture: str, variant: str | None, what: str) -> None:
+    """Refuse, before reading a layer, a platform that has no Python wheels."""
     if (architecture, variant) not in _WHEEL_ARCH and (architecture, None) not in _WHEEL_ARCH:
         plat = f"linux/{architecture}" + (f"/{variant}" if variant else "")
         raise BaseImageError(
             f"{what} is for {plat}, for which there are no Python wheels; use an amd64 or arm64 base image"
         )
-    tree = _build_tree(layers, what)
+
+
+def target_in_tree(tree: _Tree, architecture: str, variant: str | None = None, *, what: str) -> TargetPython:
+    """``detect_target_python`` of a tree read with ``scan_member`` (``layers.read_trees``)."""
     interp = _find_interpreter(tree, what)
     if interp.elf is not None and interp.elf.machine is not None and interp.elf.machine != architecture:
         raise BaseImageError(
