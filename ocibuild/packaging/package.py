@@ -659,8 +659,7 @@ def _cache_repo(spec: PackageSpec, store: BlobStore, progress: Progress) -> Regi
     """The registry repository a fleet shares as its cache, asked after the local cache, if there is one."""
     if spec.cache_repo is None:
         return None
-    from ..cache.registry import (
-        RegistryLayerCache,  # HTTP (requests) is imported only for a build that uses it
-    )
+    # HTTP (requests) is imported only by a build that uses a cache repository
+    from ..cache.registry import RegistryLayerCache
 
     return RegistryLayerCache(spec.cache_repo, spec.registry, store, progress, spec.cache_repo_readonly)
