@@ -360,8 +360,9 @@ Staging = StagedArchive | StagedLayout | Spool
 
 def _stage(outputs: Outputs | None, epoch: int, store: BlobStore) -> list[Staging]:
     """What takes the model layer as the build makes it, so that the model is read once whatever it is written
-    to: each tarball and layout (begun beside its destination) and, for pushes, the cache (``oci.store.Spool``:
-    a push asks the registry before it sends, so the layer cannot go up while it is made)."""
+    to: each tarball and layout (begun beside its destination) and, for pushes and ``--load``, the cache
+    (``oci.store.Spool``: a push asks the registry before it sends, so the layer cannot go up while it is made;
+    the engine's load is one stream of a whole tarball, after the build)."""
     if outputs is None:
         return []
     staging: list[Staging] = []
@@ -371,7 +372,7 @@ def _stage(outputs: Outputs | None, epoch: int, store: BlobStore) -> list[Stagin
     except BaseException:
         _discard(staging)
         raise
-    if outputs.pushes:
+    if outputs.pushes or outputs.load:
         staging.append(Spool(store))
     return staging
 

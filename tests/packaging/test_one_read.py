@@ -173,3 +173,15 @@ def test_a_push_that_fails_leaves_the_cache_with_the_recipe_only(inputs, registr
     blobs = inputs / "cache" / "blobs" / "sha256"
     assert not [p for p in blobs.iterdir() if p.stat().st_size >= DERIVE_MIN]
     assert list((inputs / "cache" / "tmp").iterdir()) == []
+
+
+def test_a_cold_load_reads_the_model_once(inputs, model_reads, dockerd, monkeypatch):
+    """--load streams the image into the engine from the layer the build kept while it made it (as a push does),
+    not from the model's files again; the engine has the image the build made."""
+    monkeypatch.setenv("DOCKER_HOST", dockerd.env["DOCKER_HOST"])
+    pkg = _package(inputs, "random.bin", "cache", Outputs(load=True, tag="ocibuild-test/one-read:1"))
+    assert model_reads[str(inputs / "random.bin")] == 1
+    model_layer = next(a.layer for a in pkg.image.added if a.role == "model")
+    assert not (inputs / "cache" / "blobs" / "sha256" / model_layer.digest.hex).exists()  # its recipe only
+    loaded = dockerd.run("image", "inspect", "--format", "{{.Id}}", "ocibuild-test/one-read:1").stdout.strip()
+    assert loaded == str(pkg.image.manifest.config.digest)
