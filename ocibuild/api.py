@@ -34,6 +34,7 @@ from .oci.descriptor import Platform
 from .oci.digest import Digest
 from .oci.image import Entry, Image
 from .oci.layout import StagedLayout
+from .oci.layout import check_destination as check_layout_destination
 from .oci.name import ImageName, Reference, parse_reference
 from .oci.signature import Signer
 from .oci.store import BlobStore, Spool
@@ -117,12 +118,7 @@ class Outputs:
             raise UsageError(
                 "give at least one output: --output FILE, --oci-layout DIR, --push REF, --load or --dockerfile DIR"
             )
-        for option, paths in (("--output", self.archives), ("--oci-layout", self.layouts),
-                              ("--dockerfile", self.dockerfiles)):  # fmt: skip
-            for path in paths:
-                parent = Path(path).absolute().parent
-                if not parent.is_dir():
-                    raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
+        self._check_paths()
         if self.append and not self.archives:
             raise UsageError("--append adds to a tarball: use it with --output FILE")
         if self.additional_tags and not self.pushes:
@@ -133,6 +129,16 @@ class Outputs:
             ref = parse_reference(reference)
             for tag in self.additional_tags:
                 parse_reference(f"{ref.registry}/{ref.repository}:{tag}")
+
+    def _check_paths(self) -> None:
+        for option, paths in (("--output", self.archives), ("--oci-layout", self.layouts),
+                              ("--dockerfile", self.dockerfiles)):  # fmt: skip
+            for path in paths:
+                parent = Path(path).absolute().parent
+                if not parent.is_dir():
+                    raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
+        for path in self.layouts:
+            check_layout_destination(Path(path))
 
     def check_index(self) -> None:
         """What cannot take an index of several platforms, said before the build."""

@@ -93,10 +93,16 @@ def write_layout(images: Sequence[Tagged], root: Path, staged: StagedLayout | No
         raise
 
 
-def _write_layout(images: Sequence[Tagged], root: Path, staged: Mapping[str, Path]) -> None:
-    is_layout = (root / "oci-layout").is_file()
-    if root.exists() and not is_layout and (not root.is_dir() or any(root.iterdir())):
+def check_destination(root: Path) -> None:
+    """A layout goes into a new or empty directory, or is added to an existing layout: nothing else is overwritten.
+    Asked before a build too (``api.Outputs.check``), so a wrong folder is said before a model is packed."""
+    if root.exists() and not (root / "oci-layout").is_file() and (not root.is_dir() or any(root.iterdir())):
         raise OutputError(f"{root} exists and is not an OCI layout; choose a new or empty directory")
+
+
+def _write_layout(images: Sequence[Tagged], root: Path, staged: Mapping[str, Path]) -> None:
+    check_destination(root)
+    is_layout = (root / "oci-layout").is_file()
     if not root.parent.is_dir():
         raise OutputError(f"{root}: directory {root.parent} does not exist; create it first")
     if is_layout:
