@@ -87,15 +87,19 @@ def _cached(records: Records, key: str, parse):  # type: ignore[no-untyped-def]
 
 # The keys are those of the versions that read the base three times, so their records are still found.
 def _python_key(base: Image) -> str:
-    return "pyenv-" + _digest([str(d.digest) for d in base.layers])
+    return "pyenv-" + _digest(_layers(base))
 
 
 def _packages_key(base: Image) -> str:
-    return "ospkgs-1-" + _digest([str(d.digest) for d in base.layers])
+    return "ospkgs-1-" + _digest(_layers(base))
 
 
 def _files_key(base: Image) -> str:
-    return "basefiles-" + _digest([str(d.digest) for d in base.layers] + [str(base.manifest.config.digest), files.FORMAT])
+    return "basefiles-" + _digest([*_layers(base), str(base.manifest.config.digest), files.FORMAT])
+
+
+def _layers(base: Image) -> list[str]:
+    return [str(d.digest) for d in base.layers]
 
 
 def _digest(ident: list) -> str:

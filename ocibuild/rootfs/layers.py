@@ -276,7 +276,11 @@ def read_trees(
 
 def _scan_each(scans: Sequence[Scan], path: Path, size: int, open_content: Callable[[], BinaryIO | None]) -> tuple:
     replay = _Replay(open_content)
-    return tuple(scan(path, size, replay.open) for scan in scans)
+    found = []
+    for i, scan in enumerate(scans):
+        replay.keep = i < len(scans) - 1  # what the last scan reads is not given again: not kept
+        found.append(scan(path, size, replay.open))
+    return tuple(found)
 
 
 class _Replay:
@@ -287,6 +291,7 @@ class _Replay:
         self._open: Callable[[], BinaryIO | None] | None = open_content
         self._stream: BinaryIO | None = None
         self.seen = bytearray()
+        self.keep = True
 
     def open(self) -> BinaryIO | None:
         if self._open is not None:
@@ -296,7 +301,8 @@ class _Replay:
     def more(self, n: int) -> bytes:
         assert self._stream is not None
         chunk = self._stream.read(n) if n >= 0 else self._stream.read()
-        self.seen += chunk
+        if self.keep:
+            self.seen += chunk
         return chunk
 
 
@@ -315,7 +321,7 @@ class _Replayed(io.RawIOBase):
         n = -1 if n is None else n
         seen = self._replay.seen
         out = bytes(seen[self._pos :] if n < 0 else seen[self._pos : self._pos + n])
-        if (n < 0 or len(out) < n) and self._pos + len(out) == len(seen):
+        if (n < 0 or len(out) < n) and self._pos + len(out) >= len(seen):  # at the stream's own position
             out += self._replay.more(n if n < 0 else n - len(out))
         self._pos += len(out)
         return out

@@ -92,3 +92,21 @@ def test_scans_sharing_one_read_each_see_the_whole_file_however_they_read_it():
     assert seen["chunks"] == [data, b"x" * 10]
     found, _ = trees[3].file(("a", "blob"))
     assert found is not None and found.facts == "kept"
+
+
+def test_the_last_scan_reads_on_past_what_the_first_one_read():
+    """The last scan's reads are not kept (nobody replays them): it still gets the first scan's bytes, then the rest."""
+    data = bytes(range(256)) * 5000
+    seen: list[bytes] = []
+
+    def head(path, size, open_content):
+        seen.append(open_content().read(100))
+
+    def chunks(path, size, open_content):
+        stream, parts = open_content(), []
+        while part := stream.read(7919):
+            parts.append(part)
+        seen.append(b"".join(parts))
+
+    read_trees([_layer({"a/blob": data})], "a test image", [head, chunks])
+    assert seen == [data[:100], data]
