@@ -45,7 +45,6 @@ from .packaging.sources import PackageSources, parse_exclude_newer
 from .registry.credentials import parse_creds
 from .registry.options import RegistryOptions
 from .settings import Settings
-from .transports.engine import EnginePublisher
 from .transports.location import registry_reference
 from .transports.publish import ArchivePublisher, LayoutPublisher, Publisher, RegistryPublisher, publish_all
 
@@ -230,6 +229,8 @@ class Package:
                 )
             )
         if outputs.load:
+            from .transports.engine import EnginePublisher  # http.client and ssl: only --load needs them
+
             out.append(
                 EnginePublisher((name,), self._settings.engine_hosts, self._settings.runtime_dir, epoch)
             )

@@ -15,7 +15,6 @@ ends (``rootfs.sandbox``).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -242,6 +241,8 @@ def _request(
     timeout: float = 10.0,
 ) -> tuple[int, bytes]:
     """One request to the server on 127.0.0.1 (never through a proxy)."""
+    import http.client  # with ssl: only a smoke test needs them
+
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": content_type} if content_type else {}

@@ -12,14 +12,15 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ocibuild.errors import BaseImageError, InputError, UsageError
 from ocibuild.packaging.conda import convert
 from ocibuild.packaging.sources import PackageSources
 from ocibuild.rootfs.pyenv import TargetPython
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = ["PythonEnvironment", "load_environment", "check_python_version"]
 
@@ -85,6 +86,8 @@ def _read_conda_file(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise InputError(f"conda file {path} cannot be read ({reason}); check the --conda-file path") from e
+    import yaml  # only for a conda file (10 ms of every start otherwise)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
