@@ -496,6 +496,7 @@ def package(
         cache_repo_readonly=settings.cache_repo_readonly
         if cache_repo_readonly is None
         else cache_repo_readonly,
+        model_digests=sbom != "none" or provenance,
     )
     for reference in outputs.pushes if outputs is not None else ():
         RegistryPublisher(parse_reference(reference), options=spec.registry).preflight()

@@ -208,6 +208,7 @@ def write_layer(
     mtime: int = 0,
     derive: bool = False,
     workers: int | None = None,
+    sinks: Sequence[BlobSink] = (),
 ) -> Layer:
     """Builds the layer in one pass over the files and returns it (its blob in ``store``). Every entry's time is
     ``mtime`` (the build's ``SOURCE_DATE_EPOCH``).
@@ -216,9 +217,10 @@ def write_layer(
     The blob is written into the store, or, with ``derive`` (the caller promises the sources outlive the build,
     as a model does) for a layer of at least ``DERIVE_MIN`` bytes that is not zstd, recorded as a derived blob.
     A file that changes while being read is an error (the layer would not match what was hashed).
-    ``progress``, if given, is called with the number of bytes done so far.
+    ``progress``, if given, is called with the number of bytes done so far. ``sinks``: as for
+    ``write_layer_with_file_digests``.
     """
-    layer, _ = _write_layer(contents, store, codec, progress, mtime, derive, workers, hash_files=False)
+    layer, _ = _write_layer(contents, store, codec, progress, mtime, derive, workers, hash_files=False, sinks=sinks)
     return layer
 
 

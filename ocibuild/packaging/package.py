@@ -117,6 +117,9 @@ class PackageSpec:
     smoke: SmokeOptions | None = None  # run the built image's server once (``--smoke-test``)
     epoch: int = 0  # SOURCE_DATE_EPOCH: every time in the image
     workers: int | None = None  # cores used to compress a layer (None: all of them)
+    # The local models' files' sha256, which the SBOM and the provenance list. Without either document a cold model
+    # layer is hashed once (its digest), not twice (``Contents.model_files`` is then empty).
+    model_digests: bool = True
 
 
 @dataclass(frozen=True)
@@ -616,13 +619,18 @@ def _model_layer(
     derived blob (the files outlive the build: ``oci.store``) whose bytes also go to ``sinks``, and each file's
     sha256 for the SBOM: all from the same one read, the files' digests kept in the cache record beside it."""
     key = _files_key(contents, spec, store, cache)
-    if (cached := cache.get(key)) is not None and (files := _files_from_facts(cached.facts)) is not None:
-        progress.step(f"model layer: {_found(cached)} ({cached.layer.digest.short})")
-        return cached.layer, files
+    if (cached := cache.get(key)) is not None:
+        files = _files_from_facts(cached.facts)
+        if files is not None or not spec.model_digests:
+            progress.step(f"model layer: {_found(cached)} ({cached.layer.digest.short})")
+            return cached.layer, files or ()
     counter = progress.bytes("model layer", contents.total_size)
-    layer, files = write_layer_with_file_digests(
-        contents, store, spec.compression, counter, mtime=spec.epoch, derive=True, workers=spec.workers, sinks=sinks
-    )
+    options = dict(mtime=spec.epoch, derive=True, workers=spec.workers, sinks=sinks)
+    if not spec.model_digests:  # a later build that needs them writes the layer again, which hashes them
+        layer = write_layer(contents, store, spec.compression, counter, **options)
+        counter.done()
+        return cache.put(key, layer), ()
+    layer, files = write_layer_with_file_digests(contents, store, spec.compression, counter, **options)
     counter.done()
     facts = {"files": [[f.path, f.size, f.sha256] for f in files]}
     return cache.put(key, layer, facts), files

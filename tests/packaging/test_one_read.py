@@ -185,3 +185,24 @@ def test_a_cold_load_reads_the_model_once(inputs, model_reads, dockerd, monkeypa
     assert not (inputs / "cache" / "blobs" / "sha256" / model_layer.digest.hex).exists()  # its recipe only
     loaded = dockerd.run("image", "inspect", "--format", "{{.Id}}", "ocibuild-test/one-read:1").stdout.strip()
     assert loaded == str(pkg.image.manifest.config.digest)
+
+
+def test_without_sbom_or_provenance_a_cold_model_is_hashed_once_and_a_later_sbom_still_lists_it(
+    inputs, monkeypatch
+):
+    """Neither document asked for: the files' own sha256 (a second pass over the model's bytes) is not taken. A
+    later build that wants an SBOM on the same cache writes the layer again for them, and gets them right."""
+    from ocibuild.oci import layer as layer_module
+
+    hashers = []
+    real = layer_module._FileHasher
+    monkeypatch.setattr(layer_module, "_FileHasher", lambda files: hashers.append(files) or real(files))
+    bare = _package(inputs, "random.bin", "cache", sbom="none", provenance=False)
+    assert hashers == [] and bare.result.contents.model_files == ()
+
+    full = _package(inputs, "random.bin", "cache")
+    assert full.digest == bare.digest and len(hashers) == 1
+    (listed,) = full.result.contents.model_files
+    assert listed.sha256 == hashlib.sha256((inputs / "random.bin").read_bytes()).hexdigest()
+    again = _package(inputs, "random.bin", "cache")
+    assert again.result.contents.model_files == (listed,) and len(hashers) == 1  # now in the cache's record
