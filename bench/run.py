@@ -96,6 +96,7 @@ class Measured:
     maxrss_mb: float  # peak RSS of the process (wait4)
     stdout: str
     report: dict = field(default_factory=dict)  # what the process reported about itself (tasks.py / probe.py)
+    cpu: float = 0.0  # user + system seconds of the process (wait4), its start included
 
     @property
     def seconds(self) -> float:
@@ -140,7 +141,7 @@ def measure(
             f"failed (exit {proc.returncode}): {' '.join(argv)}\n--- stdout\n{stdout[-3000:]}\n"
             f"--- stderr\n{stderr[-3000:]}"
         )
-    return Measured(wall, usage.ru_maxrss / 1024, stdout)
+    return Measured(wall, usage.ru_maxrss / 1024, stdout, cpu=usage.ru_utime + usage.ru_stime)
 
 
 def task(*args: str) -> Measured:
@@ -164,8 +165,10 @@ def best(runs: list[Measured]) -> dict:
         "wall": round(top.wall, 3),
         "maxrss_mb": round(max(m.rss_mb for m in runs), 1),
         "runs": [round(m.seconds, 3) for m in runs],
+        "cpu_seconds": round(top.cpu, 3),
     }
-    for key in ("blob_bytes", "input_bytes", "stored", "media_type", "rchar", "read_bytes", "image_bytes"):
+    keys = ("blob_bytes", "input_bytes", "stored", "media_type", "rchar", "read_bytes", "image_bytes", "peer_cpu_seconds")
+    for key in keys:
         if key in top.report:
             doc[key] = top.report[key]
     return doc
