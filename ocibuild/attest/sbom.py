@@ -70,10 +70,15 @@ def read_sbom(
     image = open_location(loc, wanted, options=registry)
     assert isinstance(image, Image)
     kinds = (MEDIA_TYPES[fmt],) if fmt else tuple(MEDIA_TYPES.values())
-    found = open_referrers(loc, image.digest, registry, kinds)
-    if not found:
-        what = f"no {fmt} SBOM" if fmt else "no SBOM"
-        raise InputError(f"{reference}: {what} refers to its image {image.digest} ({image.platform})")
-    artifact = found[-1]  # the latest attached
-    with artifact.layers[0].open() as f:
-        return read_all(f)
+    found: list[Image] = []
+    try:
+        found = open_referrers(loc, image.digest, registry, kinds)
+        if not found:
+            what = f"no {fmt} SBOM" if fmt else "no SBOM"
+            raise InputError(f"{reference}: {what} refers to its image {image.digest} ({image.platform})")
+        artifact = found[-1]  # the latest attached
+        with artifact.layers[0].open() as f:
+            return read_all(f)
+    finally:
+        for opened in (image, *found):
+            opened.close()

@@ -213,9 +213,11 @@ class Image:
         return self.manifest.descriptor(annotations=annotations, artifact_type=self.manifest.artifact_type)
 
     def close(self) -> None:
-        """End the connections of the sources its layers come from (a no-op for files)."""
+        """End the connections of the sources its layers come from (a no-op for files), and its documents'."""
         for source in {id(x.source): x.source for x in self.layers}.values():
             source.close()
+        for document in (*self.referrers, *((self.signature,) if self.signature else ())):
+            document.close()
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ class ImageIndex:
         )
 
     def close(self) -> None:
-        for image in self.images:
+        for image in (*self.images, *self.referrers, *((self.signature,) if self.signature else ())):
             image.close()
 
 

@@ -157,12 +157,19 @@ def open_referrers(
         from ..registry.source import RegistrySource
 
         client = _client(loc, options)
-        source = RegistrySource(client)
-        found = [d for d in list_referrers(client, subject) if not wanted or d.artifact_type in wanted]
-        out = []
-        for d in found:
-            raw, mt = client.get_manifest(str(d.digest))
-            out.append(load_manifest(raw, source, f"{loc.ref.registry}/{loc.ref.repository}@{d.digest}", mt or None))
+        source = RegistrySource(client)  # the artifacts' blobs are read through it: closed with them, or now
+        try:
+            found = [d for d in list_referrers(client, subject) if not wanted or d.artifact_type in wanted]
+            out = []
+            for d in found:
+                raw, mt = client.get_manifest(str(d.digest))
+                where = f"{loc.ref.registry}/{loc.ref.repository}@{d.digest}"
+                out.append(load_manifest(raw, source, where, mt or None))
+        except BaseException:
+            source.close()
+            raise
+        if not out:
+            source.close()
         return out
     if loc.transport not in ("oci", "oci-archive"):
         return []  # a docker archive has no place for them

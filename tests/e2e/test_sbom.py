@@ -149,3 +149,35 @@ def test_the_provenance_says_who_built_it_from_what_by_digest(pushed, example_mo
     assert any(r.get("uri", "").startswith("pkg:pypi/scikit-learn@") and r.get("digest") for r in resolved)
     text = json.dumps(statement)
     assert "/tmp" not in text and "pytest" not in text  # no path of the builder's machine
+
+
+def test_reading_the_sbom_and_copying_the_image_leave_no_connection_behind(pushed, tmp_path, monkeypatch):
+    """A program that calls the API in a loop (a CI service, a controller) gathers no sockets: every registry
+    connection opened for the image, its SBOM and its provenance is closed when the call returns, not left for the
+    garbage collector to find."""
+    from ocibuild.attest.sbom import read_sbom
+    from ocibuild.copy import copy
+    from ocibuild.registry import transport
+    from ocibuild.registry.options import RegistryOptions
+
+    opened = []
+    real_init = transport.Transport.__init__
+
+    def recording(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(transport.Transport, "__init__", recording)
+    assert json.loads(read_sbom(pushed["ref"], None, None, RegistryOptions()))["spdxVersion"] == "SPDX-2.3"
+    copy(pushed["ref"], f"oci:{tmp_path / 'copy'}:1")
+    assert len(json.loads((tmp_path / "copy" / "index.json").read_bytes())["manifests"]) == 3  # image, SBOM, provenance
+    live = [
+        conn
+        for t in opened
+        for adapter in t.session.adapters.values()
+        for pool in adapter.poolmanager.pools._container.values()
+        if pool.pool is not None
+        for conn in list(pool.pool.queue)
+        if conn is not None and conn.sock is not None
+    ]
+    assert len(opened) >= 3 and live == []
