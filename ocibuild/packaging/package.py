@@ -617,7 +617,8 @@ def _model_layer(
 ) -> tuple[Layer, tuple[FileDigest, ...]]:
     """The local models' layer, found in the cache like ``_files_layer``'s (a hit reads nothing) or written as a
     derived blob (the files outlive the build: ``oci.store``) whose bytes also go to ``sinks``, and each file's
-    sha256 for the SBOM: all from the same one read, the files' digests kept in the cache record beside it."""
+    sha256 for the SBOM and provenance (``spec.model_digests``): all from the same one read, the files' digests
+    kept in the cache record beside it."""
     key = _files_key(contents, spec, store, cache)
     if (cached := cache.get(key)) is not None:
         files = _files_from_facts(cached.facts)
