@@ -626,15 +626,18 @@ def _model_layer(
             progress.step(f"model layer: {_found(cached)} ({cached.layer.digest.short})")
             return cached.layer, files or ()
     counter = progress.bytes("model layer", contents.total_size)
-    options = dict(mtime=spec.epoch, derive=True, workers=spec.workers, sinks=sinks)
-    if not spec.model_digests:  # a later build that needs them writes the layer again, which hashes them
-        layer = write_layer(contents, store, spec.compression, counter, **options)
-        counter.done()
-        return cache.put(key, layer), ()
-    layer, files = write_layer_with_file_digests(contents, store, spec.compression, counter, **options)
+    write = write_layer_with_file_digests if spec.model_digests else _without_file_digests
+    layer, files = write(
+        contents, store, spec.compression, counter, mtime=spec.epoch, derive=True, workers=spec.workers, sinks=sinks
+    )
     counter.done()
-    facts = {"files": [[f.path, f.size, f.sha256] for f in files]}
+    # without the digests no facts: a later build that needs them writes the layer again, which hashes them
+    facts = {"files": [[f.path, f.size, f.sha256] for f in files]} if spec.model_digests else None
     return cache.put(key, layer, facts), files
+
+
+def _without_file_digests(*args, **kwargs) -> tuple[Layer, tuple[FileDigest, ...]]:
+    return write_layer(*args, **kwargs), ()
 
 
 def _files_from_facts(facts: dict | None) -> tuple[FileDigest, ...] | None:
